@@ -1,0 +1,2 @@
+//! End-to-end harness and the kube-standin API-server stand-in.
+#![forbid(unsafe_code)]

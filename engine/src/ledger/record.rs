@@ -1,0 +1,120 @@
+//! The contract between the engine and the ledger: the records the engine
+//! emits. Field names are part of the on-disk and signed format
+//! (camelCase JSON); change them only with a format version bump.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::decision::Verdict;
+use crate::job::JobId;
+use crate::policy::Mode;
+use crate::projection::Projection;
+use crate::units::{AcceleratorSeconds, Flop};
+
+/// Accelerator type and count of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceleratorUse {
+    /// Catalog key.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub count: u32,
+}
+
+/// One event, before the ledger sequences and chains it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerRecord {
+    /// When it happened (engine time, RFC 3339 UTC).
+    pub time: Timestamp,
+    /// The job concerned (absent for PolicyChanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
+    /// The job's model lineage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
+    /// The lineage it fine-tunes, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_lineage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<AcceleratorUse>,
+    /// Who caused it: the submitter, the approver, `komptroller` for the operator's own actions.
+    pub actor: String,
+    pub event: LedgerEvent,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all_fields = "camelCase")]
+pub enum LedgerEvent {
+    /// A verdict about a job. When `verdict` is Admit, `charged` FLOP is
+    /// reserved on every lineage in `chargedLineages` and on the namespace,
+    /// model and cluster budgets at `time`; reservations are never returned
+    /// (conservative accounting: the law counts what "will be met").
+    Decided {
+        verdict: Verdict,
+        enforced_verdict: Verdict,
+        mode: Mode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tier: Option<String>,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        projection: Option<Projection>,
+        /// The governing FLOP figure.
+        governing: Flop,
+        /// FLOP reserved by this decision (governing when admitted, else 0).
+        charged: Flop,
+        /// Lineages the charge accumulates on (the job's, plus its base where the policy counts fine-tunes toward it).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        charged_lineages: Vec<String>,
+    },
+    /// An approver lifted (part of) an escalation.
+    Approved {
+        approver: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<String>,
+        spec_hash: String,
+    },
+    /// The workload started running.
+    Started,
+    /// The workload ended; `consumed` is metered from its run time.
+    Finished {
+        succeeded: bool,
+        accelerator_seconds: AcceleratorSeconds,
+        consumed: Flop,
+    },
+    /// Kubernetes stopped the workload at activeDeadlineSeconds (= maxDuration).
+    DeadlineExceeded {
+        accelerator_seconds: AcceleratorSeconds,
+        consumed: Flop,
+    },
+    /// The TrainingJob was deleted; its compute stays on the books.
+    /// `acceleratorSeconds`/`consumed` are the final metering when it was still running.
+    Deleted {
+        accelerator_seconds: AcceleratorSeconds,
+        consumed: Flop,
+    },
+    /// A policy was created, changed or removed (`contentHash` empty when removed).
+    PolicyChanged {
+        policy: String,
+        content_hash: String,
+    },
+}
+
+impl LedgerEvent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LedgerEvent::Decided { .. } => "Decided",
+            LedgerEvent::Approved { .. } => "Approved",
+            LedgerEvent::Started => "Started",
+            LedgerEvent::Finished { .. } => "Finished",
+            LedgerEvent::DeadlineExceeded { .. } => "DeadlineExceeded",
+            LedgerEvent::Deleted { .. } => "Deleted",
+            LedgerEvent::PolicyChanged { .. } => "PolicyChanged",
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The komptroller engine: a pure, synchronous core that turns training-job
+//! specifications and compute policies into decisions.
+//!
+//! Nothing here knows about Kubernetes, async runtimes or the wall clock:
+//! time is always an argument. The operator, the admission webhook,
+//! `komptroller simulate` and the tests all drive this same code, so a
+//! what-if simulation is a faithful preview of the live operator.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod decision;
+pub mod duration;
+pub mod engine;
+pub mod job;
+pub mod ledger;
+pub mod policy;
+pub mod projection;
+pub mod units;
+
+pub use duration::GoDuration;
+pub use units::{AcceleratorSeconds, Flop, FlopPerSecond, Seconds};

@@ -1,0 +1,6 @@
+//! The one komptroller binary.
+#![forbid(unsafe_code)]
+
+fn main() {
+    println!("komptroller");
+}
