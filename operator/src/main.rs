@@ -1,6 +1,41 @@
-//! The one komptroller binary.
+//! The one komptroller binary: the operator (`run`) and its offline tools.
 #![forbid(unsafe_code)]
 
-fn main() {
-    println!("komptroller");
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// komptroller governs AI training by the compute it spends.
+#[derive(Parser, Debug)]
+#[command(name = "komptroller", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Project one TrainingJob's compute and decide it offline.
+    Project(cmd::project::ProjectArgs),
+    /// Replay a trace of submissions through the engine on a virtual clock.
+    Simulate(cmd::simulate::SimulateArgs),
+    /// Verify a signed compute report (and optionally its ledger) offline.
+    Verify(cmd::verify::VerifyArgs),
+    /// Generate an Ed25519 signing key pair (PKCS#8 / SPKI PEM).
+    Keygen(cmd::keygen::KeygenArgs),
+    /// Render a report from a ledger as JSON, CSV or Markdown.
+    Report(cmd::report::ReportArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Project(a) => cmd::project::run(a),
+        Command::Simulate(a) => cmd::simulate::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
+        Command::Report(a) => cmd::report::run(a),
+    }
 }
