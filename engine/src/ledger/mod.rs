@@ -2,7 +2,17 @@
 //!
 //! The engine emits [`LedgerRecord`]s (what happened); the ledger gives each a
 //! sequence number and chains it (`prevHash`, `hash`) into a [`LedgerEntry`].
+//! [`LedgerTotals`] derives lineage, namespace, accelerator, tier and window
+//! totals from entries alone. The format is specified in `docs/ledger.md`.
 
+mod canonical;
+mod digest;
+mod entry;
 mod record;
+mod totals;
 
+pub use canonical::*;
+pub use digest::*;
+pub use entry::*;
 pub use record::*;
+pub use totals::*;

@@ -1,0 +1,504 @@
+//! Sequencing and chaining: a [`LedgerRecord`] becomes a [`LedgerEntry`]
+//! with a sequence number, the previous entry's hash and its own hash.
+//!
+//! The format (see `docs/ledger.md`):
+//! - `seq` starts at [`FIRST_SEQ`] (0) and increases by one, so an entry's
+//!   `seq` is also its leaf index in the Merkle tree.
+//! - `prevHash` of the first entry is [`GENESIS_PREV_HASH`] (64 zeros).
+//! - `hash` = SHA-256 over the RFC 8785 canonical JSON of the entry without
+//!   its `hash` member (that is: `seq`, `prevHash` and every field of the
+//!   record).
+//! - On disk (JSON Lines) each line is the canonical JSON of the whole entry,
+//!   `hash` included, followed by `\n`. Because the line is canonical, the
+//!   hashed bytes are the line with its `"hash":"…",` member cut out, which
+//!   is what the verifier checks, byte for byte.
+
+use std::fmt;
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::canonical::{CanonicalError, canonical_json_into};
+use super::digest::Sha256Digest;
+use super::record::LedgerRecord;
+
+/// The sequence number of the first entry.
+pub const FIRST_SEQ: u64 = 0;
+
+/// The `prevHash` of the first entry: 32 zero bytes.
+pub const GENESIS_PREV_HASH: Sha256Digest = Sha256Digest::ZERO;
+
+/// A sequenced, hash-chained ledger record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// Position in the ledger, from [`FIRST_SEQ`]; also the Merkle leaf index.
+    pub seq: u64,
+    /// `hash` of the previous entry, or [`GENESIS_PREV_HASH`] for the first.
+    pub prev_hash: Sha256Digest,
+    /// SHA-256 of the canonical JSON of this entry without `hash`.
+    pub hash: Sha256Digest,
+    #[serde(flatten)]
+    pub record: LedgerRecord,
+}
+
+/// The hashed form: the entry without `hash`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryBody<'a> {
+    seq: u64,
+    prev_hash: &'a Sha256Digest,
+    #[serde(flatten)]
+    record: &'a LedgerRecord,
+}
+
+impl LedgerEntry {
+    /// The canonical JSON bytes that `hash` is computed over.
+    pub fn body_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
+        let mut out = Vec::with_capacity(512);
+        body_bytes_into(self.seq, &self.prev_hash, &self.record, &mut out)?;
+        Ok(out)
+    }
+
+    /// Recomputes the hash from the content (ignores the stored `hash`).
+    pub fn compute_hash(&self) -> Result<Sha256Digest, CanonicalError> {
+        Ok(Sha256Digest::of(&self.body_bytes()?))
+    }
+
+    /// The canonical JSON of the whole entry: one line of `ledger.jsonl`, without the newline.
+    pub fn canonical_line(&self) -> Result<Vec<u8>, CanonicalError> {
+        let mut out = Vec::with_capacity(600);
+        canonical_json_into(self, &mut out)?;
+        Ok(out)
+    }
+}
+
+fn body_bytes_into(
+    seq: u64,
+    prev_hash: &Sha256Digest,
+    record: &LedgerRecord,
+    out: &mut Vec<u8>,
+) -> Result<(), CanonicalError> {
+    canonical_json_into(
+        &EntryBody {
+            seq,
+            prev_hash,
+            record,
+        },
+        out,
+    )
+}
+
+/// The tip of a chain: what is needed to seal the next record. An operator
+/// that stores entries elsewhere (one object per entry) keeps only this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerHead {
+    /// The `seq` the next entry gets.
+    pub next_seq: u64,
+    /// The `hash` of the last entry ([`GENESIS_PREV_HASH`] when empty).
+    pub head: Sha256Digest,
+}
+
+impl Default for LedgerHead {
+    fn default() -> Self {
+        LedgerHead::GENESIS
+    }
+}
+
+impl LedgerHead {
+    /// The head of an empty ledger.
+    pub const GENESIS: LedgerHead = LedgerHead {
+        next_seq: FIRST_SEQ,
+        head: GENESIS_PREV_HASH,
+    };
+
+    /// The head after `entry` (trusting it; verify the chain first).
+    pub fn after(entry: &LedgerEntry) -> LedgerHead {
+        LedgerHead {
+            next_seq: entry.seq + 1,
+            head: entry.hash,
+        }
+    }
+
+    /// Sequences and chains `record`, advancing the head. O(1): one canonical
+    /// encoding and one SHA-256 of a few hundred bytes.
+    pub fn seal(&mut self, record: LedgerRecord) -> Result<LedgerEntry, CanonicalError> {
+        let mut buf = Vec::with_capacity(512);
+        self.seal_with(record, &mut buf)
+    }
+
+    fn seal_with(
+        &mut self,
+        record: LedgerRecord,
+        buf: &mut Vec<u8>,
+    ) -> Result<LedgerEntry, CanonicalError> {
+        buf.clear();
+        body_bytes_into(self.next_seq, &self.head, &record, buf)?;
+        let hash = Sha256Digest::of(buf);
+        let entry = LedgerEntry {
+            seq: self.next_seq,
+            prev_hash: self.head,
+            hash,
+            record,
+        };
+        self.next_seq += 1;
+        self.head = hash;
+        Ok(entry)
+    }
+}
+
+/// An in-memory ledger: entries in order, appended in O(1).
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    entries: Vec<LedgerEntry>,
+    head: LedgerHead,
+    scratch: Vec<u8>,
+}
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Adopts `entries` after verifying their chain (sequence, links, hashes).
+    pub fn from_entries(entries: Vec<LedgerEntry>) -> Result<Ledger, ChainError> {
+        verify_entries(&entries)?;
+        let head = entries.last().map_or(LedgerHead::GENESIS, LedgerHead::after);
+        Ok(Ledger {
+            entries,
+            head,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Appends `record` as the next entry and returns it. Fails only when the
+    /// record holds a non-finite number (NaN or ±∞ FLOP), which has no JSON form.
+    pub fn append(&mut self, record: LedgerRecord) -> Result<&LedgerEntry, CanonicalError> {
+        let entry = self.head.seal_with(record, &mut self.scratch)?;
+        self.entries.push(entry);
+        // Just pushed, so the vector is not empty.
+        let last = self.entries.len() - 1;
+        Ok(&self.entries[last])
+    }
+
+    pub fn entries(&self) -> &[LedgerEntry] {
+        &self.entries
+    }
+
+    pub fn into_entries(self) -> Vec<LedgerEntry> {
+        self.entries
+    }
+
+    pub fn head(&self) -> LedgerHead {
+        self.head
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the ledger as JSON Lines (see [`write_jsonl`]).
+    pub fn write_jsonl<W: Write>(&self, out: W) -> io::Result<()> {
+        write_jsonl(&self.entries, out)
+    }
+}
+
+/// Writes `entries` as JSON Lines: each line the canonical JSON of one entry.
+pub fn write_jsonl<W: Write>(entries: &[LedgerEntry], mut out: W) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    for e in entries {
+        buf.clear();
+        canonical_json_into(e, &mut buf).map_err(io::Error::other)?;
+        buf.push(b'\n');
+        out.write_all(&buf)?;
+    }
+    out.flush()
+}
+
+/// The first thing wrong with a ledger, naming the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainError {
+    /// A line is not a ledger entry at all.
+    Malformed { line: usize, message: String },
+    /// The line is a valid entry but not in RFC 8785 canonical form.
+    NotCanonical { line: usize, seq: u64 },
+    /// The stored `hash` is not the hash of the entry's content.
+    HashMismatch {
+        line: usize,
+        seq: u64,
+        stored: Sha256Digest,
+        computed: Sha256Digest,
+    },
+    /// `prevHash` does not equal the previous entry's `hash`.
+    BrokenLink {
+        line: usize,
+        seq: u64,
+        stored: Sha256Digest,
+        expected: Sha256Digest,
+    },
+    /// Sequence numbers are not consecutive from 0 (entry deleted, inserted or reordered).
+    SeqMismatch {
+        line: usize,
+        found: u64,
+        expected: u64,
+    },
+    /// The entry holds a number with no JSON form.
+    Unencodable {
+        line: usize,
+        seq: u64,
+        message: String,
+    },
+}
+
+impl ChainError {
+    /// The 1-based line (entry position) where the ledger first breaks.
+    pub fn line(&self) -> usize {
+        match self {
+            ChainError::Malformed { line, .. }
+            | ChainError::NotCanonical { line, .. }
+            | ChainError::HashMismatch { line, .. }
+            | ChainError::BrokenLink { line, .. }
+            | ChainError::SeqMismatch { line, .. }
+            | ChainError::Unencodable { line, .. } => *line,
+        }
+    }
+}
+
+impl fmt::Display for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainError::Malformed { line, message } => {
+                write!(f, "line {line} is not a ledger entry: {message}")
+            }
+            ChainError::NotCanonical { line, seq } => write!(
+                f,
+                "entry seq {seq} (line {line}) is not in RFC 8785 canonical form, so its bytes were altered after it was written"
+            ),
+            ChainError::HashMismatch {
+                line,
+                seq,
+                stored,
+                computed,
+            } => write!(
+                f,
+                "entry seq {seq} (line {line}) was altered: its content hashes to {computed} but its hash field says {stored}"
+            ),
+            ChainError::BrokenLink {
+                line,
+                seq,
+                stored,
+                expected,
+            } => write!(
+                f,
+                "entry seq {seq} (line {line}) does not chain to the entry before it: prevHash is {stored}, expected {expected}"
+            ),
+            ChainError::SeqMismatch {
+                line,
+                found,
+                expected,
+            } => write!(
+                f,
+                "line {line} holds entry seq {found} where seq {expected} was expected, so entries were deleted, inserted or reordered"
+            ),
+            ChainError::Unencodable { line, seq, message } => {
+                write!(f, "entry seq {seq} (line {line}) cannot be encoded: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ChainError {}
+
+/// Verifies that in-memory `entries` form a valid chain from genesis.
+pub fn verify_entries(entries: &[LedgerEntry]) -> Result<(), ChainError> {
+    let mut expected = LedgerHead::GENESIS;
+    let mut buf = Vec::with_capacity(1024);
+    for (i, e) in entries.iter().enumerate() {
+        let line = i + 1;
+        check_link(line, e, &expected)?;
+        buf.clear();
+        body_bytes_into(e.seq, &e.prev_hash, &e.record, &mut buf).map_err(|err| {
+            ChainError::Unencodable {
+                line,
+                seq: e.seq,
+                message: err.to_string(),
+            }
+        })?;
+        let computed = Sha256Digest::of(&buf);
+        if computed != e.hash {
+            return Err(ChainError::HashMismatch {
+                line,
+                seq: e.seq,
+                stored: e.hash,
+                computed,
+            });
+        }
+        expected = LedgerHead::after(e);
+    }
+    Ok(())
+}
+
+fn check_link(line: usize, e: &LedgerEntry, expected: &LedgerHead) -> Result<(), ChainError> {
+    if e.seq != expected.next_seq {
+        return Err(ChainError::SeqMismatch {
+            line,
+            found: e.seq,
+            expected: expected.next_seq,
+        });
+    }
+    if e.prev_hash != expected.head {
+        return Err(ChainError::BrokenLink {
+            line,
+            seq: e.seq,
+            stored: e.prev_hash,
+            expected: expected.head,
+        });
+    }
+    Ok(())
+}
+
+/// Parses one line and checks it on its own: valid entry, canonical bytes,
+/// hash over its content. Linking to neighbours is checked by the caller.
+fn check_line(line_no: usize, line: &[u8], buf: &mut Vec<u8>) -> Result<LedgerEntry, ChainError> {
+    let entry: LedgerEntry =
+        serde_json::from_slice(line).map_err(|e| ChainError::Malformed {
+            line: line_no,
+            message: e.to_string(),
+        })?;
+    buf.clear();
+    canonical_json_into(&entry, buf).map_err(|e| ChainError::Unencodable {
+        line: line_no,
+        seq: entry.seq,
+        message: e.to_string(),
+    })?;
+    if buf.as_slice() != line {
+        return Err(ChainError::NotCanonical {
+            line: line_no,
+            seq: entry.seq,
+        });
+    }
+    // The hashed bytes are the canonical line without its `"hash":"<hex>",`
+    // member. `hash` is never the last member (`seq` and `time` always
+    // follow it), so it is followed by a comma. The needle contains two
+    // unescaped quotes, so it cannot occur inside a string value.
+    let mut needle = Vec::with_capacity(76);
+    needle.extend_from_slice(b"\"hash\":\"");
+    entry.hash.write_hex(&mut needle);
+    needle.extend_from_slice(b"\",");
+    let computed = match memchr::memmem::find(buf, &needle) {
+        Some(at) => {
+            let mut h = Sha256::new();
+            h.update(&buf[..at]);
+            h.update(&buf[at + needle.len()..]);
+            Sha256Digest(h.finalize().into())
+        }
+        // Unreachable for a canonical line; recompute the slow way to be safe.
+        None => entry.compute_hash().map_err(|e| ChainError::Unencodable {
+            line: line_no,
+            seq: entry.seq,
+            message: e.to_string(),
+        })?,
+    };
+    if computed != entry.hash {
+        return Err(ChainError::HashMismatch {
+            line: line_no,
+            seq: entry.seq,
+            stored: entry.hash,
+            computed,
+        });
+    }
+    Ok(entry)
+}
+
+/// Splits JSON Lines into lines. Every line must be terminated by `\n`
+/// except possibly the last; empty lines are not allowed.
+fn split_lines(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if bytes.last() == Some(&b'\n') || bytes.is_empty() {
+        lines.pop();
+    }
+    lines
+}
+
+/// Parses and verifies a whole `ledger.jsonl`: every line canonical, every
+/// hash right, sequence numbers consecutive from 0 and every `prevHash`
+/// linked. Uses all available cores for the per-line work; the error is
+/// always the first broken entry in file order.
+pub fn verify_jsonl(bytes: &[u8]) -> Result<Vec<LedgerEntry>, ChainError> {
+    let lines = split_lines(bytes);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = lines.len().div_ceil(threads).max(1024);
+    let results: Vec<(Vec<LedgerEntry>, Option<ChainError>)> = if lines.len() <= chunk {
+        vec![check_chunk(0, &lines)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = lines
+                .chunks(chunk)
+                .enumerate()
+                .map(|(i, part)| s.spawn(move || check_chunk(i * chunk, part)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        (
+                            Vec::new(),
+                            Some(ChainError::Malformed {
+                                line: 0,
+                                message: "internal error: a verifier thread panicked".into(),
+                            }),
+                        )
+                    })
+                })
+                .collect()
+        })
+    };
+    let mut entries = Vec::with_capacity(lines.len());
+    let mut expected = LedgerHead::GENESIS;
+    for (part, error) in results {
+        for e in part {
+            check_link(entries.len() + 1, &e, &expected)?;
+            expected = LedgerHead::after(&e);
+            entries.push(e);
+        }
+        if let Some(err) = error {
+            return Err(err);
+        }
+    }
+    Ok(entries)
+}
+
+fn check_chunk(first: usize, lines: &[&[u8]]) -> (Vec<LedgerEntry>, Option<ChainError>) {
+    let mut out = Vec::with_capacity(lines.len());
+    let mut buf = Vec::with_capacity(1024);
+    for (i, line) in lines.iter().enumerate() {
+        match check_line(first + i + 1, line, &mut buf) {
+            Ok(e) => out.push(e),
+            Err(err) => return (out, Some(err)),
+        }
+    }
+    (out, None)
+}
+
+/// Parses JSON Lines into entries without verifying anything (for tools
+/// that verify separately). Errors name the 1-based line.
+pub fn read_jsonl(bytes: &[u8]) -> Result<Vec<LedgerEntry>, ChainError> {
+    split_lines(bytes)
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_slice(line).map_err(|e| ChainError::Malformed {
+                line: i + 1,
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
