@@ -11,7 +11,9 @@ use crate::units::Flop;
 
 /// The four answers, ordered from most permissive to strictest: when several
 /// policies select a job, the strictest wins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum Verdict {
     Admit,
     Throttle,

@@ -97,7 +97,13 @@ impl fmt::Display for GoDuration {
         if ms == 0 {
             return write!(f, "0s");
         }
-        for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        for (unit, size) in [
+            ("d", 86_400_000u128),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+            ("ms", 1),
+        ] {
             if ms >= size {
                 write!(f, "{}{}", ms / size, unit)?;
                 ms %= size;
@@ -139,7 +145,10 @@ mod tests {
 
     #[test]
     fn parses_go_syntax_and_days() {
-        assert_eq!("72h30m".parse::<GoDuration>().unwrap().0.as_secs(), 72 * 3600 + 1800);
+        assert_eq!(
+            "72h30m".parse::<GoDuration>().unwrap().0.as_secs(),
+            72 * 3600 + 1800
+        );
         assert_eq!("1.5h".parse::<GoDuration>().unwrap().0.as_secs(), 5400);
         assert_eq!("30d".parse::<GoDuration>().unwrap().0.as_secs(), 30 * 86400);
         assert_eq!("500ms".parse::<GoDuration>().unwrap().0.as_millis(), 500);

@@ -1,1 +1,1593 @@
-//! The decision engine (in progress).
+//! The decision engine: a deterministic state machine fed with events at
+//! explicit times (submit, approve, start, finish, delete, policy change,
+//! tick) that returns decisions and ledger records.
+//!
+//! Accounting is conservative and monotone: when a job is admitted, the FLOP
+//! its deciding policy governs by is *charged* to its lineage (and its base
+//! lineage where the policy counts fine-tunes toward it) and to the rolling
+//! namespace, model and cluster budget windows at that instant. The charge is
+//! never returned, because regulation counts compute that "will be met" (EU AI
+//! Act Art. 52(1)); metered consumption is tracked beside it. Capacity, by
+//! contrast, is about what runs now, and is released when a job ends.
+//!
+//! Every total the engine keeps is derivable from the ledger records it
+//! emits, so the operator can rebuild it after a restart.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::Catalog;
+use crate::decision::{ApprovalNeed, Decision, Verdict};
+use crate::job::{JobId, JobRequest, Principal};
+use crate::ledger::{AcceleratorUse, LedgerEvent, LedgerRecord};
+use crate::policy::{
+    ApprovalRequirement, Basis, BudgetAction, BudgetScope, Cap, ComputePolicySpec, Mode, Policy,
+    PolicyError, Queueing, TierAction,
+};
+use crate::projection::{Projection, project};
+use crate::units::{AcceleratorSeconds, Flop, FlopPerSecond, Seconds, sci};
+
+/// The actor name the engine uses for its own actions.
+pub const OPERATOR_ACTOR: &str = "komptroller";
+
+/// Where a job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Phase {
+    Pending,
+    Queued,
+    AwaitingApproval,
+    Admitted,
+    Running,
+    Succeeded,
+    Failed,
+    Rejected,
+    Stopped,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::Rejected | Phase::Stopped
+        )
+    }
+    pub fn holds_capacity(self) -> bool {
+        matches!(self, Phase::Admitted | Phase::Running)
+    }
+}
+
+/// How a workload ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    DeadlineExceeded,
+}
+
+/// An input to the engine.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A job was created or its spec changed.
+    Submit(JobRequest),
+    /// Someone approved a job's escalation.
+    Approve {
+        job: JobId,
+        approver: Principal,
+        spec_hash: String,
+    },
+    /// The admitted job's workload started running.
+    Start { job: JobId },
+    /// The workload ended.
+    Finish { job: JobId, outcome: Outcome },
+    /// The TrainingJob was deleted.
+    Delete { job: JobId },
+    /// A policy was created or changed.
+    UpsertPolicy(Policy),
+    /// A policy was deleted.
+    RemovePolicy { name: String },
+    /// Time passed: budget windows may have freed.
+    Tick,
+}
+
+/// What one event produced.
+#[derive(Clone, Debug, Default)]
+pub struct Step {
+    /// Decisions whose verdict changed (or were made for the first time).
+    pub decisions: Vec<(JobId, Decision)>,
+    /// Ledger records, in order.
+    pub records: Vec<LedgerRecord>,
+}
+
+/// Why an event could not be applied. Each message names the field, value and rule.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("no TrainingJob {0} is known to the engine")]
+    UnknownJob(String),
+    #[error("approval of {job}: {reason}")]
+    Approval { job: String, reason: String },
+    #[error(
+        "spec of {job} is immutable once admitted (phase {phase:?}); delete and resubmit to change it"
+    )]
+    Immutable { job: String, phase: Phase },
+}
+
+/// Totals of one lineage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LineageTotals {
+    /// FLOP reserved by admissions (never returned).
+    pub charged: Flop,
+    /// Of which charged by jobs whose own lineage this is (not fine-tunes of it).
+    pub own_charged: Flop,
+    /// FLOP metered from completed runs.
+    pub consumed: Flop,
+    pub accelerator_seconds: AcceleratorSeconds,
+}
+
+/// A lineage crossed a tier threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Crossing {
+    pub lineage: String,
+    pub policy: String,
+    pub tier: String,
+    pub threshold: Flop,
+    pub at: Timestamp,
+    /// The reporting obligation's deadline, when the tier has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_by: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regulation: Option<String>,
+}
+
+/// Running compute of one scope.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Usage {
+    rate: FlopPerSecond,
+    accelerators: u64,
+}
+
+/// Charges over time with prefix sums, for O(log n) rolling-window sums.
+#[derive(Clone, Debug, Default)]
+struct ChargeSeries {
+    /// (time in ms, cumulative FLOP including this charge)
+    points: VecDeque<(i64, f64)>,
+    /// Cumulative FLOP of points pruned from the front.
+    pruned: f64,
+}
+
+impl ChargeSeries {
+    fn push(&mut self, t: i64, flop: f64) {
+        let last = self.points.back().map_or(self.pruned, |p| p.1);
+        self.points.push_back((t, last + flop));
+    }
+    fn total(&self) -> f64 {
+        self.points.back().map_or(self.pruned, |p| p.1)
+    }
+    /// Cumulative sum of charges at or before `t`.
+    fn cum_at(&self, t: i64) -> f64 {
+        let i = self.points.partition_point(|p| p.0 <= t);
+        if i == 0 {
+            self.pruned
+        } else {
+            self.points[i - 1].1
+        }
+    }
+    /// Sum of charges in (now - window, now].
+    fn window_sum(&self, now: i64, window_ms: i64) -> f64 {
+        self.total() - self.cum_at(now.saturating_sub(window_ms))
+    }
+    /// Earliest time at which the window sum drops to `target` or below,
+    /// assuming no new charges.
+    fn frees_at(&self, window_ms: i64, target: f64) -> Option<i64> {
+        let total = self.total();
+        if total - self.pruned <= target {
+            return None;
+        }
+        // The first point i such that total - cum[i] <= target: once it leaves the window the sum fits.
+        let i = self.points.partition_point(|p| total - p.1 > target);
+        self.points.get(i).map(|p| p.0.saturating_add(window_ms))
+    }
+    fn prune_before(&mut self, t: i64) {
+        while let Some(&(pt, cum)) = self.points.front() {
+            if pt < t && self.points.len() > 1 {
+                self.pruned = cum;
+                self.points.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// A policy ready to evaluate: spec, its catalog, its content hash.
+#[derive(Clone, Debug)]
+struct CompiledPolicy {
+    name: String,
+    spec: ComputePolicySpec,
+    catalog: Arc<Catalog>,
+}
+
+/// Per-job state.
+#[derive(Clone, Debug)]
+struct JobState {
+    request: JobRequest,
+    phase: Phase,
+    submitted_at: Timestamp,
+    seq: u64,
+    decision: Option<Decision>,
+    approvals: Vec<Principal>,
+    admitted: Option<Admission>,
+    started_at: Option<Timestamp>,
+    /// Constraints this job is queued on (StrictFIFO blocks others on them).
+    throttled_on: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Admission {
+    rate: FlopPerSecond,
+    accelerators: u64,
+    projection: Option<Projection>,
+    basis: Basis,
+}
+
+type QueueKey = (Reverse<i32>, Timestamp, u64);
+type JobKey = (String, String);
+
+fn key_of(id: &JobId) -> JobKey {
+    (id.namespace.clone(), id.name.clone())
+}
+
+/// One rule's outcome while evaluating a policy.
+#[derive(Clone, Debug)]
+struct RuleOutcome {
+    verdict: Verdict,
+    rule: String,
+    reason: String,
+    approvals: Option<ApprovalRequirement>,
+    /// Constraint this outcome waits on, for StrictFIFO blocking.
+    constraint: Option<String>,
+}
+
+/// The full evaluation of a job against all selecting policies.
+#[derive(Clone, Debug)]
+struct Evaluation {
+    decision: Decision,
+    /// Constraints it is throttled on.
+    throttled_on: Vec<String>,
+    strict: bool,
+    charge: Flop,
+    charged_lineages: Vec<String>,
+    rate: FlopPerSecond,
+    basis: Basis,
+    /// When a budget window will have freed enough for this job.
+    wake_at: Option<i64>,
+}
+
+/// The engine.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    base_catalog: Arc<Catalog>,
+    policies: BTreeMap<String, CompiledPolicy>,
+    jobs: HashMap<JobKey, JobState>,
+    lineages: HashMap<String, LineageTotals>,
+    windows: HashMap<(BudgetScope, String), ChargeSeries>,
+    cluster_usage: Usage,
+    ns_usage: HashMap<String, Usage>,
+    queue: BTreeMap<QueueKey, JobKey>,
+    crossings: Vec<Crossing>,
+    crossed: HashSet<(String, String, String)>,
+    next_seq: u64,
+    /// Earliest time a throttled job's budget window frees.
+    wakeups: std::collections::BTreeSet<i64>,
+    retention_ms: i64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new(Catalog::builtin())
+    }
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn from_ms(v: i64) -> Timestamp {
+    Timestamp::from_millisecond(v).unwrap_or(Timestamp::MAX)
+}
+
+/// SHA-256 (hex) of a value's canonical JSON; used for spec and policy hashes.
+pub fn content_hash<T: Serialize>(value: &T) -> String {
+    let bytes = serde_json_canonicalizer::to_vec(value).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+impl Engine {
+    pub fn new(catalog: Catalog) -> Engine {
+        Engine {
+            base_catalog: Arc::new(catalog),
+            policies: BTreeMap::new(),
+            jobs: HashMap::new(),
+            lineages: HashMap::new(),
+            windows: HashMap::new(),
+            cluster_usage: Usage::default(),
+            ns_usage: HashMap::new(),
+            queue: BTreeMap::new(),
+            crossings: Vec::new(),
+            crossed: HashSet::new(),
+            next_seq: 0,
+            wakeups: std::collections::BTreeSet::new(),
+            retention_ms: 400 * 86_400_000,
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.base_catalog
+    }
+
+    /// Totals of a lineage.
+    pub fn lineage(&self, name: &str) -> LineageTotals {
+        self.lineages.get(name).copied().unwrap_or_default()
+    }
+
+    /// All lineage totals, sorted by name.
+    pub fn lineages(&self) -> BTreeMap<String, LineageTotals> {
+        self.lineages.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Charged FLOP of `scope`/`key` in (now - window, now].
+    pub fn window_charged(
+        &self,
+        scope: BudgetScope,
+        key: &str,
+        now: Timestamp,
+        window: SignedDuration,
+    ) -> Flop {
+        let w = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        Flop(
+            self.windows
+                .get(&(scope, key.to_string()))
+                .map_or(0.0, |s| s.window_sum(ms(now), w)),
+        )
+    }
+
+    pub fn crossings(&self) -> &[Crossing] {
+        &self.crossings
+    }
+
+    /// Running FLOP/s and accelerators of admitted, unfinished jobs.
+    pub fn running(&self) -> (FlopPerSecond, u64) {
+        (self.cluster_usage.rate, self.cluster_usage.accelerators)
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn phase(&self, id: &JobId) -> Option<Phase> {
+        self.jobs.get(&key_of(id)).map(|j| j.phase)
+    }
+
+    pub fn decision(&self, id: &JobId) -> Option<&Decision> {
+        self.jobs.get(&key_of(id)).and_then(|j| j.decision.as_ref())
+    }
+
+    /// 1-based position of a queued job.
+    pub fn queue_position(&self, id: &JobId) -> Option<u32> {
+        let j = self.jobs.get(&key_of(id))?;
+        if j.phase != Phase::Queued {
+            return None;
+        }
+        let qk = (Reverse(j.request.priority), j.submitted_at, j.seq);
+        u32::try_from(self.queue.range(..qk).count() + 1).ok()
+    }
+
+    /// Jobs waiting for approval.
+    pub fn pending_approvals(&self) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| j.phase == Phase::AwaitingApproval)
+            .count()
+    }
+
+    /// The earliest future time at which a Tick could admit a throttled job.
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        self.wakeups.iter().next().map(|t| from_ms(*t))
+    }
+
+    /// Policies currently loaded.
+    pub fn policies(&self) -> impl Iterator<Item = (&str, &ComputePolicySpec)> {
+        self.policies.values().map(|p| (p.name.as_str(), &p.spec))
+    }
+
+    /// Applies one event at `now`.
+    pub fn apply(&mut self, now: Timestamp, event: Event) -> Result<Step, EngineError> {
+        let mut step = Step::default();
+        match event {
+            Event::Submit(req) => self.submit(now, req, &mut step)?,
+            Event::Approve {
+                job,
+                approver,
+                spec_hash,
+            } => self.approve(now, &job, approver, &spec_hash, &mut step)?,
+            Event::Start { job } => self.start(now, &job, &mut step)?,
+            Event::Finish { job, outcome } => {
+                self.finish(now, &job, outcome, &mut step)?;
+                self.drain_queue(now, &mut step);
+            }
+            Event::Delete { job } => {
+                self.delete(now, &job, &mut step)?;
+                self.drain_queue(now, &mut step);
+            }
+            Event::UpsertPolicy(p) => {
+                p.spec.validate(&p.name)?;
+                let catalog = if p.spec.accelerators.is_empty() {
+                    Arc::clone(&self.base_catalog)
+                } else {
+                    Arc::new(self.base_catalog.with_overrides(&p.spec.accelerators))
+                };
+                let hash = content_hash(&p.spec);
+                self.retention_ms = self.retention_ms.max(
+                    p.spec
+                        .budgets
+                        .iter()
+                        .map(|b| b.window.as_millis())
+                        .max()
+                        .unwrap_or(0),
+                );
+                self.policies.insert(
+                    p.name.clone(),
+                    CompiledPolicy {
+                        name: p.name.clone(),
+                        spec: p.spec,
+                        catalog,
+                    },
+                );
+                step.records.push(policy_record(now, &p.name, hash));
+                self.reevaluate_held(now, &mut step);
+            }
+            Event::RemovePolicy { name } => {
+                if self.policies.remove(&name).is_some() {
+                    step.records.push(policy_record(now, &name, String::new()));
+                    self.reevaluate_held(now, &mut step);
+                }
+            }
+            Event::Tick => {
+                self.wakeups = self.wakeups.split_off(&(ms(now) + 1));
+                self.drain_queue(now, &mut step);
+                self.prune(now);
+            }
+        }
+        Ok(step)
+    }
+
+    fn prune(&mut self, now: Timestamp) {
+        let horizon = ms(now).saturating_sub(self.retention_ms);
+        for s in self.windows.values_mut() {
+            s.prune_before(horizon);
+        }
+    }
+
+    fn selecting(&self, req: &JobRequest) -> Vec<&CompiledPolicy> {
+        self.policies
+            .values()
+            .filter(|p| p.spec.namespace_selector.matches(&req.namespace_labels))
+            .collect()
+    }
+
+    fn submit(
+        &mut self,
+        now: Timestamp,
+        mut req: JobRequest,
+        step: &mut Step,
+    ) -> Result<(), EngineError> {
+        if req.spec_hash.is_empty() {
+            req.spec_hash = content_hash(&(
+                &req.model,
+                &req.accelerator,
+                req.count,
+                req.max_duration,
+                req.priority,
+            ));
+        }
+        let key = key_of(&req.id);
+        if let Some(existing) = self.jobs.get(&key) {
+            let same_incarnation = existing.request.id.uid == req.id.uid;
+            if same_incarnation && existing.request.spec_hash == req.spec_hash {
+                return Ok(()); // idempotent resubmission
+            }
+            if same_incarnation && (existing.phase.holds_capacity() || existing.phase.is_terminal())
+            {
+                return Err(EngineError::Immutable {
+                    job: req.id.to_string(),
+                    phase: existing.phase,
+                });
+            }
+            // A spec change before admission (or a new incarnation): forget the
+            // old hold, its approvals and its queue place.
+            let old = existing.clone();
+            self.unqueue(&old);
+            if !same_incarnation && old.phase.holds_capacity() {
+                self.release(&old);
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.jobs.insert(
+            key.clone(),
+            JobState {
+                request: req,
+                phase: Phase::Pending,
+                submitted_at: now,
+                seq,
+                decision: None,
+                approvals: Vec::new(),
+                admitted: None,
+                started_at: None,
+                throttled_on: Vec::new(),
+            },
+        );
+        self.decide(now, &key, step, true);
+        Ok(())
+    }
+
+    fn approve(
+        &mut self,
+        now: Timestamp,
+        id: &JobId,
+        approver: Principal,
+        spec_hash: &str,
+        step: &mut Step,
+    ) -> Result<(), EngineError> {
+        let key = key_of(id);
+        let job = self
+            .jobs
+            .get(&key)
+            .ok_or_else(|| EngineError::UnknownJob(id.to_string()))?;
+        let err = |reason: String| EngineError::Approval {
+            job: id.to_string(),
+            reason,
+        };
+        if let Some(sub) = &job.request.submitter
+            && sub.user == approver.user
+        {
+            return Err(err(format!(
+                "spec.approver: {:?} submitted this job and cannot approve it (separation of duties)",
+                approver.user
+            )));
+        }
+        if !spec_hash.is_empty() && spec_hash != job.request.spec_hash {
+            return Err(err(format!(
+                "spec.specHash: {spec_hash} does not match the job's current spec {}; the spec changed after it was reviewed",
+                job.request.spec_hash
+            )));
+        }
+        if job.approvals.iter().any(|a| a.user == approver.user) {
+            return Ok(());
+        }
+        if let Some(need) = job.decision.as_ref().and_then(|d| d.approvals.as_ref())
+            && !need.groups.is_empty()
+            && !approver.groups.iter().any(|g| need.groups.contains(g))
+        {
+            return Err(err(format!(
+                "spec.approver: {:?} is in none of the groups this escalation requires ({})",
+                approver.user,
+                need.groups.join(", ")
+            )));
+        }
+        let mut rec = self.record(now, &job.request, &approver.user);
+        rec.event = LedgerEvent::Approved {
+            approver: approver.user.clone(),
+            groups: approver.groups.clone(),
+            spec_hash: job.request.spec_hash.clone(),
+        };
+        step.records.push(rec);
+        let held = job.phase == Phase::AwaitingApproval;
+        if let Some(j) = self.jobs.get_mut(&key) {
+            j.approvals.push(approver);
+        }
+        if held {
+            self.decide(now, &key, step, false);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, now: Timestamp, id: &JobId, step: &mut Step) -> Result<(), EngineError> {
+        let key = key_of(id);
+        let job = self
+            .jobs
+            .get_mut(&key)
+            .ok_or_else(|| EngineError::UnknownJob(id.to_string()))?;
+        if job.phase != Phase::Admitted {
+            return Ok(());
+        }
+        job.phase = Phase::Running;
+        job.started_at = Some(now);
+        let req = job.request.clone();
+        let mut rec = self.record(now, &req, OPERATOR_ACTOR);
+        rec.event = LedgerEvent::Started;
+        step.records.push(rec);
+        Ok(())
+    }
+
+    /// Meters a job that held capacity and releases it.
+    fn meter(&mut self, now: Timestamp, key: &JobKey) -> (AcceleratorSeconds, Flop) {
+        let Some(job) = self.jobs.get(key) else {
+            return (AcceleratorSeconds::ZERO, Flop::ZERO);
+        };
+        let elapsed = match job.started_at {
+            Some(s) => Seconds((ms(now) - ms(s)).max(0) as f64 / 1000.0),
+            None => Seconds::ZERO,
+        };
+        let acc = AcceleratorSeconds::of(job.request.count, elapsed);
+        let flop = job
+            .admitted
+            .as_ref()
+            .and_then(|a| a.projection.as_ref().map(|p| p.consumed(elapsed, a.basis)))
+            .unwrap_or(Flop::ZERO);
+        let lineage = job.request.lineage().to_string();
+        let base = job.request.base_lineage().map(str::to_string);
+        let job = job.clone();
+        self.release(&job);
+        for l in std::iter::once(lineage).chain(base) {
+            let t = self.lineages.entry(l).or_default();
+            t.consumed += flop;
+            t.accelerator_seconds += acc;
+        }
+        (acc, flop)
+    }
+
+    fn release(&mut self, job: &JobState) {
+        if let Some(a) = &job.admitted {
+            self.cluster_usage.rate = self.cluster_usage.rate - a.rate;
+            self.cluster_usage.accelerators = self
+                .cluster_usage
+                .accelerators
+                .saturating_sub(a.accelerators);
+            if let Some(u) = self.ns_usage.get_mut(&job.request.id.namespace) {
+                u.rate = u.rate - a.rate;
+                u.accelerators = u.accelerators.saturating_sub(a.accelerators);
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        now: Timestamp,
+        id: &JobId,
+        outcome: Outcome,
+        step: &mut Step,
+    ) -> Result<(), EngineError> {
+        let key = key_of(id);
+        let phase = self
+            .jobs
+            .get(&key)
+            .map(|j| j.phase)
+            .ok_or_else(|| EngineError::UnknownJob(id.to_string()))?;
+        if !phase.holds_capacity() {
+            return Ok(());
+        }
+        let (acc, flop) = self.meter(now, &key);
+        let Some(job) = self.jobs.get_mut(&key) else {
+            return Ok(());
+        };
+        job.phase = match outcome {
+            Outcome::Succeeded => Phase::Succeeded,
+            Outcome::Failed | Outcome::DeadlineExceeded => Phase::Failed,
+        };
+        job.admitted = None;
+        let req = job.request.clone();
+        let mut rec = self.record(now, &req, OPERATOR_ACTOR);
+        rec.event = match outcome {
+            Outcome::DeadlineExceeded => LedgerEvent::DeadlineExceeded {
+                accelerator_seconds: acc,
+                consumed: flop,
+            },
+            o => LedgerEvent::Finished {
+                succeeded: o == Outcome::Succeeded,
+                accelerator_seconds: acc,
+                consumed: flop,
+            },
+        };
+        step.records.push(rec);
+        Ok(())
+    }
+
+    fn delete(&mut self, now: Timestamp, id: &JobId, step: &mut Step) -> Result<(), EngineError> {
+        let key = key_of(id);
+        let Some(job) = self.jobs.get(&key).cloned() else {
+            return Err(EngineError::UnknownJob(id.to_string()));
+        };
+        let (acc, flop) = if job.phase.holds_capacity() {
+            self.meter(now, &key)
+        } else {
+            (AcceleratorSeconds::ZERO, Flop::ZERO)
+        };
+        self.unqueue(&job);
+        self.jobs.remove(&key);
+        let mut rec = self.record(now, &job.request, OPERATOR_ACTOR);
+        rec.event = LedgerEvent::Deleted {
+            accelerator_seconds: acc,
+            consumed: flop,
+        };
+        step.records.push(rec);
+        Ok(())
+    }
+
+    fn unqueue(&mut self, job: &JobState) {
+        if job.phase == Phase::Queued {
+            self.queue
+                .remove(&(Reverse(job.request.priority), job.submitted_at, job.seq));
+        }
+    }
+
+    fn record(&self, now: Timestamp, req: &JobRequest, actor: &str) -> LedgerRecord {
+        LedgerRecord {
+            time: now,
+            job: Some(req.id.clone()),
+            lineage: Some(req.lineage().to_string()),
+            base_lineage: req.base_lineage().map(str::to_string),
+            accelerator: Some(AcceleratorUse {
+                kind: self
+                    .base_catalog
+                    .get(&req.accelerator.kind)
+                    .map_or_else(|| req.accelerator.kind.clone(), |e| e.name.clone()),
+                count: req.count,
+            }),
+            actor: actor.to_string(),
+            event: LedgerEvent::Started,
+        }
+    }
+
+    /// Re-evaluates everything held: queued jobs and jobs awaiting approval.
+    fn reevaluate_held(&mut self, now: Timestamp, step: &mut Step) {
+        let mut held: Vec<(Timestamp, u64, JobKey)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.phase == Phase::AwaitingApproval)
+            .map(|(k, j)| (j.submitted_at, j.seq, k.clone()))
+            .collect();
+        held.sort();
+        for (_, _, k) in held {
+            self.decide(now, &k, step, false);
+        }
+        self.drain_queue(now, step);
+    }
+
+    /// Walks the queue in order and admits what now fits.
+    fn drain_queue(&mut self, now: Timestamp, step: &mut Step) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let mut blocked: HashSet<String> = HashSet::new();
+        let keys: Vec<(QueueKey, JobKey)> =
+            self.queue.iter().map(|(q, k)| (*q, k.clone())).collect();
+        for (qk, key) in keys {
+            let Some(job) = self.jobs.get(&key) else {
+                self.queue.remove(&qk);
+                continue;
+            };
+            let eval = self.evaluate(now, job, &blocked);
+            if eval.decision.verdict == Verdict::Throttle {
+                if eval.strict {
+                    blocked.extend(eval.throttled_on.iter().cloned());
+                }
+                if let Some(w) = eval.wake_at {
+                    self.wakeups.insert(w);
+                }
+                // Still waiting: keep the place, refresh the reason quietly.
+                if let Some(j) = self.jobs.get_mut(&key) {
+                    j.decision = Some(eval.decision);
+                    j.throttled_on = eval.throttled_on;
+                }
+                continue;
+            }
+            self.queue.remove(&qk);
+            self.commit(now, &key, eval, step, false);
+        }
+    }
+
+    /// Evaluates a job and applies the verdict.
+    fn decide(&mut self, now: Timestamp, key: &JobKey, step: &mut Step, fresh: bool) {
+        let Some(job) = self.jobs.get(key) else {
+            return;
+        };
+        let blocked = self.blocked_ahead(job);
+        let eval = self.evaluate(now, job, &blocked);
+        self.commit(now, key, eval, step, fresh);
+    }
+
+    /// Constraints blocked by queued jobs ahead of `job` (StrictFIFO).
+    fn blocked_ahead(&self, job: &JobState) -> HashSet<String> {
+        let mut out = HashSet::new();
+        let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
+        for other in self.queue.range(..qk).map(|(_, k)| k) {
+            if let Some(o) = self.jobs.get(other) {
+                out.extend(o.throttled_on.iter().cloned());
+            }
+        }
+        out
+    }
+
+    fn commit(
+        &mut self,
+        now: Timestamp,
+        key: &JobKey,
+        eval: Evaluation,
+        step: &mut Step,
+        fresh: bool,
+    ) {
+        let Some(job) = self.jobs.get(key) else {
+            return;
+        };
+        let previous = job.decision.as_ref().map(|d| d.verdict);
+        let req = job.request.clone();
+        let mut decision = eval.decision;
+        let phase = match decision.verdict {
+            Verdict::Admit => Phase::Admitted,
+            Verdict::Throttle => Phase::Queued,
+            Verdict::Escalate => Phase::AwaitingApproval,
+            Verdict::Reject => Phase::Rejected,
+        };
+        let was_queued = job.phase == Phase::Queued;
+        let qk = (Reverse(req.priority), job.submitted_at, job.seq);
+        if phase == Phase::Queued {
+            if !was_queued {
+                self.queue.insert(qk, key.clone());
+            }
+            decision.queue_position = u32::try_from(self.queue.range(..qk).count() + 1).ok();
+            if let Some(w) = eval.wake_at {
+                self.wakeups.insert(w);
+            }
+        } else if was_queued {
+            self.queue.remove(&qk);
+        }
+        let charged = if phase == Phase::Admitted {
+            eval.charge
+        } else {
+            Flop::ZERO
+        };
+        if phase == Phase::Admitted {
+            self.charge(now, &req, &eval.charged_lineages, charged);
+            let accelerators = u64::from(req.count);
+            self.cluster_usage.rate += eval.rate;
+            self.cluster_usage.accelerators += accelerators;
+            let u = self.ns_usage.entry(req.id.namespace.clone()).or_default();
+            u.rate += eval.rate;
+            u.accelerators += accelerators;
+        }
+        let changed = fresh || previous != Some(decision.verdict);
+        if changed {
+            let mut rec = self.record(now, &req, OPERATOR_ACTOR);
+            rec.event = LedgerEvent::Decided {
+                verdict: decision.verdict,
+                enforced_verdict: decision.enforced_verdict,
+                mode: decision.mode,
+                policy: decision.policy.clone(),
+                rule: decision.rule.clone(),
+                tier: decision.tier.clone(),
+                reason: decision.reason.clone(),
+                projection: decision.projection.clone(),
+                governing: decision.governing,
+                charged,
+                charged_lineages: if charged.0 > 0.0 {
+                    eval.charged_lineages.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            step.records.push(rec);
+            step.decisions.push((req.id.clone(), decision.clone()));
+        }
+        if phase == Phase::Admitted {
+            self.record_crossings(now, &eval.charged_lineages, charged);
+        }
+        if let Some(j) = self.jobs.get_mut(key) {
+            j.phase = phase;
+            if phase == Phase::Admitted {
+                j.admitted = Some(Admission {
+                    rate: eval.rate,
+                    accelerators: u64::from(req.count),
+                    projection: decision.projection.clone(),
+                    basis: eval.basis,
+                });
+            }
+            j.throttled_on = if phase == Phase::Queued {
+                eval.throttled_on
+            } else {
+                Vec::new()
+            };
+            j.decision = Some(decision);
+        }
+    }
+
+    fn charge(&mut self, now: Timestamp, req: &JobRequest, lineages: &[String], flop: Flop) {
+        if flop.0 <= 0.0 {
+            return;
+        }
+        for (i, l) in lineages.iter().enumerate() {
+            let t = self.lineages.entry(l.clone()).or_default();
+            t.charged += flop;
+            if i == 0 {
+                t.own_charged += flop;
+            }
+        }
+        let t = ms(now);
+        self.windows
+            .entry((BudgetScope::Namespace, req.id.namespace.clone()))
+            .or_default()
+            .push(t, flop.0);
+        for l in lineages {
+            self.windows
+                .entry((BudgetScope::Model, l.clone()))
+                .or_default()
+                .push(t, flop.0);
+        }
+        self.windows
+            .entry((BudgetScope::Cluster, String::new()))
+            .or_default()
+            .push(t, flop.0);
+    }
+
+    fn record_crossings(&mut self, now: Timestamp, lineages: &[String], flop: Flop) {
+        let mut new = Vec::new();
+        for l in lineages {
+            let total = self.lineage(l).charged;
+            let before = total - flop;
+            for p in self.policies.values() {
+                for t in &p.spec.tiers {
+                    if before.0 <= t.threshold.0 && total.0 > t.threshold.0 {
+                        let id = (l.clone(), p.name.clone(), t.name.clone());
+                        if self.crossed.contains(&id) {
+                            continue;
+                        }
+                        new.push((
+                            id,
+                            Crossing {
+                                lineage: l.clone(),
+                                policy: p.name.clone(),
+                                tier: t.name.clone(),
+                                threshold: t.threshold,
+                                at: now,
+                                notify_by: t.reporting.as_ref().and_then(|r| {
+                                    now.checked_add(SignedDuration::from_millis(
+                                        r.notify_within.as_millis(),
+                                    ))
+                                    .ok()
+                                }),
+                                regulation: t.reporting.as_ref().map(|r| r.regulation.clone()),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        for (id, c) in new {
+            self.crossed.insert(id);
+            self.crossings.push(c);
+        }
+    }
+
+    /// Evaluates `job` against every selecting policy (pure: no mutation).
+    fn evaluate(&self, now: Timestamp, job: &JobState, blocked: &HashSet<String>) -> Evaluation {
+        let req = &job.request;
+        let policies = self.selecting(req);
+        let lineage = req.lineage().to_string();
+        let base = req.base_lineage().map(str::to_string);
+
+        if policies.is_empty() {
+            let projection = project(&self.base_catalog, req, None).ok();
+            let governing = projection
+                .as_ref()
+                .map_or(Flop::ZERO, |p| p.governing(Basis::UpperBound));
+            let mut lineages = vec![lineage.clone()];
+            lineages.extend(base);
+            let rate = projection.as_ref().map_or(FlopPerSecond::ZERO, |p| p.rate);
+            return Evaluation {
+                decision: Decision {
+                    verdict: Verdict::Admit,
+                    enforced_verdict: Verdict::Admit,
+                    mode: Mode::Enforce,
+                    policy: None,
+                    rule: None,
+                    reason: format!(
+                        "Admitted: no ComputePolicy selects namespace {}; projected {} (upper bound) is recorded on lineage {}.",
+                        req.id.namespace, governing, lineage
+                    ),
+                    warnings: Vec::new(),
+                    lineage_total: self.lineage(&lineage).charged + governing,
+                    projection,
+                    governing,
+                    tier: None,
+                    approvals: None,
+                    queue_position: None,
+                },
+                throttled_on: Vec::new(),
+                strict: false,
+                charge: governing,
+                charged_lineages: lineages,
+                rate,
+                basis: Basis::UpperBound,
+                wake_at: None,
+            };
+        }
+
+        struct PolicyResult {
+            name: String,
+            mode: Mode,
+            outcome: RuleOutcome,
+            projection: Option<Projection>,
+            governing: Flop,
+            lineage_total: Flop,
+            tier: Option<String>,
+            approvals_lifted: bool,
+        }
+        let mut results: Vec<PolicyResult> = Vec::new();
+        let mut constraints = Vec::new();
+        let mut throttled_on = Vec::new();
+        let mut strict = false;
+        let mut charge = Flop::ZERO;
+        let mut rate = FlopPerSecond::ZERO;
+        let mut charged_lineages = vec![lineage.clone()];
+        let mut basis_of_charge = Basis::UpperBound;
+        let mut wake_at: Option<i64> = None;
+
+        for p in &policies {
+            let spec = &p.spec;
+            let mut outcomes: Vec<RuleOutcome> = Vec::new();
+            let reject = |rule: &str, reason: String| RuleOutcome {
+                verdict: Verdict::Reject,
+                rule: rule.to_string(),
+                reason,
+                approvals: None,
+                constraint: None,
+            };
+            // 1. Validate and 2. project.
+            let projection = if req.count == 0 {
+                outcomes.push(reject(
+                    "validation/accelerators",
+                    "Rejected: spec.replicas × the accelerator resource limit of spec.template is 0; a training job needs at least one accelerator.".into(),
+                ));
+                None
+            } else if req.max_duration.is_zero() {
+                outcomes.push(reject(
+                    "validation/maxDuration",
+                    format!(
+                        "Rejected: spec.maxDuration is {}; it must be longer than 0s, e.g. 72h.",
+                        req.max_duration
+                    ),
+                ));
+                None
+            } else {
+                match project(&p.catalog, req, spec.estimate.utilization) {
+                    Ok(pr) => Some(pr),
+                    Err(e) => {
+                        outcomes.push(reject("validation/accelerator", format!("Rejected: {e}.")));
+                        None
+                    }
+                }
+            };
+            let governing = projection
+                .as_ref()
+                .map_or(Flop::ZERO, |pr| pr.governing(spec.estimate.basis));
+            if let Some(pr) = &projection
+                && pr.opcount_impossible()
+                && let Some(op) = pr.opcount
+            {
+                outcomes.push(reject(
+                    "validation/opcount",
+                    format!(
+                        "Rejected: declared 6·N·D = {} exceeds the upper bound {} of {} × {} at {} for {}; the declaration or the request is wrong.",
+                        op, pr.upper_bound, pr.count, pr.accelerator, pr.precision, req.max_duration
+                    ),
+                ));
+            }
+            // 3. Tiers on the lineage total after the job.
+            let count_base = spec.lineage.count_fine_tunes_toward_base;
+            let own_total = self.lineage(&lineage).charged + governing;
+            let (tier_lineage, lineage_total) = match (&base, count_base) {
+                (Some(b), true) => {
+                    let bt = self.lineage(b).charged + governing;
+                    if bt.0 > own_total.0 {
+                        (b.clone(), bt)
+                    } else {
+                        (lineage.clone(), own_total)
+                    }
+                }
+                _ => (lineage.clone(), own_total),
+            };
+            let mut tier_name = None;
+            if let Some(t) = spec
+                .tiers
+                .iter()
+                .rev()
+                .find(|t| lineage_total.0 > t.threshold.0)
+            {
+                tier_name = Some(t.name.clone());
+                let rule = format!("tier/{}", t.name);
+                let context = format!(
+                    "lineage {} would reach {} cumulative FLOP with this job's {}, above tier {} at {}",
+                    tier_lineage,
+                    sci(lineage_total.0),
+                    governing,
+                    t.name,
+                    sci(t.threshold.0)
+                );
+                match t.action {
+                    TierAction::Admit => {}
+                    TierAction::Reject => {
+                        outcomes.push(reject(&rule, format!("Rejected: {context}.")))
+                    }
+                    TierAction::Escalate => outcomes.push(RuleOutcome {
+                        verdict: Verdict::Escalate,
+                        rule,
+                        reason: format!("Awaiting approval: {context}."),
+                        approvals: t.approvals.clone(),
+                        constraint: None,
+                    }),
+                }
+            }
+            // Substantial modification of another lineage.
+            if let (Some(b), Some(m)) = (&base, &spec.lineage.modification) {
+                let known = self.lineage(b).own_charged;
+                let base_flop = if known.0 > 0.0 {
+                    known
+                } else {
+                    m.assumed_base_flop.unwrap_or(Flop::ZERO)
+                };
+                let own_after = self.lineage(&lineage).own_charged + governing;
+                if base_flop.0 > 0.0 && own_after.0 > base_flop.0 * m.fraction_of_base {
+                    let context = format!(
+                        "fine-tune lineage {} would use {} FLOP, more than {:.4} of its base {}'s {}{}",
+                        lineage,
+                        sci(own_after.0),
+                        m.fraction_of_base,
+                        b,
+                        base_flop,
+                        if known.0 > 0.0 {
+                            ""
+                        } else {
+                            " (assumed: base unknown to the ledger)"
+                        }
+                    );
+                    let rule = format!("lineage/{}", m.name);
+                    match m.action {
+                        TierAction::Admit => {}
+                        TierAction::Reject => {
+                            outcomes.push(reject(&rule, format!("Rejected: {context}.")))
+                        }
+                        TierAction::Escalate => outcomes.push(RuleOutcome {
+                            verdict: Verdict::Escalate,
+                            rule,
+                            reason: format!("Awaiting approval: {context}."),
+                            approvals: m.approvals.clone(),
+                            constraint: None,
+                        }),
+                    }
+                }
+            }
+            // 4. Budgets over their windows.
+            for b in &spec.budgets {
+                let scope_key = match b.scope {
+                    BudgetScope::Namespace => req.id.namespace.clone(),
+                    BudgetScope::Model => lineage.clone(),
+                    BudgetScope::Cluster => String::new(),
+                };
+                let window_ms = b.window.as_millis();
+                let used = self
+                    .windows
+                    .get(&(b.scope, scope_key.clone()))
+                    .map_or(0.0, |s| s.window_sum(ms(now), window_ms));
+                let constraint =
+                    format!("budget/{}/{}/{:?}/{}", p.name, b.name, b.scope, scope_key);
+                constraints.push(constraint.clone());
+                let who = match b.scope {
+                    BudgetScope::Namespace => format!("namespace {scope_key}"),
+                    BudgetScope::Model => format!("lineage {scope_key}"),
+                    BudgetScope::Cluster => "the cluster".to_string(),
+                };
+                let rule = format!("budget/{}", b.name);
+                if governing.0 > b.limit.0 {
+                    outcomes.push(reject(
+                        &rule,
+                        format!(
+                            "Rejected: this job's {} alone exceeds budget {} of {} per {} for {}.",
+                            governing, b.name, b.limit, b.window, who
+                        ),
+                    ));
+                } else if used + governing.0 > b.limit.0 {
+                    let frees = self
+                        .windows
+                        .get(&(b.scope, scope_key.clone()))
+                        .and_then(|s| s.frees_at(window_ms, b.limit.0 - governing.0));
+                    let context = format!(
+                        "{} has used {} of its {} FLOP budget {} in the last {}; this job needs {}",
+                        who,
+                        sci(used),
+                        sci(b.limit.0),
+                        b.name,
+                        b.window,
+                        governing
+                    );
+                    match b.action {
+                        BudgetAction::Reject => {
+                            outcomes.push(reject(&rule, format!("Rejected: {context}.")))
+                        }
+                        BudgetAction::Escalate => outcomes.push(RuleOutcome {
+                            verdict: Verdict::Escalate,
+                            rule,
+                            reason: format!("Awaiting approval: {context}."),
+                            approvals: b.approvals.clone(),
+                            constraint: None,
+                        }),
+                        BudgetAction::Throttle => {
+                            if let Some(f) = frees {
+                                wake_at = Some(wake_at.map_or(f, |w: i64| w.min(f)));
+                            }
+                            outcomes.push(RuleOutcome {
+                                verdict: Verdict::Throttle,
+                                rule,
+                                reason: format!(
+                                    "Queued: {context}; enough frees by {}.",
+                                    frees.map_or_else(
+                                        || "never".to_string(),
+                                        |f| from_ms(f).to_string()
+                                    )
+                                ),
+                                approvals: None,
+                                constraint: Some(constraint),
+                            });
+                        }
+                    }
+                }
+            }
+            // 5. Escalations satisfied by valid approvals are lifted.
+            let mut approvals_lifted = false;
+            let escalations: Vec<usize> = outcomes
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.verdict == Verdict::Escalate)
+                .map(|(i, _)| i)
+                .collect();
+            if !escalations.is_empty()
+                && escalations.iter().all(|i| {
+                    let need = outcomes[*i]
+                        .approvals
+                        .clone()
+                        .unwrap_or(ApprovalRequirement {
+                            required: 1,
+                            groups: Vec::new(),
+                        });
+                    approvals_satisfy(&job.approvals, req.submitter.as_ref(), &need)
+                })
+            {
+                approvals_lifted = true;
+                outcomes.retain(|o| o.verdict != Verdict::Escalate);
+            }
+            // 6. Capacity caps.
+            let job_rate = projection
+                .as_ref()
+                .map_or(FlopPerSecond::ZERO, |pr| pr.rate);
+            if let Some(cap) = &spec.capacity {
+                let ns_usage = self
+                    .ns_usage
+                    .get(&req.id.namespace)
+                    .copied()
+                    .unwrap_or_default();
+                for (scope, cap, usage) in [
+                    ("cluster".to_string(), &cap.cluster, self.cluster_usage),
+                    (
+                        format!("namespace {}", req.id.namespace),
+                        &cap.per_namespace,
+                        ns_usage,
+                    ),
+                ] {
+                    let Some(cap) = cap else { continue };
+                    let constraint = format!("capacity/{}/{}", p.name, scope);
+                    constraints.push(constraint.clone());
+                    if let Some(o) = check_cap(
+                        cap,
+                        &scope,
+                        usage,
+                        job_rate,
+                        u64::from(req.count),
+                        &constraint,
+                    ) {
+                        outcomes.push(o);
+                    }
+                }
+            }
+            // StrictFIFO: nobody passes a queued job blocked on a constraint this job shares.
+            if spec.queueing == Queueing::StrictFIFO {
+                strict = true;
+                if let Some(c) = constraints.iter().find(|c| blocked.contains(*c)) {
+                    outcomes.push(RuleOutcome {
+                        verdict: Verdict::Throttle,
+                        rule: "queueing/StrictFIFO".into(),
+                        reason: format!(
+                            "Queued: an earlier or higher-priority job waits on {c}, and policy {} queues StrictFIFO.",
+                            p.name
+                        ),
+                        approvals: None,
+                        constraint: Some(c.clone()),
+                    });
+                }
+            }
+            for o in &outcomes {
+                if o.verdict == Verdict::Throttle
+                    && let Some(c) = &o.constraint
+                {
+                    throttled_on.push(c.clone());
+                }
+            }
+            // The strictest outcome of this policy; earlier steps win ties.
+            let outcome = outcomes
+                .iter()
+                .fold(None::<&RuleOutcome>, |acc, o| match acc {
+                    Some(a) if a.verdict >= o.verdict => Some(a),
+                    _ => Some(o),
+                })
+                .cloned()
+                .unwrap_or_else(|| RuleOutcome {
+                    verdict: Verdict::Admit,
+                    rule: tier_name
+                        .as_ref()
+                        .map_or_else(|| "admit".to_string(), |t| format!("tier/{t}")),
+                    reason: format!(
+                        "Admitted: {} for {} = {} ({}); lineage {} reaches {} cumulative FLOP{}.",
+                        projection.as_ref().map_or_else(
+                            || "—".to_string(),
+                            |pr| format!("{} × {} at {}", pr.count, pr.accelerator, pr.precision)
+                        ),
+                        req.max_duration,
+                        governing,
+                        spec.estimate.basis.describe(),
+                        tier_lineage,
+                        sci(lineage_total.0),
+                        if approvals_lifted { ", approved" } else { "" }
+                    ),
+                    approvals: None,
+                    constraint: None,
+                });
+            if governing.0 > charge.0 {
+                charge = governing;
+                basis_of_charge = spec.estimate.basis;
+            }
+            rate = rate.max(job_rate);
+            if count_base
+                && let Some(b) = &base
+                && !charged_lineages.contains(b)
+            {
+                charged_lineages.push(b.clone());
+            }
+            results.push(PolicyResult {
+                name: p.name.clone(),
+                mode: spec.mode,
+                outcome,
+                projection,
+                governing,
+                lineage_total,
+                tier: tier_name,
+                approvals_lifted,
+            });
+        }
+
+        // Strictest across policies: Enforce binds, Warn/DryRun are recorded.
+        let strictest = |filter: &dyn Fn(&PolicyResult) -> bool| {
+            results
+                .iter()
+                .filter(|r| filter(r))
+                .fold(None::<&PolicyResult>, |acc, r| match acc {
+                    Some(a) if a.outcome.verdict >= r.outcome.verdict => Some(a),
+                    _ => Some(r),
+                })
+        };
+        let binding = strictest(&|r| r.mode == Mode::Enforce);
+        let overall = strictest(&|_| true);
+        let verdict = binding.map_or(Verdict::Admit, |r| r.outcome.verdict);
+        let enforced_verdict = overall.map_or(Verdict::Admit, |r| r.outcome.verdict);
+        // The deciding policy: the binding one when it is strictest, else the strictest overall.
+        let decider = match (binding, overall) {
+            (Some(b), _) if b.outcome.verdict == verdict && verdict != Verdict::Admit => b,
+            (_, Some(o)) => o,
+            (Some(b), None) => b,
+            (None, None) => return self.evaluate_unreachable(req),
+        };
+        let mut warnings = Vec::new();
+        for r in &results {
+            if r.mode != Mode::Enforce && r.outcome.verdict != Verdict::Admit {
+                let w = format!(
+                    "policy {} ({:?}) would {}: {}",
+                    r.name, r.mode, r.outcome.verdict, r.outcome.reason
+                );
+                if r.mode == Mode::Warn {
+                    warnings.push(w);
+                }
+            }
+        }
+        let reason = if verdict == Verdict::Admit && decider.outcome.verdict != Verdict::Admit {
+            format!(
+                "Admitted ({:?} mode): Enforce would {} — {}",
+                decider.mode, decider.outcome.verdict, decider.outcome.reason
+            )
+        } else {
+            decider.outcome.reason.clone()
+        };
+        let approvals = if verdict == Verdict::Escalate {
+            decider.outcome.approvals.as_ref().map(|a| ApprovalNeed {
+                required: a.required,
+                groups: a.groups.clone(),
+                approved_by: job.approvals.iter().map(|p| p.user.clone()).collect(),
+            })
+        } else {
+            None
+        };
+        let _ = decider.approvals_lifted;
+        Evaluation {
+            decision: Decision {
+                verdict,
+                enforced_verdict,
+                mode: decider.mode,
+                policy: Some(decider.name.clone()),
+                rule: Some(decider.outcome.rule.clone()),
+                reason,
+                warnings,
+                projection: decider.projection.clone(),
+                governing: decider.governing,
+                lineage_total: decider.lineage_total,
+                tier: decider.tier.clone(),
+                approvals,
+                queue_position: None,
+            },
+            throttled_on,
+            strict,
+            charge,
+            charged_lineages,
+            rate,
+            basis: basis_of_charge,
+            wake_at: if verdict == Verdict::Throttle {
+                wake_at
+            } else {
+                None
+            },
+        }
+    }
+
+    fn evaluate_unreachable(&self, req: &JobRequest) -> Evaluation {
+        // Only reachable with an empty policy set, which the caller handles first.
+        Evaluation {
+            decision: Decision {
+                verdict: Verdict::Reject,
+                enforced_verdict: Verdict::Reject,
+                mode: Mode::Enforce,
+                policy: None,
+                rule: Some("internal".into()),
+                reason: format!("Rejected: internal error evaluating {}.", req.id),
+                warnings: Vec::new(),
+                projection: None,
+                governing: Flop::ZERO,
+                lineage_total: Flop::ZERO,
+                tier: None,
+                approvals: None,
+                queue_position: None,
+            },
+            throttled_on: Vec::new(),
+            strict: false,
+            charge: Flop::ZERO,
+            charged_lineages: Vec::new(),
+            rate: FlopPerSecond::ZERO,
+            basis: Basis::UpperBound,
+            wake_at: None,
+        }
+    }
+}
+
+/// Whether the distinct approvers (not the submitter, in the groups) reach the requirement.
+fn approvals_satisfy(
+    approvals: &[Principal],
+    submitter: Option<&Principal>,
+    need: &ApprovalRequirement,
+) -> bool {
+    let mut users: Vec<&str> = approvals
+        .iter()
+        .filter(|a| submitter.is_none_or(|s| s.user != a.user))
+        .filter(|a| need.groups.is_empty() || a.groups.iter().any(|g| need.groups.contains(g)))
+        .map(|a| a.user.as_str())
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    users.len() >= need.required as usize
+}
+
+fn check_cap(
+    cap: &Cap,
+    scope: &str,
+    usage: Usage,
+    rate: FlopPerSecond,
+    accelerators: u64,
+    constraint: &str,
+) -> Option<RuleOutcome> {
+    let rule = format!(
+        "capacity/{}",
+        if scope == "cluster" {
+            "cluster"
+        } else {
+            "namespace"
+        }
+    );
+    if let Some(max) = cap.max_flop_per_second {
+        if rate.0 > max.0 {
+            return Some(RuleOutcome {
+                verdict: Verdict::Reject,
+                rule,
+                reason: format!(
+                    "Rejected: this job alone runs at {}, above the {} cap of {}; it can never run.",
+                    rate, scope, max
+                ),
+                approvals: None,
+                constraint: None,
+            });
+        }
+        if usage.rate.0 + rate.0 > max.0 {
+            return Some(RuleOutcome {
+                verdict: Verdict::Throttle,
+                rule,
+                reason: format!(
+                    "Queued: {} runs {} of its {} cap; this job needs {}.",
+                    scope, usage.rate, max, rate
+                ),
+                approvals: None,
+                constraint: Some(constraint.to_string()),
+            });
+        }
+    }
+    if let Some(max) = cap.max_accelerators {
+        if accelerators > max {
+            return Some(RuleOutcome {
+                verdict: Verdict::Reject,
+                rule,
+                reason: format!(
+                    "Rejected: this job alone uses {accelerators} accelerators, above the {scope} cap of {max}; it can never run."
+                ),
+                approvals: None,
+                constraint: None,
+            });
+        }
+        if usage.accelerators + accelerators > max {
+            return Some(RuleOutcome {
+                verdict: Verdict::Throttle,
+                rule,
+                reason: format!(
+                    "Queued: {scope} runs {} of its {max} accelerators; this job needs {accelerators}.",
+                    usage.accelerators
+                ),
+                approvals: None,
+                constraint: Some(constraint.to_string()),
+            });
+        }
+    }
+    None
+}
+
+fn policy_record(now: Timestamp, name: &str, hash: String) -> LedgerRecord {
+    LedgerRecord {
+        time: now,
+        job: None,
+        lineage: None,
+        base_lineage: None,
+        accelerator: None,
+        actor: OPERATOR_ACTOR.to_string(),
+        event: LedgerEvent::PolicyChanged {
+            policy: name.to_string(),
+            content_hash: hash,
+        },
+    }
+}

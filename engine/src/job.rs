@@ -95,6 +95,9 @@ impl JobRequest {
         self.model.name.as_deref().unwrap_or(&self.id.name)
     }
     pub fn base_lineage(&self) -> Option<&str> {
-        self.model.base_model.as_deref().filter(|b| *b != self.lineage())
+        self.model
+            .base_model
+            .as_deref()
+            .filter(|b| *b != self.lineage())
     }
 }

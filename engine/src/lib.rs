@@ -13,9 +13,11 @@ pub mod duration;
 pub mod engine;
 pub mod job;
 pub mod ledger;
+pub mod manifest;
 pub mod merkle;
 pub mod policy;
 pub mod projection;
+pub mod simulate;
 pub mod units;
 
 pub use duration::GoDuration;

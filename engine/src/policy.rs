@@ -147,6 +147,17 @@ pub enum Basis {
     AdversarialCeiling,
 }
 
+impl Basis {
+    /// The words used in reasons.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Basis::UpperBound => "upper bound",
+            Basis::Expected => "expected",
+            Basis::AdversarialCeiling => "adversarial ceiling",
+        }
+    }
+}
+
 /// How lineages accumulate compute.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -269,7 +280,9 @@ pub struct Budget {
     pub approvals: Option<ApprovalRequirement>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum BudgetScope {
     Namespace,
     Model,
@@ -321,4 +334,240 @@ pub enum Queueing {
 pub struct Policy {
     pub name: String,
     pub spec: ComputePolicySpec,
+}
+
+/// A problem with a policy: the field path, the value and the rule broken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PolicyProblem {
+    /// JSON path of the field, e.g. `spec.tiers[1].threshold`.
+    pub field: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+/// All problems found in a policy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("ComputePolicy {policy:?} is invalid: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct PolicyError {
+    pub policy: String,
+    pub problems: Vec<PolicyProblem>,
+}
+
+impl ComputePolicySpec {
+    /// Checks what the schema cannot say: order, positivity, consistency.
+    /// Returns every problem, not just the first, each naming its field.
+    pub fn problems(&self) -> Vec<PolicyProblem> {
+        let mut out = Vec::new();
+        let mut bad = |field: String, message: String| out.push(PolicyProblem { field, message });
+
+        if let Some(u) = self.estimate.utilization
+            && !(u > 0.0 && u <= 1.0)
+        {
+            bad(
+                "spec.estimate.utilization".into(),
+                format!("{u} is outside (0, 1]; use e.g. 0.4 for 40% model FLOP utilization"),
+            );
+        }
+        for (i, r) in self.namespace_selector.match_expressions.iter().enumerate() {
+            let f = format!("spec.namespaceSelector.matchExpressions[{i}]");
+            match r.operator {
+                SelectorOperator::In | SelectorOperator::NotIn if r.values.is_empty() => bad(
+                    format!("{f}.values"),
+                    format!("operator {:?} needs at least one value", r.operator),
+                ),
+                SelectorOperator::Exists | SelectorOperator::DoesNotExist
+                    if !r.values.is_empty() =>
+                {
+                    bad(
+                        format!("{f}.values"),
+                        format!(
+                            "operator {:?} takes no values, got {:?}",
+                            r.operator, r.values
+                        ),
+                    )
+                }
+                _ => {}
+            }
+            if r.key.trim().is_empty() {
+                bad(format!("{f}.key"), "must not be empty".into());
+            }
+        }
+        let mut prev: Option<f64> = None;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in self.tiers.iter().enumerate() {
+            let f = format!("spec.tiers[{i}]");
+            if !(t.threshold.0.is_finite() && t.threshold.0 > 0.0) {
+                bad(
+                    format!("{f}.threshold"),
+                    format!("{} must be a positive number of FLOP", t.threshold.0),
+                );
+            }
+            if let Some(p) = prev
+                && t.threshold.0 <= p
+            {
+                bad(
+                    format!("{f}.threshold"),
+                    format!(
+                        "tiers must be sorted by ascending, distinct threshold: {} follows {}",
+                        crate::units::sci(t.threshold.0),
+                        crate::units::sci(p)
+                    ),
+                );
+            }
+            prev = Some(t.threshold.0);
+            if !names.insert(t.name.clone()) {
+                bad(
+                    format!("{f}.name"),
+                    format!("duplicate tier name {:?}", t.name),
+                );
+            }
+            if t.name.trim().is_empty() {
+                bad(format!("{f}.name"), "must not be empty".into());
+            }
+            check_approvals(
+                &mut bad,
+                &f,
+                t.action == TierAction::Escalate,
+                t.approvals.as_ref(),
+            );
+            if let Some(r) = &t.reporting
+                && r.notify_within.is_zero()
+            {
+                bad(
+                    format!("{f}.reporting.notifyWithin"),
+                    "must be longer than 0s".into(),
+                );
+            }
+        }
+        if let Some(m) = &self.lineage.modification {
+            let f = "spec.lineage.modification";
+            if !(m.fraction_of_base > 0.0 && m.fraction_of_base <= 1.0) {
+                bad(
+                    format!("{f}.fractionOfBase"),
+                    format!("{} is outside (0, 1]", m.fraction_of_base),
+                );
+            }
+            if let Some(a) = m.assumed_base_flop
+                && (a.0.is_nan() || a.0 <= 0.0)
+            {
+                bad(
+                    format!("{f}.assumedBaseFlop"),
+                    format!("{} must be positive", a.0),
+                );
+            }
+            check_approvals(
+                &mut bad,
+                f,
+                m.action == TierAction::Escalate,
+                m.approvals.as_ref(),
+            );
+        }
+        let mut budget_names = std::collections::BTreeSet::new();
+        for (i, b) in self.budgets.iter().enumerate() {
+            let f = format!("spec.budgets[{i}]");
+            if b.window.is_zero() {
+                bad(
+                    format!("{f}.window"),
+                    format!("{} must be longer than 0s, e.g. 30d", b.window),
+                );
+            }
+            if !(b.limit.0.is_finite() && b.limit.0 > 0.0) {
+                bad(
+                    format!("{f}.limit"),
+                    format!("{} must be a positive number of FLOP", b.limit.0),
+                );
+            }
+            if !budget_names.insert(b.name.clone()) {
+                bad(
+                    format!("{f}.name"),
+                    format!("duplicate budget name {:?}", b.name),
+                );
+            }
+            check_approvals(
+                &mut bad,
+                &f,
+                b.action == BudgetAction::Escalate,
+                b.approvals.as_ref(),
+            );
+        }
+        if let Some(c) = &self.capacity {
+            for (scope, cap) in [("cluster", &c.cluster), ("perNamespace", &c.per_namespace)] {
+                let Some(cap) = cap else { continue };
+                if let Some(r) = cap.max_flop_per_second
+                    && !(r.0.is_finite() && r.0 > 0.0)
+                {
+                    bad(
+                        format!("spec.capacity.{scope}.maxFlopPerSecond"),
+                        format!("{} must be a positive FLOP/s rate", r.0),
+                    );
+                }
+                if cap.max_accelerators == Some(0) {
+                    bad(
+                        format!("spec.capacity.{scope}.maxAccelerators"),
+                        "0 would block every job; omit it for no cap".into(),
+                    );
+                }
+            }
+        }
+        for (i, a) in self.accelerators.iter().enumerate() {
+            let f = format!("spec.accelerators[{i}]");
+            if a.name.trim().is_empty() {
+                bad(format!("{f}.name"), "must not be empty".into());
+            }
+            if a.supported().is_empty() {
+                bad(
+                    format!("{f}.peakTflops"),
+                    format!(
+                        "accelerator {:?} needs at least one positive dense peak",
+                        a.name
+                    ),
+                );
+            }
+            if let Some(u) = a.default_utilization
+                && !(u > 0.0 && u <= 1.0)
+            {
+                bad(
+                    format!("{f}.defaultUtilization"),
+                    format!("{u} is outside (0, 1]"),
+                );
+            }
+        }
+        out
+    }
+
+    /// `Ok` when [`Self::problems`] finds none.
+    pub fn validate(&self, policy: &str) -> Result<(), PolicyError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError {
+                policy: policy.to_string(),
+                problems,
+            })
+        }
+    }
+}
+
+fn check_approvals(
+    bad: &mut impl FnMut(String, String),
+    field: &str,
+    escalates: bool,
+    approvals: Option<&ApprovalRequirement>,
+) {
+    match approvals {
+        Some(a) if a.required == 0 => bad(
+            format!("{field}.approvals.required"),
+            "0 approvals would lift the escalation without anyone looking; use 1 or more, or action Admit".into(),
+        ),
+        Some(a) if a.groups.iter().any(|g| g.trim().is_empty()) => {
+            bad(format!("{field}.approvals.groups"), "group names must not be empty".into())
+        }
+        None if escalates => bad(
+            format!("{field}.approvals"),
+            "action Escalate needs approvals: {required: N, groups: [...]}".into(),
+        ),
+        _ => {}
+    }
 }

@@ -42,9 +42,7 @@ fn de_number<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<f64, D::Erro
     match NumOrStr::deserialize(d)? {
         NumOrStr::Num(v) => Ok(v),
         NumOrStr::Str(s) => s.trim().parse::<f64>().map_err(|_| {
-            serde::de::Error::custom(format!(
-                "{what} must be a number such as 1e25, got {s:?}"
-            ))
+            serde::de::Error::custom(format!("{what} must be a number such as 1e25, got {s:?}"))
         }),
     }
 }

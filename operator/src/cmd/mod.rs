@@ -1,8 +1,53 @@
 //! Subcommands. Each module owns its clap arguments and a `run` returning
 //! the process exit code (0 success, 2 bad input; verify documents its own).
 
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use komptroller_engine::manifest::parse_policies;
+use komptroller_engine::policy::Policy;
+
 pub mod keygen;
 pub mod project;
 pub mod report;
 pub mod simulate;
 pub mod verify;
+
+/// Output formats of the offline commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Exit code for bad input (files, manifests, flags).
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Prints `message` as one error line and returns exit code 2.
+pub fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(EXIT_BAD_INPUT)
+}
+
+pub fn read_file(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Loads and validates ComputePolicy files.
+pub fn load_policies(paths: &[PathBuf]) -> Result<Vec<Policy>, String> {
+    let mut out: Vec<Policy> = Vec::new();
+    for p in paths {
+        let text = read_file(p)?;
+        for policy in parse_policies(&text, &p.display().to_string()).map_err(|e| e.to_string())? {
+            if out.iter().any(|q| q.name == policy.name) {
+                return Err(format!(
+                    "{}: metadata.name: ComputePolicy {:?} is defined twice",
+                    p.display(),
+                    policy.name
+                ));
+            }
+            out.push(policy);
+        }
+    }
+    Ok(out)
+}

@@ -1,11 +1,93 @@
-//! `komptroller simulate` (being built).
+//! `komptroller simulate`: replay a trace through the engine on a virtual
+//! clock. With no arguments it replays the bundled quarter of a research
+//! organisation under the bundled policies.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct SimulateArgs {}
+use komptroller_engine::catalog::Catalog;
+use komptroller_engine::manifest::parse_policies;
+use komptroller_engine::simulate::{SimulateOptions, parse_trace, simulate};
 
-pub fn run(_args: SimulateArgs) -> ExitCode {
-    eprintln!("komptroller simulate: not implemented yet");
-    ExitCode::from(2)
+use super::{Output, fail, load_policies, read_file};
+
+const DEFAULT_POLICY: &str = include_str!("../../assets/default-policy.yaml");
+const DEFAULT_TRACE: &str = include_str!("../../assets/default-trace.yaml");
+
+#[derive(clap::Args, Debug)]
+#[command(after_long_help = TRACE_HELP)]
+pub struct SimulateArgs {
+    /// ComputePolicy manifests. None: the bundled policies (unless the trace carries its own).
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policies: Vec<PathBuf>,
+    /// A trace (YAML or JSON). None: the bundled quarter.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Lines of timeline, queue waits and lineages to print in text output.
+    #[arg(long, default_value_t = 200)]
+    pub limit: usize,
+    /// Skip the timeline and records (for very large traces).
+    #[arg(long)]
+    pub summary_only: bool,
+}
+
+const TRACE_HELP: &str = "\
+Trace format (YAML or JSON):
+  start: 2026-01-05T09:00:00Z          virtual time zero
+  namespaces: {research: {team: research}}   namespace labels
+  policies: [ComputePolicy documents]  optional, applied at time zero
+  events:                              each with `at` (offset, e.g. 3d4h) and one of:
+    - {at: 1d, submit: {name, namespace, submitter, groups, priority, model: {name, baseModel,
+        parameters, tokens}, accelerator: {type, precision}, count, maxDuration, runtime, fails}}
+    - {at: 2d, approve: {job: ns/name, approver, groups}}
+    - {at: 3d, delete: ns/name}
+    - {at: 4d, policy: ComputePolicy document}
+    - {at: 5d, removePolicy: name}
+Admitted jobs start at once and end after `runtime` (absent: at maxDuration, DeadlineExceeded).";
+
+pub fn run(args: SimulateArgs) -> ExitCode {
+    match simulate_cmd(&args) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => fail(&message),
+    }
+}
+
+fn simulate_cmd(args: &SimulateArgs) -> Result<String, String> {
+    let trace = match &args.trace {
+        Some(p) => {
+            parse_trace(&read_file(p)?, &p.display().to_string()).map_err(|e| e.to_string())?
+        }
+        None => parse_trace(DEFAULT_TRACE, "bundled trace").map_err(|e| e.to_string())?,
+    };
+    let policies = if !args.policies.is_empty() {
+        load_policies(&args.policies)?
+    } else if trace.policies.is_empty() {
+        parse_policies(DEFAULT_POLICY, "bundled policy").map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    let options = SimulateOptions {
+        timeline: !args.summary_only,
+        records: !args.summary_only,
+    };
+    let sim = simulate(Catalog::builtin(), policies, &trace, &options)?;
+    match args.output {
+        Output::Text => Ok(sim.render_text(args.limit)),
+        Output::Json => {
+            let out = serde_json::json!({
+                "summary": sim.summary,
+                "timeline": sim.timeline,
+                "jobs": sim.jobs,
+            });
+            serde_json::to_string_pretty(&out)
+                .map(|s| s + "\n")
+                .map_err(|e| e.to_string())
+        }
+    }
 }
