@@ -6,6 +6,7 @@
 //! `komptroller simulate` and the tests all drive this same code, so a
 //! what-if simulation is a faithful preview of the live operator.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod catalog;
 pub mod decision;

@@ -1,5 +1,6 @@
 //! The one komptroller binary: the operator (`run`) and its offline tools.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::process::ExitCode;
 
