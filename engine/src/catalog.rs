@@ -18,7 +18,20 @@ use serde::{Deserialize, Serialize};
 use crate::units::FlopPerSecond;
 
 /// Numeric precision a job trains in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp64,
@@ -247,9 +260,11 @@ impl Catalog {
 
     /// Finds an entry by key or alias.
     pub fn get(&self, name: &str) -> Option<&AcceleratorEntry> {
-        self.entries
-            .get(name)
-            .or_else(|| self.index.get(&normalize(name)).and_then(|k| self.entries.get(k)))
+        self.entries.get(name).or_else(|| {
+            self.index
+                .get(&normalize(name))
+                .and_then(|k| self.entries.get(k))
+        })
     }
 
     /// Finds an entry or explains which keys are closest.
@@ -302,7 +317,11 @@ impl Catalog {
 
     /// The accelerator resource names the catalog knows (`nvidia.com/gpu`, …).
     pub fn resource_names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.entries.values().map(|e| e.resource_name.as_str()).collect();
+        let mut v: Vec<&str> = self
+            .entries
+            .values()
+            .map(|e| e.resource_name.as_str())
+            .collect();
         v.sort_unstable();
         v.dedup();
         v
@@ -331,7 +350,10 @@ mod tests {
     #[test]
     fn aliases_and_case_resolve() {
         let c = Catalog::builtin();
-        assert_eq!(c.get("NVIDIA-H100-80GB-HBM3").unwrap().name, "nvidia-h100-sxm");
+        assert_eq!(
+            c.get("NVIDIA-H100-80GB-HBM3").unwrap().name,
+            "nvidia-h100-sxm"
+        );
         assert_eq!(c.get("Nvidia H100 SXM").unwrap().name, "nvidia-h100-sxm");
     }
 }
