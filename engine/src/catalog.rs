@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::OnceLock;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -203,11 +204,17 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 impl Catalog {
-    /// The built-in catalog.
+    /// The built-in catalog (`engine/catalog/accelerators.yaml`), parsed once
+    /// per process and cloned.
     pub fn builtin() -> Catalog {
+        static PARSED: OnceLock<Catalog> = OnceLock::new();
         // The embedded file is checked by the `builtin_catalog_parses` test;
         // a parse failure here would be a build defect, never input-derived.
-        Catalog::from_yaml(BUILTIN).unwrap_or_else(|_| Catalog::from_entries(Vec::new()))
+        PARSED
+            .get_or_init(|| {
+                Catalog::from_yaml(BUILTIN).unwrap_or_else(|_| Catalog::from_entries(Vec::new()))
+            })
+            .clone()
     }
 
     pub fn from_yaml(text: &str) -> Result<Catalog, CatalogError> {
