@@ -103,12 +103,22 @@ fn three_jobs_cross_1e25_and_the_third_escalates_until_two_distinct_approvers() 
     let mut e = engine(TIERS);
     // 2048 H100 × 21 days ≈ 3.67e24 each.
     for (i, n) in ["p1", "p2"].iter().enumerate() {
-        assert_eq!(submit(&mut e, at(i as i64), job("ml", n, "atlas", 2048, 21 * 24)), Verdict::Admit);
+        assert_eq!(
+            submit(&mut e, at(i as i64), job("ml", n, "atlas", 2048, 21 * 24)),
+            Verdict::Admit
+        );
     }
-    assert_eq!(submit(&mut e, at(3), job("ml", "p3", "atlas", 2048, 21 * 24)), Verdict::Escalate);
+    assert_eq!(
+        submit(&mut e, at(3), job("ml", "p3", "atlas", 2048, 21 * 24)),
+        Verdict::Escalate
+    );
     let d = e.decision(&id("ml", "p3")).unwrap();
     assert_eq!(d.rule.as_deref(), Some("tier/systemic"));
-    assert!(d.reason.contains("1.1e25") && d.reason.contains("1e25"), "{}", d.reason);
+    assert!(
+        d.reason.contains("1.1e25") && d.reason.contains("1e25"),
+        "{}",
+        d.reason
+    );
     let need = d.approvals.as_ref().unwrap();
     assert_eq!(need.required, 2);
     assert_eq!(need.groups, vec!["safety".to_string()]);
@@ -127,7 +137,10 @@ fn three_jobs_cross_1e25_and_the_third_escalates_until_two_distinct_approvers() 
         )
     };
     // Self-approval and approvers outside the group are refused.
-    assert!(matches!(approve(&mut e, "alice", &["safety"]), Err(EngineError::Approval { .. })));
+    assert!(matches!(
+        approve(&mut e, "alice", &["safety"]),
+        Err(EngineError::Approval { .. })
+    ));
     let err = approve(&mut e, "mallory", &["ml"]).unwrap_err().to_string();
     assert!(err.contains("safety"), "{err}");
     approve(&mut e, "dana", &["safety"]).unwrap();
@@ -140,7 +153,11 @@ fn three_jobs_cross_1e25_and_the_third_escalates_until_two_distinct_approvers() 
     assert!(e.lineage("atlas").charged.0 > 1e25);
     let c = &e.crossings().iter().find(|c| c.tier == "systemic").unwrap();
     assert_eq!(c.lineage, "atlas");
-    assert_eq!(c.notify_by.unwrap(), c.at.checked_add(SignedDuration::from_hours(14 * 24)).unwrap());
+    assert_eq!(
+        c.notify_by.unwrap(),
+        c.at.checked_add(SignedDuration::from_hours(14 * 24))
+            .unwrap()
+    );
 }
 
 #[test]
@@ -171,8 +188,16 @@ fn over_the_ceiling_is_rejected_naming_rule_and_numbers() {
     assert_eq!(v, Verdict::Reject);
     let d = e.decision(&id("ml", "huge")).unwrap();
     assert_eq!(d.rule.as_deref(), Some("tier/frontier"));
-    assert!(d.reason.contains("1e26") && d.reason.contains("1.26e26"), "{}", d.reason);
-    assert_eq!(e.lineage("x").charged, Flop::ZERO, "a rejected job charges nothing");
+    assert!(
+        d.reason.contains("1e26") && d.reason.contains("1.26e26"),
+        "{}",
+        d.reason
+    );
+    assert_eq!(
+        e.lineage("x").charged,
+        Flop::ZERO,
+        "a rejected job charges nothing"
+    );
 }
 
 const CAPS: &str = r#"
@@ -188,15 +213,30 @@ spec:
 #[test]
 fn capacity_cap_queues_with_position_and_admits_when_first_finishes() {
     let mut e = engine(CAPS);
-    assert_eq!(submit(&mut e, t0(), job("a", "first", "m1", 64, 10)), Verdict::Admit);
-    assert_eq!(submit(&mut e, at(1), job("b", "second", "m2", 64, 10)), Verdict::Throttle);
-    assert_eq!(submit(&mut e, at(1), job("c", "third", "m3", 64, 10)), Verdict::Throttle);
+    assert_eq!(
+        submit(&mut e, t0(), job("a", "first", "m1", 64, 10)),
+        Verdict::Admit
+    );
+    assert_eq!(
+        submit(&mut e, at(1), job("b", "second", "m2", 64, 10)),
+        Verdict::Throttle
+    );
+    assert_eq!(
+        submit(&mut e, at(1), job("c", "third", "m3", 64, 10)),
+        Verdict::Throttle
+    );
     assert_eq!(e.queue_position(&id("b", "second")), Some(1));
     assert_eq!(e.queue_position(&id("c", "third")), Some(2));
     let d = e.decision(&id("b", "second")).unwrap();
     assert_eq!(d.rule.as_deref(), Some("capacity/cluster"));
     assert!(d.reason.contains("64 of its 100"), "{}", d.reason);
-    e.apply(at(2), Event::Start { job: id("a", "first") }).unwrap();
+    e.apply(
+        at(2),
+        Event::Start {
+            job: id("a", "first"),
+        },
+    )
+    .unwrap();
     let step = e
         .apply(
             at(5),
@@ -229,19 +269,38 @@ fn capacity_cap_queues_with_position_and_admits_when_first_finishes() {
 #[test]
 fn a_job_that_alone_exceeds_a_cap_is_rejected() {
     let mut e = engine(CAPS);
-    assert_eq!(submit(&mut e, t0(), job("a", "wide", "m", 101, 1)), Verdict::Reject);
+    assert_eq!(
+        submit(&mut e, t0(), job("a", "wide", "m", 101, 1)),
+        Verdict::Reject
+    );
     let d = e.decision(&id("a", "wide")).unwrap();
-    assert!(d.reason.contains("can never run") && d.reason.contains("101"), "{}", d.reason);
+    assert!(
+        d.reason.contains("can never run") && d.reason.contains("101"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
 fn namespace_flop_rate_cap_applies_per_namespace() {
     let mut e = engine(&CAPS.replace("    cluster: {maxAccelerators: 100}\n", ""));
     // 40 H100 = 3.96e16 FLOP/s; three in one namespace exceed 1e17, in two namespaces they do not.
-    assert_eq!(submit(&mut e, t0(), job("a", "j1", "m", 40, 1)), Verdict::Admit);
-    assert_eq!(submit(&mut e, t0(), job("a", "j2", "m", 40, 1)), Verdict::Admit);
-    assert_eq!(submit(&mut e, t0(), job("a", "j3", "m", 40, 1)), Verdict::Throttle);
-    assert_eq!(submit(&mut e, t0(), job("b", "j4", "m", 4, 1)), Verdict::Admit);
+    assert_eq!(
+        submit(&mut e, t0(), job("a", "j1", "m", 40, 1)),
+        Verdict::Admit
+    );
+    assert_eq!(
+        submit(&mut e, t0(), job("a", "j2", "m", 40, 1)),
+        Verdict::Admit
+    );
+    assert_eq!(
+        submit(&mut e, t0(), job("a", "j3", "m", 40, 1)),
+        Verdict::Throttle
+    );
+    assert_eq!(
+        submit(&mut e, t0(), job("b", "j4", "m", 4, 1)),
+        Verdict::Admit
+    );
     let d = e.decision(&id("a", "j3")).unwrap();
     assert_eq!(d.rule.as_deref(), Some("capacity/namespace"));
 }
@@ -259,11 +318,25 @@ spec:
 fn namespace_budget_throttles_until_its_window_frees() {
     let mut e = engine(BUDGET);
     // 64 H100 × 24h = 5.47e21
-    assert_eq!(submit(&mut e, t0(), job("a", "j1", "m", 64, 24)), Verdict::Admit);
-    assert_eq!(submit(&mut e, at(1), job("a", "j2", "m", 64, 24)), Verdict::Throttle);
-    assert_eq!(submit(&mut e, at(1), job("b", "j3", "m", 64, 24)), Verdict::Admit, "other namespace");
+    assert_eq!(
+        submit(&mut e, t0(), job("a", "j1", "m", 64, 24)),
+        Verdict::Admit
+    );
+    assert_eq!(
+        submit(&mut e, at(1), job("a", "j2", "m", 64, 24)),
+        Verdict::Throttle
+    );
+    assert_eq!(
+        submit(&mut e, at(1), job("b", "j3", "m", 64, 24)),
+        Verdict::Admit,
+        "other namespace"
+    );
     let d = e.decision(&id("a", "j2")).unwrap();
-    assert!(d.reason.contains("5.47e21") && d.reason.contains("1e22"), "{}", d.reason);
+    assert!(
+        d.reason.contains("5.47e21") && d.reason.contains("1e22"),
+        "{}",
+        d.reason
+    );
     let wake = e.next_wakeup().unwrap();
     assert_eq!(wake, at(30 * 24));
     e.apply(at(30 * 24 - 1), Event::Tick).unwrap();
@@ -271,14 +344,23 @@ fn namespace_budget_throttles_until_its_window_frees() {
     e.apply(wake, Event::Tick).unwrap();
     assert_eq!(e.phase(&id("a", "j2")), Some(Phase::Admitted));
     assert!(
-        e.window_charged(BudgetScope::Namespace, "a", wake, SignedDuration::from_hours(30 * 24)).0 > 5e21
+        e.window_charged(
+            BudgetScope::Namespace,
+            "a",
+            wake,
+            SignedDuration::from_hours(30 * 24)
+        )
+        .0 > 5e21
     );
 }
 
 #[test]
 fn budget_larger_than_limit_is_rejected_outright() {
     let mut e = engine(BUDGET);
-    assert_eq!(submit(&mut e, t0(), job("a", "big", "m", 1024, 24)), Verdict::Reject);
+    assert_eq!(
+        submit(&mut e, t0(), job("a", "big", "m", 1024, 24)),
+        Verdict::Reject
+    );
 }
 
 #[test]
@@ -310,10 +392,16 @@ fn strictest_policy_wins() {
     let yaml = format!("{TIERS}---\n{CAPS}");
     let mut e = engine(&yaml);
     // Over the frontier tier (Reject) and over the cluster cap (Reject too) → Reject from the tier, step order.
-    assert_eq!(submit(&mut e, t0(), job("a", "j", "m", 16_384, 90 * 24)), Verdict::Reject);
+    assert_eq!(
+        submit(&mut e, t0(), job("a", "j", "m", 16_384, 90 * 24)),
+        Verdict::Reject
+    );
     // Within caps but past 1e25 → Escalate (stricter than Admit from caps).
     let mut e = engine(&yaml);
-    assert_eq!(submit(&mut e, t0(), job("a", "k", "m2", 100, 24 * 1500)), Verdict::Escalate);
+    assert_eq!(
+        submit(&mut e, t0(), job("a", "k", "m2", 100, 24 * 1500)),
+        Verdict::Escalate
+    );
 }
 
 #[test]
@@ -333,7 +421,10 @@ fn fine_tunes_count_toward_their_base_lineage() {
 
 #[test]
 fn fine_tunes_do_not_count_toward_base_when_the_policy_says_so() {
-    let yaml = TIERS.replace("spec:\n", "spec:\n  lineage: {countFineTunesTowardBase: false}\n");
+    let yaml = TIERS.replace(
+        "spec:\n",
+        "spec:\n  lineage: {countFineTunesTowardBase: false}\n",
+    );
     let mut e = engine(&yaml);
     submit(&mut e, t0(), job("ml", "base", "atlas", 2048, 55 * 24));
     let mut ft = job("ml", "ft2", "atlas-chat", 256, 20 * 24);
@@ -373,7 +464,10 @@ fn declared_opcount_above_upper_bound_is_rejected_and_governs_when_larger() {
     let d = e.decision(&id("ml", "liar")).unwrap();
     assert_eq!(d.rule.as_deref(), Some("validation/opcount"));
 
-    let yaml = TIERS.replace("spec:\n", "spec:\n  estimate: {basis: expected, utilization: 0.001}\n");
+    let yaml = TIERS.replace(
+        "spec:\n",
+        "spec:\n  estimate: {basis: expected, utilization: 0.001}\n",
+    );
     let mut e = engine(&yaml);
     let mut j = job("ml", "honest", "m", 8, 10); // upper 2.85e20, expected 2.85e17
     j.model.parameters = Some(1e8);
@@ -390,10 +484,19 @@ fn unknown_accelerator_and_zero_count_are_rejected_naming_the_field() {
     j.accelerator.kind = "nvidia-h100-sxn".into();
     assert_eq!(submit(&mut e, t0(), j), Verdict::Reject);
     let d = e.decision(&id("ml", "typo")).unwrap();
-    assert!(d.reason.contains("spec.accelerator.type") && d.reason.contains("nvidia-h100-sxm"), "{}", d.reason);
+    assert!(
+        d.reason.contains("spec.accelerator.type") && d.reason.contains("nvidia-h100-sxm"),
+        "{}",
+        d.reason
+    );
     let j = job("ml", "none", "m", 0, 10);
     assert_eq!(submit(&mut e, t0(), j), Verdict::Reject);
-    assert!(e.decision(&id("ml", "none")).unwrap().reason.contains("spec.replicas"));
+    assert!(
+        e.decision(&id("ml", "none"))
+            .unwrap()
+            .reason
+            .contains("spec.replicas")
+    );
 }
 
 #[test]
@@ -402,10 +505,16 @@ fn deleting_an_admitted_job_keeps_its_compute() {
     submit(&mut e, t0(), job("ml", "j", "m", 64, 24));
     e.apply(at(1), Event::Start { job: id("ml", "j") }).unwrap();
     let before = e.lineage("m");
-    let step = e.apply(at(3), Event::Delete { job: id("ml", "j") }).unwrap();
+    let step = e
+        .apply(at(3), Event::Delete { job: id("ml", "j") })
+        .unwrap();
     assert_eq!(e.lineage("m").charged, before.charged);
     assert!(e.lineage("m").consumed.0 > 0.0);
-    assert!(step.records.iter().any(|r| matches!(r.event, LedgerEvent::Deleted { .. })));
+    assert!(
+        step.records
+            .iter()
+            .any(|r| matches!(r.event, LedgerEvent::Deleted { .. }))
+    );
     assert_eq!(e.running().1, 0, "capacity released");
 }
 
@@ -418,21 +527,35 @@ fn policy_change_reevaluates_queued_and_held_jobs() {
     let relaxed = CAPS.replace("maxAccelerators: 100", "maxAccelerators: 200");
     for p in parse_policies(&relaxed, "t").unwrap() {
         let step = e.apply(at(1), Event::UpsertPolicy(p)).unwrap();
-        assert!(step.records.iter().any(|r| matches!(r.event, LedgerEvent::PolicyChanged { .. })));
+        assert!(
+            step.records
+                .iter()
+                .any(|r| matches!(r.event, LedgerEvent::PolicyChanged { .. }))
+        );
     }
     assert_eq!(e.phase(&id("b", "second")), Some(Phase::Admitted));
 }
 
 #[test]
 fn strict_fifo_blocks_smaller_jobs_behind_the_head_best_effort_does_not() {
-    for (queueing, small_verdict) in [("StrictFIFO", Verdict::Throttle), ("BestEffortFIFO", Verdict::Admit)] {
+    for (queueing, small_verdict) in [
+        ("StrictFIFO", Verdict::Throttle),
+        ("BestEffortFIFO", Verdict::Admit),
+    ] {
         let yaml = format!(
             "apiVersion: komptroller.dev/v1alpha1\nkind: ComputePolicy\nmetadata: {{name: q}}\nspec:\n  queueing: {queueing}\n  capacity:\n    cluster: {{maxAccelerators: 100}}\n"
         );
         let mut e = engine(&yaml);
         submit(&mut e, t0(), job("a", "running", "m", 60, 10));
-        assert_eq!(submit(&mut e, at(1), job("a", "big", "m", 60, 10)), Verdict::Throttle);
-        assert_eq!(submit(&mut e, at(2), job("b", "small", "m", 10, 10)), small_verdict, "{queueing}");
+        assert_eq!(
+            submit(&mut e, at(1), job("a", "big", "m", 60, 10)),
+            Verdict::Throttle
+        );
+        assert_eq!(
+            submit(&mut e, at(2), job("b", "small", "m", 10, 10)),
+            small_verdict,
+            "{queueing}"
+        );
     }
 }
 
@@ -459,9 +582,20 @@ spec:
   tiers: [{name: tiny, threshold: 1, action: Reject}]
 "#;
     let mut e = engine(yaml);
-    assert_eq!(submit(&mut e, t0(), job("research", "a", "m", 1, 1)), Verdict::Reject);
-    assert_eq!(submit(&mut e, t0(), job("prod", "b", "m", 1, 1)), Verdict::Admit);
-    assert!(e.decision(&id("prod", "b")).unwrap().reason.contains("no ComputePolicy selects"));
+    assert_eq!(
+        submit(&mut e, t0(), job("research", "a", "m", 1, 1)),
+        Verdict::Reject
+    );
+    assert_eq!(
+        submit(&mut e, t0(), job("prod", "b", "m", 1, 1)),
+        Verdict::Admit
+    );
+    assert!(
+        e.decision(&id("prod", "b"))
+            .unwrap()
+            .reason
+            .contains("no ComputePolicy selects")
+    );
 }
 
 #[test]
@@ -472,10 +606,17 @@ fn resubmitting_the_same_spec_is_idempotent_and_admitted_specs_are_immutable() {
     assert_eq!(first.records.len(), 1);
     let again = e.apply(at(1), Event::Submit(j.clone())).unwrap();
     assert!(again.records.is_empty(), "no duplicate ledger record");
-    assert_eq!(e.lineage("m").charged, e.decision(&j.id).unwrap().governing, "charged once");
+    assert_eq!(
+        e.lineage("m").charged,
+        e.decision(&j.id).unwrap().governing,
+        "charged once"
+    );
     let mut changed = j.clone();
     changed.count = 16;
-    assert!(matches!(e.apply(at(2), Event::Submit(changed)), Err(EngineError::Immutable { .. })));
+    assert!(matches!(
+        e.apply(at(2), Event::Submit(changed)),
+        Err(EngineError::Immutable { .. })
+    ));
 }
 
 #[test]

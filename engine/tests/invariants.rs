@@ -42,7 +42,15 @@ const CLUSTER_ACC_CAP: u64 = 200;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Submit { ns: u8, name: u8, lineage: u8, base: Option<u8>, count: u32, hours: u16, prio: i8 },
+    Submit {
+        ns: u8,
+        name: u8,
+        lineage: u8,
+        base: Option<u8>,
+        count: u32,
+        hours: u16,
+        prio: i8,
+    },
     Start(u8, u8),
     Finish(u8, u8, u8),
     Delete(u8, u8),
@@ -71,7 +79,15 @@ fn id(ns: u8, name: u8) -> JobId {
     }
 }
 
-fn request(ns: u8, name: u8, lineage: u8, base: Option<u8>, count: u32, hours: u16, prio: i8) -> JobRequest {
+fn request(
+    ns: u8,
+    name: u8,
+    lineage: u8,
+    base: Option<u8>,
+    count: u32,
+    hours: u16,
+    prio: i8,
+) -> JobRequest {
     let id = id(ns, name);
     JobRequest {
         namespace_labels: [("team".to_string(), id.namespace.clone())].into(),
@@ -107,19 +123,33 @@ fn engine() -> Engine {
 
 fn to_event(op: &Op) -> Event {
     match op.clone() {
-        Op::Submit { ns, name, lineage, base, count, hours, prio } => {
-            Event::Submit(request(ns, name, lineage, base, count, hours, prio))
-        }
+        Op::Submit {
+            ns,
+            name,
+            lineage,
+            base,
+            count,
+            hours,
+            prio,
+        } => Event::Submit(request(ns, name, lineage, base, count, hours, prio)),
         Op::Start(a, b) => Event::Start { job: id(a, b) },
         Op::Finish(a, b, c) => Event::Finish {
             job: id(a, b),
-            outcome: [Outcome::Succeeded, Outcome::Failed, Outcome::DeadlineExceeded][c as usize],
+            outcome: [
+                Outcome::Succeeded,
+                Outcome::Failed,
+                Outcome::DeadlineExceeded,
+            ][c as usize],
         },
         Op::Delete(a, b) => Event::Delete { job: id(a, b) },
         Op::Approve(a, b, ok) => Event::Approve {
             job: id(a, b),
             approver: Principal {
-                user: if ok { "safety-sam".into() } else { "alice".into() },
+                user: if ok {
+                    "safety-sam".into()
+                } else {
+                    "alice".into()
+                },
                 groups: vec!["safety".into()],
             },
             spec_hash: String::new(),

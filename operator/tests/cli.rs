@@ -1,0 +1,155 @@
+//! The offline commands, run as a user runs them: exit codes and messages.
+
+use std::process::Command;
+
+fn komptroller(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_komptroller"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("run komptroller");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn simulate_with_no_arguments_replays_the_bundled_quarter() {
+    let (code, out, err) = komptroller(&["simulate"]);
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "TIMELINE",
+        "QUEUE WAITS",
+        "LINEAGE TOTALS",
+        "THRESHOLD CROSSINGS",
+        "atlas crossed eu-systemic-risk",
+        "notify under EU AI Act Art. 52(1)",
+        "Awaiting approval",
+        "cannot approve it (separation of duties)",
+        "Queued: namespace research has used",
+        "Queued: cluster runs 3072 of its 3072 accelerators",
+        "Rejected:",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn simulate_json_is_machine_readable() {
+    let (code, out, err) = komptroller(&["simulate", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["summary"]["submissions"], 16);
+    assert!(
+        v["summary"]["lineages"]["atlas"]["charged"]
+            .as_f64()
+            .unwrap()
+            > 1e25
+    );
+}
+
+#[test]
+fn project_names_every_figure_in_json() {
+    let (code, out, err) = komptroller(&[
+        "project",
+        "-f",
+        "examples/trainingjob.yaml",
+        "--policy",
+        "operator/assets/default-policy.yaml",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = &v["projection"];
+    assert_eq!(p["count"], 32);
+    let rate = p["rate"].as_f64().unwrap();
+    assert!((rate - 32.0 * 989e12).abs() < 1.0);
+    assert!((p["upperBound"].as_f64().unwrap() - rate * 72.0 * 3600.0).abs() < 1e6);
+    assert!(p["adversarialCeiling"].as_f64().unwrap() > p["upperBound"].as_f64().unwrap());
+    assert!(p["expected"].as_f64().unwrap() < p["upperBound"].as_f64().unwrap());
+    assert_eq!(p["opcount"].as_f64().unwrap(), 6.0 * 7.0e10 * 1.0e10);
+    assert_eq!(v["decision"]["verdict"], "Admit");
+}
+
+#[test]
+fn project_text_explains_the_decision() {
+    let (code, out, _) = komptroller(&["project", "-f", "examples/trainingjob.yaml"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("upper bound") && out.contains("verdict: Admit"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_accelerator_names_the_closest_keys_and_exits_2() {
+    let (code, _, err) = komptroller(&[
+        "project",
+        "-f",
+        "operator/tests/fixtures/unknown-accelerator.yaml",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("spec.accelerator.type") && err.contains("nvidia-h100-sxm"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn malformed_duration_shows_the_accepted_syntax() {
+    let (code, _, err) =
+        komptroller(&["project", "-f", "operator/tests/fixtures/bad-duration.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("3 days") && err.contains("72h30m"), "{err}");
+}
+
+#[test]
+fn yaml_errors_carry_line_and_column() {
+    let (code, _, err) = komptroller(&["project", "-f", "operator/tests/fixtures/bad-yaml.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("line") && err.contains("column"), "{err}");
+}
+
+#[test]
+fn limits_on_another_vendors_resource_are_refused() {
+    let (code, _, err) = komptroller(&[
+        "project",
+        "-f",
+        "operator/tests/fixtures/wrong-resource.yaml",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("amd.com/gpu") && err.contains("nvidia.com/gpu"),
+        "{err}"
+    );
+}
+
+#[test]
+fn inconsistent_policies_name_the_field() {
+    let (code, _, err) = komptroller(&[
+        "project",
+        "-f",
+        "examples/trainingjob.yaml",
+        "--policy",
+        "operator/tests/fixtures/unsorted-tiers.yaml",
+    ]);
+    assert_eq!(code, 2);
+    for needle in [
+        "spec.tiers[1].threshold",
+        "spec.budgets[0].window",
+        "spec.budgets[0].limit",
+    ] {
+        assert!(err.contains(needle), "missing {needle}: {err}");
+    }
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let (code, _, err) = komptroller(&["project", "-f", "does/not/exist.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does/not/exist.yaml"), "{err}");
+}
