@@ -1,0 +1,551 @@
+//! Patches (JSON merge, JSON, strategic-merge as an approximation) and
+//! server-side apply with managed fields.
+//!
+//! Field ownership is tracked at leaf granularity: a path of map keys down
+//! to a scalar, a list or an empty map. Lists are atomic (owned whole) except
+//! `metadata.finalizers`, a set whose items are owned one by one, as the real
+//! server does for `listType=set`. Lists of maps keyed by name (`listType=map`)
+//! are atomic here; the real server merges them per key.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use super::error::{ApiError, ApiResult, Cause};
+
+/// A field path: `f:name` for map keys, `v:<json>` for set items.
+pub type FieldPath = Vec<String>;
+
+/// A managedFields entry.
+#[derive(Debug, Clone)]
+pub struct Managed {
+    pub manager: String,
+    pub operation: String,
+    pub api_version: String,
+    pub time: String,
+    pub subresource: String,
+    pub fields: BTreeSet<FieldPath>,
+}
+
+fn is_set_list(path: &[String]) -> bool {
+    path.len() == 2 && path[0] == "f:metadata" && path[1] == "f:finalizers"
+}
+
+/// The leaves of an object that are subject to ownership.
+pub fn leaves(obj: &Value, scope: Scope) -> BTreeSet<FieldPath> {
+    let mut out = BTreeSet::new();
+    let Some(m) = obj.as_object() else {
+        return out;
+    };
+    for (k, v) in m {
+        match k.as_str() {
+            "apiVersion" | "kind" => {}
+            "metadata" => {
+                if scope == Scope::Status {
+                    continue;
+                }
+                if let Some(meta) = v.as_object() {
+                    for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
+                        if let Some(mv) = meta.get(mk) {
+                            collect(mv, vec!["f:metadata".into(), format!("f:{mk}")], &mut out);
+                        }
+                    }
+                }
+            }
+            "status" if scope == Scope::Main => {}
+            _ if scope == Scope::Status && k != "status" => {}
+            _ => collect(v, vec![format!("f:{k}")], &mut out),
+        }
+    }
+    out
+}
+
+/// Which part of an object a request may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything (no status subresource).
+    All,
+    /// Everything but status.
+    Main,
+    /// Only status.
+    Status,
+}
+
+fn collect(v: &Value, path: FieldPath, out: &mut BTreeSet<FieldPath>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, c) in m {
+                let mut p = path.clone();
+                p.push(format!("f:{k}"));
+                collect(c, p, out);
+            }
+        }
+        Value::Array(a) if is_set_list(&path) => {
+            for item in a {
+                let mut p = path.clone();
+                p.push(format!("v:{item}"));
+                out.insert(p);
+            }
+        }
+        _ => {
+            out.insert(path);
+        }
+    }
+}
+
+/// The value at a field path.
+pub fn get_path<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cur = obj;
+    for (i, seg) in path.iter().enumerate() {
+        if let Some(k) = seg.strip_prefix("f:") {
+            cur = cur.get(k)?;
+        } else if let Some(item) = seg.strip_prefix("v:") {
+            let want: Value = serde_json::from_str(item).ok()?;
+            let arr = cur.as_array()?;
+            return if arr.contains(&want) && i == path.len() - 1 {
+                arr.iter().find(|x| **x == want)
+            } else {
+                None
+            };
+        }
+    }
+    Some(cur)
+}
+
+fn set_path(obj: &mut Value, path: &[String], val: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = obj;
+    for seg in parents {
+        let Some(k) = seg.strip_prefix("f:") else {
+            return;
+        };
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        let Some(m) = cur.as_object_mut() else {
+            return;
+        };
+        cur = m.entry(k.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    }
+    if let Some(k) = last.strip_prefix("f:") {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        if let Some(m) = cur.as_object_mut() {
+            m.insert(k.to_string(), val);
+        }
+    } else if last.starts_with("v:") {
+        if !cur.is_array() {
+            *cur = Value::Array(Vec::new());
+        }
+        if let Some(a) = cur.as_array_mut() {
+            if !a.contains(&val) {
+                a.push(val);
+            }
+        }
+    }
+}
+
+fn remove_path(obj: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = &mut *obj;
+    for seg in parents {
+        let Some(k) = seg.strip_prefix("f:") else {
+            return;
+        };
+        let Some(next) = cur.get_mut(k) else {
+            return;
+        };
+        cur = next;
+    }
+    if let Some(k) = last.strip_prefix("f:") {
+        if let Some(m) = cur.as_object_mut() {
+            m.remove(k);
+        }
+    } else if let Some(item) = last.strip_prefix("v:") {
+        if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(item), cur.as_array_mut()) {
+            a.retain(|x| *x != want);
+        }
+    }
+    // Drop maps emptied by the removal, as the real server does for applied maps.
+    let parents_len = parents.len();
+    if parents_len > 0 {
+        let parent_path = &path[..parents_len];
+        if get_path(obj, parent_path).is_some_and(|v| v.as_object().is_some_and(Map::is_empty)) {
+            remove_path(obj, parent_path);
+        }
+    }
+}
+
+/// fieldsV1 JSON from a set of paths.
+pub fn fields_to_json(paths: &BTreeSet<FieldPath>) -> Value {
+    let mut root = Map::new();
+    for p in paths {
+        let mut cur = &mut root;
+        for seg in p {
+            let entry = cur
+                .entry(seg.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            match entry.as_object_mut() {
+                Some(m) => cur = m,
+                None => break,
+            }
+        }
+    }
+    Value::Object(root)
+}
+
+/// Paths from fieldsV1 JSON (the `.` marker of non-leaf ownership is ignored).
+pub fn json_to_fields(v: &Value) -> BTreeSet<FieldPath> {
+    let mut out = BTreeSet::new();
+    fn walk(v: &Value, path: FieldPath, out: &mut BTreeSet<FieldPath>) {
+        match v.as_object() {
+            Some(m) if m.keys().any(|k| k != ".") => {
+                for (k, c) in m {
+                    if k == "." {
+                        continue;
+                    }
+                    let mut p = path.clone();
+                    p.push(k.clone());
+                    walk(c, p, out);
+                }
+            }
+            _ => {
+                if !path.is_empty() {
+                    out.insert(path);
+                }
+            }
+        }
+    }
+    walk(v, Vec::new(), &mut out);
+    out
+}
+
+pub fn read_managed(obj: &Value) -> Vec<Managed> {
+    obj.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| Managed {
+                    manager: e.get("manager").and_then(Value::as_str).unwrap_or_default().into(),
+                    operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").into(),
+                    api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or_default().into(),
+                    time: e.get("time").and_then(Value::as_str).unwrap_or_default().into(),
+                    subresource: e.get("subresource").and_then(Value::as_str).unwrap_or_default().into(),
+                    fields: e.get("fieldsV1").map(json_to_fields).unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn write_managed(obj: &mut Value, managed: &[Managed]) {
+    let entries: Vec<Value> = managed
+        .iter()
+        .filter(|m| !m.fields.is_empty())
+        .map(|m| {
+            let mut e = json!({
+                "manager": m.manager,
+                "operation": m.operation,
+                "apiVersion": m.api_version,
+                "time": m.time,
+                "fieldsType": "FieldsV1",
+                "fieldsV1": fields_to_json(&m.fields),
+            });
+            if !m.subresource.is_empty() {
+                e["subresource"] = json!(m.subresource);
+            }
+            e
+        })
+        .collect();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        if entries.is_empty() {
+            meta.remove("managedFields");
+        } else {
+            meta.insert("managedFields".into(), Value::Array(entries));
+        }
+    }
+}
+
+fn overlaps(a: &[String], b: &[String]) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// Records an Update-operation write: fields that changed move to `manager`.
+#[allow(clippy::too_many_arguments)]
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    subresource: &str,
+    scope: Scope,
+    now: &str,
+) {
+    let mut managed = old.map(read_managed).unwrap_or_default();
+    let new_leaves = leaves(new, scope);
+    let old_leaves = old.map(|o| leaves(o, scope)).unwrap_or_default();
+    let changed: BTreeSet<FieldPath> = new_leaves
+        .iter()
+        .filter(|p| old.and_then(|o| get_path(o, p)) != get_path(new, p))
+        .cloned()
+        .collect();
+    let removed: Vec<&FieldPath> = old_leaves.difference(&new_leaves).collect();
+    for m in &mut managed {
+        m.fields.retain(|p| {
+            !removed.iter().any(|r| overlaps(p, r))
+                && !(m.manager != manager || m.operation != "Update")
+                    .then(|| changed.iter().any(|c| overlaps(p, c)))
+                    .unwrap_or(false)
+        });
+    }
+    if !changed.is_empty() {
+        match managed
+            .iter_mut()
+            .find(|m| m.manager == manager && m.operation == "Update" && m.subresource == subresource)
+        {
+            Some(m) => {
+                m.fields.extend(changed);
+                m.time = now.to_string();
+                m.api_version = api_version.to_string();
+            }
+            None => managed.push(Managed {
+                manager: manager.into(),
+                operation: "Update".into(),
+                api_version: api_version.into(),
+                time: now.into(),
+                subresource: subresource.into(),
+                fields: changed,
+            }),
+        }
+    }
+    write_managed(new, &managed);
+}
+
+/// Server-side apply of `applied` onto `current` (or onto nothing: create).
+#[allow(clippy::too_many_arguments)]
+pub fn server_side_apply(
+    current: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    api_version: &str,
+    subresource: &str,
+    scope: Scope,
+    force: bool,
+    now: &str,
+) -> ApiResult<Value> {
+    let mut managed = current.map(read_managed).unwrap_or_default();
+    let applied_leaves = leaves(applied, scope);
+    let mut conflicts = Vec::new();
+    if let Some(cur) = current {
+        for p in &applied_leaves {
+            for m in &managed {
+                if m.manager == manager {
+                    continue;
+                }
+                for owned in &m.fields {
+                    if !overlaps(owned, p) {
+                        continue;
+                    }
+                    let shorter = if owned.len() < p.len() { owned } else { p };
+                    if get_path(cur, shorter) != get_path(applied, shorter) {
+                        conflicts.push((m.manager.clone(), m.api_version.clone(), owned.clone()));
+                    }
+                }
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        conflicts.sort();
+        conflicts.dedup();
+        let causes: Vec<Cause> = conflicts
+            .iter()
+            .map(|(mgr, av, p)| {
+                Cause::new(
+                    dotted(p),
+                    "FieldManagerConflict",
+                    format!("conflict with \"{mgr}\" using {av}"),
+                )
+            })
+            .collect();
+        let text = if causes.len() == 1 {
+            format!("Apply failed with 1 conflict: {}: {}", causes[0].message, causes[0].field)
+        } else {
+            let list = causes
+                .iter()
+                .map(|c| format!("{}: {}", c.message, c.field))
+                .collect::<Vec<_>>()
+                .join("\n- ");
+            format!("Apply failed with {} conflicts: \n- {list}", causes.len())
+        };
+        let mut e = ApiError::new(409, "Conflict", text);
+        e.causes = causes;
+        return Err(e);
+    }
+    for (mgr, _, p) in &conflicts {
+        for m in managed.iter_mut().filter(|m| &m.manager == mgr) {
+            m.fields.retain(|x| !overlaps(x, p));
+        }
+    }
+    let mut result = match current {
+        Some(c) => c.clone(),
+        None => {
+            let mut base = json!({"apiVersion": applied.get("apiVersion"), "kind": applied.get("kind"), "metadata": {}});
+            if let Some(meta) = applied.get("metadata") {
+                for k in ["name", "namespace", "generateName"] {
+                    if let Some(v) = meta.get(k) {
+                        base["metadata"][k] = v.clone();
+                    }
+                }
+            }
+            base
+        }
+    };
+    let previously: BTreeSet<FieldPath> = managed
+        .iter()
+        .filter(|m| m.manager == manager && m.operation == "Apply" && m.subresource == subresource)
+        .flat_map(|m| m.fields.iter().cloned())
+        .collect();
+    for p in previously.difference(&applied_leaves) {
+        let owned_elsewhere = managed
+            .iter()
+            .filter(|m| !(m.manager == manager && m.operation == "Apply"))
+            .any(|m| m.fields.iter().any(|o| overlaps(o, p)));
+        if !owned_elsewhere {
+            remove_path(&mut result, p);
+        }
+    }
+    for p in &applied_leaves {
+        if let Some(v) = get_path(applied, p) {
+            set_path(&mut result, p, v.clone());
+        }
+    }
+    managed.retain(|m| !(m.manager == manager && m.operation == "Apply" && m.subresource == subresource));
+    managed.push(Managed {
+        manager: manager.into(),
+        operation: "Apply".into(),
+        api_version: api_version.into(),
+        time: now.into(),
+        subresource: subresource.into(),
+        fields: applied_leaves,
+    });
+    write_managed(&mut result, &managed);
+    Ok(result)
+}
+
+/// `.spec.replicas` style rendering of a path.
+pub fn dotted(p: &FieldPath) -> String {
+    p.iter()
+        .map(|s| match s.strip_prefix("f:") {
+            Some(k) => format!(".{k}"),
+            None => format!("[{}]", s.trim_start_matches("v:")),
+        })
+        .collect()
+}
+
+/// RFC 7386 merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    json_patch::merge(target, patch);
+}
+
+/// RFC 6902 JSON patch.
+pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
+    let p: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    json_patch::patch(target, &p).map_err(|e| {
+        ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+    })
+}
+
+/// Strategic merge patch, approximated: maps merge, `null` deletes, lists of
+/// maps with a `name` (or `type` under `conditions`) key merge by that key,
+/// `metadata.finalizers` merges as a set, other lists are replaced; the
+/// directives `$patch`, `$deleteFromPrimitiveList/…`, `$setElementOrder/…`
+/// and `$retainKeys` are honoured or stripped.
+pub fn strategic_merge(target: &mut Value, patch: &Value, key_hint: &str) {
+    let Value::Object(pm) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if pm.get("$patch").and_then(Value::as_str) == Some("replace") {
+        let mut p = patch.clone();
+        if let Some(m) = p.as_object_mut() {
+            m.remove("$patch");
+        }
+        *target = p;
+        return;
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Some(tm) = target.as_object_mut() else {
+        return;
+    };
+    for (k, pv) in pm {
+        if let Some(list) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(cur)), Some(del)) = (tm.get_mut(list), pv.as_array()) {
+                cur.retain(|x| !del.contains(x));
+            }
+            continue;
+        }
+        if k.starts_with('$') {
+            continue;
+        }
+        if pv.is_null() {
+            tm.remove(k);
+            continue;
+        }
+        match (tm.get_mut(k), pv) {
+            (Some(tv @ Value::Object(_)), Value::Object(_)) => strategic_merge(tv, pv, k),
+            (Some(Value::Array(ta)), Value::Array(pa)) => {
+                let key = if k == "conditions" { "type" } else { "name" };
+                let keyed = pa.iter().all(|x| x.get(key).is_some())
+                    && ta.iter().all(|x| x.get(key).is_some())
+                    && !pa.is_empty();
+                if k == "finalizers" && key_hint == "metadata" {
+                    for x in pa {
+                        if !ta.contains(x) {
+                            ta.push(x.clone());
+                        }
+                    }
+                } else if keyed {
+                    for item in pa {
+                        let id = item.get(key).cloned();
+                        let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+                        match ta.iter().position(|x| x.get(key).cloned() == id) {
+                            Some(i) if delete => {
+                                ta.remove(i);
+                            }
+                            Some(i) => strategic_merge(&mut ta[i], item, k),
+                            None if delete => {}
+                            None => {
+                                let mut fresh = Value::Object(Map::new());
+                                strategic_merge(&mut fresh, item, k);
+                                ta.push(fresh);
+                            }
+                        }
+                    }
+                } else {
+                    *ta = pa.clone();
+                }
+            }
+            _ => {
+                let mut fresh = if pv.is_object() {
+                    Value::Object(Map::new())
+                } else {
+                    Value::Null
+                };
+                if pv.is_object() {
+                    strategic_merge(&mut fresh, pv, k);
+                } else {
+                    fresh = pv.clone();
+                }
+                tm.insert(k.clone(), fresh);
+            }
+        }
+    }
+}
