@@ -61,6 +61,17 @@ impl Phase {
     }
 }
 
+/// What the cluster remembers of a job, for [`Engine::restore_job`].
+#[derive(Clone, Debug)]
+pub struct RestoredJob {
+    pub phase: Phase,
+    /// When it was first submitted (its queue order).
+    pub submitted_at: Timestamp,
+    pub decision: Option<Decision>,
+    pub approvals: Vec<Principal>,
+    pub started_at: Option<Timestamp>,
+}
+
 /// How a workload ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -182,7 +193,7 @@ impl ChargeSeries {
     }
     /// Sum of charges in (now - window, now].
     fn window_sum(&self, now: i64, window_ms: i64) -> f64 {
-        self.total() - self.cum_at(now.saturating_sub(window_ms))
+        self.cum_at(now) - self.cum_at(now.saturating_sub(window_ms))
     }
     /// Earliest time at which the window sum drops to `target` or below,
     /// assuming no new charges.
@@ -236,6 +247,8 @@ struct Admission {
     accelerators: u64,
     projection: Option<Projection>,
     basis: Basis,
+    /// Lineages charged at admission; consumption is metered onto the same.
+    lineages: Vec<String>,
 }
 
 type QueueKey = (Reverse<i32>, Timestamp, u64);
@@ -406,6 +419,153 @@ impl Engine {
     /// Policies currently loaded.
     pub fn policies(&self) -> impl Iterator<Item = (&str, &ComputePolicySpec)> {
         self.policies.values().map(|p| (p.name.as_str(), &p.spec))
+    }
+
+    /// Rebuilds lineage totals, budget windows and threshold crossings from
+    /// ledger records, in ledger order, after a restart. Load policies first
+    /// (crossings are found against their tiers). Produces no new records.
+    pub fn replay_ledger<'a>(&mut self, records: impl IntoIterator<Item = &'a LedgerRecord>) {
+        let mut admitted_under: HashMap<JobId, Vec<String>> = HashMap::new();
+        for r in records {
+            match &r.event {
+                LedgerEvent::Decided {
+                    verdict: Verdict::Admit,
+                    charged,
+                    charged_lineages,
+                    ..
+                } => {
+                    let lineages: Vec<String> = if charged_lineages.is_empty() {
+                        r.lineage.iter().cloned().collect()
+                    } else {
+                        charged_lineages.clone()
+                    };
+                    if let Some(job) = &r.job {
+                        let req = JobRequest {
+                            id: job.clone(),
+                            namespace_labels: BTreeMap::new(),
+                            model: crate::job::ModelSpec {
+                                name: r.lineage.clone(),
+                                base_model: r.base_lineage.clone(),
+                                ..Default::default()
+                            },
+                            accelerator: crate::job::AcceleratorSpec {
+                                kind: r
+                                    .accelerator
+                                    .as_ref()
+                                    .map(|a| a.kind.clone())
+                                    .unwrap_or_default(),
+                                precision: Default::default(),
+                            },
+                            count: r.accelerator.as_ref().map_or(0, |a| a.count),
+                            max_duration: Default::default(),
+                            priority: 0,
+                            submitter: None,
+                            spec_hash: String::new(),
+                        };
+                        self.charge(r.time, &req, &lineages, *charged);
+                        self.record_crossings(r.time, &lineages, *charged);
+                        admitted_under.insert(job.clone(), lineages);
+                    }
+                }
+                LedgerEvent::Finished {
+                    accelerator_seconds,
+                    consumed,
+                    ..
+                }
+                | LedgerEvent::DeadlineExceeded {
+                    accelerator_seconds,
+                    consumed,
+                }
+                | LedgerEvent::Deleted {
+                    accelerator_seconds,
+                    consumed,
+                } => {
+                    let lineages = r
+                        .job
+                        .as_ref()
+                        .and_then(|j| admitted_under.get(j).cloned())
+                        .unwrap_or_else(|| r.lineage.iter().cloned().collect());
+                    for l in lineages {
+                        let t = self.lineages.entry(l).or_default();
+                        t.consumed += *consumed;
+                        t.accelerator_seconds += *accelerator_seconds;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Re-registers a job the cluster already knows (after a restart), in the
+    /// phase its status records, without deciding it again or emitting records.
+    /// Admitted and running jobs take their capacity back; queued jobs their
+    /// place (by priority, then `submitted_at`).
+    pub fn restore_job(&mut self, request: JobRequest, restored: RestoredJob) {
+        let key = key_of(&request.id);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut job = JobState {
+            request,
+            phase: restored.phase,
+            submitted_at: restored.submitted_at,
+            seq,
+            decision: restored.decision,
+            approvals: restored.approvals,
+            admitted: None,
+            started_at: restored.started_at,
+            throttled_on: Vec::new(),
+        };
+        if job.phase.holds_capacity() {
+            let projection = job
+                .decision
+                .as_ref()
+                .and_then(|d| d.projection.clone())
+                .or_else(|| project(&self.base_catalog, &job.request, None).ok());
+            let rate = projection.as_ref().map_or(FlopPerSecond::ZERO, |p| p.rate);
+            let mut lineages = vec![job.request.lineage().to_string()];
+            lineages.extend(job.request.base_lineage().map(str::to_string));
+            let accelerators = u64::from(job.request.count);
+            self.cluster_usage.rate += rate;
+            self.cluster_usage.accelerators += accelerators;
+            let u = self
+                .ns_usage
+                .entry(job.request.id.namespace.clone())
+                .or_default();
+            u.rate += rate;
+            u.accelerators += accelerators;
+            let basis = self
+                .selecting(&job.request)
+                .iter()
+                .map(|p| p.spec.estimate.basis)
+                .next()
+                .unwrap_or_default();
+            job.admitted = Some(Admission {
+                rate,
+                accelerators,
+                projection,
+                basis,
+                lineages,
+            });
+        }
+        if job.phase == Phase::Queued {
+            self.queue.insert(
+                (Reverse(job.request.priority), job.submitted_at, job.seq),
+                key.clone(),
+            );
+        }
+        if let Some(old) = self.jobs.insert(key, job) {
+            self.unqueue(&old);
+            if old.phase.holds_capacity() {
+                self.release(&old);
+            }
+        }
+    }
+
+    /// Re-evaluates the queue and held jobs, e.g. after a restore.
+    pub fn resume(&mut self, now: Timestamp) -> Step {
+        let mut step = Step::default();
+        self.reevaluate_held(now, &mut step);
+        step
     }
 
     /// Applies one event at `now`.
@@ -633,11 +793,15 @@ impl Engine {
             .as_ref()
             .and_then(|a| a.projection.as_ref().map(|p| p.consumed(elapsed, a.basis)))
             .unwrap_or(Flop::ZERO);
-        let lineage = job.request.lineage().to_string();
-        let base = job.request.base_lineage().map(str::to_string);
+        let lineages = job
+            .admitted
+            .as_ref()
+            .map(|a| a.lineages.clone())
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| vec![job.request.lineage().to_string()]);
         let job = job.clone();
         self.release(&job);
-        for l in std::iter::once(lineage).chain(base) {
+        for l in lineages {
             let t = self.lineages.entry(l).or_default();
             t.consumed += flop;
             t.accelerator_seconds += acc;
@@ -898,6 +1062,7 @@ impl Engine {
                     accelerators: u64::from(req.count),
                     projection: decision.projection.clone(),
                     basis: eval.basis,
+                    lineages: eval.charged_lineages.clone(),
                 });
             }
             j.throttled_on = if phase == Phase::Queued {
