@@ -1,1 +1,393 @@
-pub fn placeholder() {}
+//! The e2e harness: every scenario reaches the cluster through a kubeconfig
+//! only. By default a fresh stand-in is started; with
+//! `KOMPTROLLER_E2E_KUBECONFIG` set the same scenarios run against that real
+//! cluster. The harness prints which one it runs against.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+use crate::standin::{Options, StandIn};
+
+/// The environment variable naming a real cluster's kubeconfig.
+pub const KUBECONFIG_ENV: &str = "KOMPTROLLER_E2E_KUBECONFIG";
+
+/// The field manager the harness applies with.
+pub const FIELD_MANAGER: &str = "komptroller-e2e";
+
+/// Harness errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("starting the stand-in: {0}")]
+    StandIn(#[from] crate::standin::StartError),
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: PathBuf, message: String },
+    #[error("kube: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error("timed out after {timeout:?} waiting for {what}")]
+    Timeout { what: String, timeout: Duration },
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("this scenario needs the stand-in (it injects faults), but runs against a real cluster")]
+    NeedsStandIn,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which cluster a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    StandIn,
+    Real,
+}
+
+/// A cluster under test.
+pub struct Cluster {
+    pub target: Target,
+    kubeconfig: PathBuf,
+    client: Client,
+    standin: Option<StandIn>,
+}
+
+/// A kube client from a kubeconfig file (its current context).
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
+    // Only ring is compiled in; installing it is idempotent (an error means one is set).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let err = |message: String| Error::Kubeconfig { path: path.to_path_buf(), message };
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+    let config = Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    Ok(Client::try_from(config)?)
+}
+
+impl Cluster {
+    /// The real cluster named by `KOMPTROLLER_E2E_KUBECONFIG`, else a fresh stand-in.
+    pub async fn start() -> Result<Self> {
+        match std::env::var_os(KUBECONFIG_ENV) {
+            Some(p) if !p.is_empty() => Self::real(Path::new(&p)).await,
+            _ => Self::start_standin(Options::default()).await,
+        }
+    }
+
+    /// A real cluster by kubeconfig.
+    pub async fn real(kubeconfig: &Path) -> Result<Self> {
+        let client = client_from_kubeconfig(kubeconfig).await?;
+        let v = client.apiserver_version().await?;
+        eprintln!(
+            "e2e: running against a REAL cluster ({}, {} {})",
+            kubeconfig.display(),
+            v.git_version,
+            v.platform
+        );
+        Ok(Self { target: Target::Real, kubeconfig: kubeconfig.to_path_buf(), client, standin: None })
+    }
+
+    /// A fresh stand-in with these options.
+    pub async fn start_standin(opts: Options) -> Result<Self> {
+        let standin = StandIn::start(opts)?;
+        let client = client_from_kubeconfig(&standin.kubeconfig).await?;
+        eprintln!("e2e: running against kube-standin at {} (kubeconfig {})", standin.base_url, standin.kubeconfig.display());
+        Ok(Self { target: Target::StandIn, kubeconfig: standin.kubeconfig.clone(), client, standin: Some(standin) })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The stand-in (for fault injection), if that is what runs.
+    pub fn standin(&self) -> Option<&StandIn> {
+        self.standin.as_ref()
+    }
+
+    /// The stand-in, or an error saying the scenario cannot run on a real cluster.
+    pub fn require_standin(&self) -> Result<&StandIn> {
+        self.standin.as_ref().ok_or(Error::NeedsStandIn)
+    }
+
+    /// A `kubectl` command pointed at this cluster.
+    pub fn kubectl(&self) -> std::process::Command {
+        let mut c = std::process::Command::new("kubectl");
+        c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// A fresh namespace `e2e-<prefix>-<random>`, deleted when dropped.
+    pub async fn temp_namespace(&self, prefix: &str) -> Result<TempNamespace> {
+        let name = format!("e2e-{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"e2e.komptroller.dev/temporary": "true"}}
+        }))
+        .map_err(|e| Error::Manifest(e.to_string()))?;
+        api.create(&PostParams::default(), &ns).await?;
+        Ok(TempNamespace { name, kubeconfig: self.kubeconfig.clone(), keep: false })
+    }
+
+    /// Resolves a kind to its API resource through discovery.
+    pub async fn resolve(&self, gvk: &GroupVersionKind) -> Result<(ApiResource, ApiCapabilities)> {
+        Ok(kube::discovery::pinned_kind(&self.client, gvk).await?)
+    }
+
+    /// A dynamic API for a kind (namespace ignored for cluster-scoped kinds).
+    pub async fn dynamic_api(&self, gvk: &GroupVersionKind, namespace: Option<&str>) -> Result<Api<DynamicObject>> {
+        let (ar, caps) = self.resolve(gvk).await?;
+        Ok(match (caps.scope, namespace) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            (Scope::Namespaced, None) => Api::default_namespaced_with(self.client.clone(), &ar),
+            (Scope::Cluster, _) => Api::all_with(self.client.clone(), &ar),
+        })
+    }
+
+    /// Applies every document of a (multi-document) YAML text by server-side
+    /// apply, namespaced objects into `namespace` unless they name their own.
+    pub async fn apply_yaml(&self, yaml: &str, namespace: Option<&str>) -> Result<Vec<DynamicObject>> {
+        let mut out = Vec::new();
+        for doc in parse_yaml_documents(yaml)? {
+            let gvk = gvk_of(&doc)?;
+            let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from);
+            let api = self.dynamic_api(&gvk, ns.as_deref().or(namespace)).await?;
+            let name = doc.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| Error::Manifest(format!("a {} has no metadata.name", gvk.kind)))?.to_string();
+            let obj = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+            out.push(obj);
+        }
+        Ok(out)
+    }
+
+    /// Applies a YAML file.
+    pub async fn apply_file(&self, path: &Path, namespace: Option<&str>) -> Result<Vec<DynamicObject>> {
+        let text = std::fs::read_to_string(path)?;
+        self.apply_yaml(&text, namespace).await
+    }
+
+    /// Applies every `*.yaml`/`*.yml` file of a directory containing CRDs and
+    /// waits until each CRD is Established (both on the stand-in and a real cluster).
+    pub async fn install_crds(&self, dir: &Path, timeout: Duration) -> Result<Vec<String>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        let mut names = Vec::new();
+        for f in files {
+            for obj in self.apply_file(&f, None).await? {
+                if obj.types.as_ref().is_some_and(|t| t.kind == "CustomResourceDefinition") {
+                    names.push(obj.metadata.name.clone().unwrap_or_default());
+                }
+            }
+        }
+        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(self.client.clone());
+        for n in &names {
+            wait_for(&crds, n, timeout, |c| has_condition_json(&serde_json::to_value(c).unwrap_or_default(), "Established", "True")).await?;
+        }
+        Ok(names)
+    }
+
+    /// Waits until a condition of the given type has the given status.
+    pub async fn wait_for_condition(&self, gvk: &GroupVersionKind, namespace: Option<&str>, name: &str, type_: &str, status: &str, timeout: Duration) -> Result<DynamicObject> {
+        let api = self.dynamic_api(gvk, namespace).await?;
+        wait_for(&api, name, timeout, |o| has_condition_json(&o.data, type_, status)).await
+    }
+}
+
+/// Whether `obj.status.conditions` holds `type_` with `status`.
+pub fn has_condition_json(obj: &Value, type_: &str, status: &str) -> bool {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c.get("type").and_then(Value::as_str) == Some(type_) && c.get("status").and_then(Value::as_str) == Some(status)))
+}
+
+/// Polls `name` until `pred` holds (or times out). A missing object counts as not yet.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, timeout: Duration, pred: impl Fn(&K) -> bool) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(o) = api.get_opt(name).await? {
+            if pred(&o) {
+                return Ok(o);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Timeout { what: format!("{name} to satisfy the condition"), timeout });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until `name` no longer exists.
+pub async fn wait_for_deletion<K>(api: &Api<K>, name: &str, timeout: Duration) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while api.get_opt(name).await?.is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Timeout { what: format!("{name} to be deleted"), timeout });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Parses a multi-document YAML text into JSON objects (empty documents skipped).
+pub fn parse_yaml_documents(yaml: &str) -> Result<Vec<Value>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| Error::Manifest(e.to_string()))?;
+    Ok(docs.into_iter().filter(|d| d.is_object()).collect())
+}
+
+fn gvk_of(doc: &Value) -> Result<GroupVersionKind> {
+    let av = doc.get("apiVersion").and_then(Value::as_str).ok_or_else(|| Error::Manifest("a document has no apiVersion".into()))?;
+    let kind = doc.get("kind").and_then(Value::as_str).ok_or_else(|| Error::Manifest("a document has no kind".into()))?;
+    let (group, version) = av.split_once('/').unwrap_or(("", av));
+    Ok(GroupVersionKind::gvk(group, version, kind))
+}
+
+/// A namespace deleted (with everything in it) when dropped.
+pub struct TempNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+    keep: bool,
+}
+
+impl TempNamespace {
+    /// Keeps the namespace after the test (for debugging).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempNamespace {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let name = self.name.clone();
+        let kubeconfig = self.kubeconfig.clone();
+        // A client is bound to the runtime that made it, so deletion runs on
+        // its own thread and runtime; failures only leave a namespace behind.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(client) = client_from_kubeconfig(&kubeconfig).await {
+                    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), api.delete(&name, &DeleteParams::background())).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A child process (the operator binary, kube-standin, …).
+pub struct Process {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `program args…` with `KUBECONFIG` pointing at `kubeconfig`;
+    /// stdout and stderr lines are collected (and echoed to stderr, prefixed).
+    pub fn start(program: &Path, args: &[&str], kubeconfig: Option<&Path>, env: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
+        if let Some(k) = kubeconfig {
+            cmd.env("KUBECONFIG", k);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tag = program.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        if let Some(out) = child.stdout.take() {
+            spawn_reader(out, tx.clone(), log.clone(), tag.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            spawn_reader(err, tx, log.clone(), tag);
+        }
+        Ok(Self { child, lines, log })
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits for an output line containing `needle`.
+    pub async fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) if l.contains(needle) => return Ok(l),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return Err(Error::Timeout { what: format!("a line containing {needle:?}"), timeout }),
+            }
+        }
+    }
+
+    /// All output so far.
+    pub fn output(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for exit, then kills.
+    pub async fn terminate(&mut self, grace: Duration) -> Result<Option<std::process::ExitStatus>> {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(s) => Ok(Some(s?)),
+            Err(_) => {
+                self.child.kill().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Kills the process (SIGKILL), as a crash would.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, tx: tokio::sync::mpsc::UnboundedSender<String>, log: std::sync::Arc<std::sync::Mutex<Vec<String>>>, tag: String) {
+    use tokio::io::AsyncBufReadExt;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(r).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            eprintln!("[{tag}] {l}");
+            if let Ok(mut g) = log.lock() {
+                g.push(l.clone());
+            }
+            let _ = tx.send(l);
+        }
+    });
+}
+
+/// Path of a binary built in this workspace's target directory
+/// (`CARGO_BIN_EXE_*` is only set for the test's own package).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    dir.join(name)
+}
