@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cmd;
+use komptroller::cmd;
 
 /// komptroller governs AI training by the compute it spends.
 #[derive(Parser, Debug)]
@@ -28,6 +28,8 @@ enum Command {
     Keygen(cmd::keygen::KeygenArgs),
     /// Render a report from a ledger as JSON, CSV or Markdown.
     Report(cmd::report::ReportArgs),
+    /// Print or write the CustomResourceDefinitions generated from the types.
+    Crd(cmd::crd::CrdArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,5 +40,6 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Crd(a) => cmd::crd::run(a),
     }
 }
