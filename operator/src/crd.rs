@@ -365,12 +365,53 @@ pub struct ComputeLedgerEntrySpec {
     pub entry: String,
 }
 
+type Crd =
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// The TrainingJob CRD with descriptions removed inside `spec.template`.
+///
+/// The full PodTemplateSpec schema with its descriptions is 600 kB, more than
+/// the 256 kB `kubectl apply` can store in its last-applied annotation. The
+/// structure (and so validation) is kept; `kubectl explain pod.spec` documents
+/// the fields.
+fn training_job_crd() -> Crd {
+    let crd = TrainingJob::crd();
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("description");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    if let Some(versions) = value
+        .pointer_mut("/spec/versions")
+        .and_then(|v| v.as_array_mut())
+    {
+        for version in versions {
+            if let Some(template) =
+                version.pointer_mut("/schema/openAPIV3Schema/properties/spec/properties/template")
+            {
+                let own = template.get("description").cloned();
+                strip(template);
+                if let (Some(own), Some(map)) = (own, template.as_object_mut()) {
+                    map.insert("description".into(), own);
+                }
+            }
+        }
+    }
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
 /// All CRDs, in the order `komptroller crd` writes them.
-pub fn all()
--> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
+pub fn all() -> Vec<Crd> {
     vec![
-        TrainingJob::crd(),
+        training_job_crd(),
         ComputePolicy::crd(),
         ComputeApproval::crd(),
         ComputeReport::crd(),
