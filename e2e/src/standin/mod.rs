@@ -242,6 +242,12 @@ impl StandIn {
         })
     }
 
+    /// Writes a kubeconfig for this stand-in that authenticates with `token`
+    /// (a token from the `tokens` option), e.g. to run a binary as a service account.
+    pub fn write_kubeconfig_for_token(&self, path: &Path, token: &str) -> std::io::Result<()> {
+        write_kubeconfig(path, &self.base_url, &self.ca_pem, token)
+    }
+
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         self.server.faults.send_replace(faults);
