@@ -18,6 +18,8 @@ pub mod manifest;
 pub mod merkle;
 pub mod policy;
 pub mod projection;
+pub mod report;
+pub mod signing;
 pub mod simulate;
 pub mod units;
 

@@ -1,27 +1,41 @@
 //! RFC 8785 (JSON Canonicalization Scheme) encoding, the byte form that is
 //! hashed and signed everywhere in komptroller.
 //!
-//! We delegate to the maintained `serde_json_canonicalizer` crate: keys sorted
-//! by UTF-16 code units, no whitespace, ECMAScript number formatting
-//! (`1e+25`, `300`, `0.5`), minimal string escapes. Non-finite numbers
-//! (NaN, ±∞) have no JSON form and are refused.
+//! [`canonical_json`] uses our single-pass serializer ([`super::jcs`]), which
+//! is tested byte for byte against the maintained `serde_json_canonicalizer`
+//! crate ([`reference_canonical_json`]) on generated ledgers, reports and
+//! arbitrary JSON values. Keys sorted by UTF-16 code units, no whitespace,
+//! ECMAScript number formatting (`1e+25`, `300`, `0.5`), minimal string
+//! escapes. Non-finite numbers (NaN, ±∞) have no JSON form and are refused.
 
 use serde::Serialize;
 
+use super::jcs::{self, JcsError};
+
 /// Why a value has no canonical JSON form.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot encode as RFC 8785 canonical JSON: {0}")]
-pub struct CanonicalError(#[from] serde_json::Error);
+pub struct CanonicalError(#[from] JcsError);
 
 /// The RFC 8785 canonical JSON bytes of `value`.
-pub fn canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, CanonicalError> {
-    Ok(serde_json_canonicalizer::to_vec(value)?)
+pub fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CanonicalError> {
+    let mut out = Vec::with_capacity(512);
+    jcs::to_writer(value, &mut out)?;
+    Ok(out)
 }
 
 /// Appends the RFC 8785 canonical JSON bytes of `value` to `out`.
-pub fn canonical_json_into<T: Serialize>(
+pub fn canonical_json_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), CanonicalError> {
-    Ok(serde_json_canonicalizer::to_writer(value, out)?)
+    let len = out.len();
+    jcs::to_writer(value, out).inspect_err(|_| out.truncate(len))?;
+    Ok(())
+}
+
+/// The same bytes computed by the `serde_json_canonicalizer` crate: the
+/// reference our serializer is tested against.
+pub fn reference_canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json_canonicalizer::to_vec(value)
 }

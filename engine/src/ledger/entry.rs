@@ -16,12 +16,14 @@
 use std::fmt;
 use std::io::{self, Write};
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::canonical::{CanonicalError, canonical_json_into};
 use super::digest::Sha256Digest;
-use super::record::LedgerRecord;
+use super::record::{AcceleratorUse, LedgerEvent, LedgerRecord};
+use crate::job::JobId;
 
 /// The sequence number of the first entry.
 pub const FIRST_SEQ: u64 = 0;
@@ -30,8 +32,11 @@ pub const FIRST_SEQ: u64 = 0;
 pub const GENESIS_PREV_HASH: Sha256Digest = Sha256Digest::ZERO;
 
 /// A sequenced, hash-chained ledger record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// JSON form: the record's fields (`time`, `job`, `lineage`, `baseLineage`,
+/// `accelerator`, `actor`, `event`) beside `seq`, `prevHash` and `hash`, in
+/// one flat object. Unknown fields are refused.
+#[derive(Clone, Debug, PartialEq)]
 pub struct LedgerEntry {
     /// Position in the ledger, from [`FIRST_SEQ`]; also the Merkle leaf index.
     pub seq: u64,
@@ -39,18 +44,106 @@ pub struct LedgerEntry {
     pub prev_hash: Sha256Digest,
     /// SHA-256 of the canonical JSON of this entry without `hash`.
     pub hash: Sha256Digest,
-    #[serde(flatten)]
     pub record: LedgerRecord,
 }
 
-/// The hashed form: the entry without `hash`.
+/// The wire form, fields declared in canonical (sorted) order so the
+/// canonical serializer never has to move bytes. `hash: None` is the hashed body.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct EntryBody<'a> {
-    seq: u64,
+struct EntryOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accelerator: Option<&'a AcceleratorUse>,
+    actor: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_lineage: Option<&'a str>,
+    event: &'a LedgerEvent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<&'a Sha256Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a JobId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lineage: Option<&'a str>,
     prev_hash: &'a Sha256Digest,
-    #[serde(flatten)]
-    record: &'a LedgerRecord,
+    seq: u64,
+    time: &'a Timestamp,
+}
+
+impl<'a> EntryOut<'a> {
+    fn new(
+        seq: u64,
+        prev_hash: &'a Sha256Digest,
+        hash: Option<&'a Sha256Digest>,
+        r: &'a LedgerRecord,
+    ) -> Self {
+        // Destructured so that a field added to LedgerRecord fails to compile here.
+        let LedgerRecord {
+            time,
+            job,
+            lineage,
+            base_lineage,
+            accelerator,
+            actor,
+            event,
+        } = r;
+        EntryOut {
+            accelerator: accelerator.as_ref(),
+            actor,
+            base_lineage: base_lineage.as_deref(),
+            event,
+            hash,
+            job: job.as_ref(),
+            lineage: lineage.as_deref(),
+            prev_hash,
+            seq,
+            time,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EntryIn {
+    seq: u64,
+    prev_hash: Sha256Digest,
+    hash: Sha256Digest,
+    time: Timestamp,
+    #[serde(default)]
+    job: Option<JobId>,
+    #[serde(default)]
+    lineage: Option<String>,
+    #[serde(default)]
+    base_lineage: Option<String>,
+    #[serde(default)]
+    accelerator: Option<AcceleratorUse>,
+    actor: String,
+    event: LedgerEvent,
+}
+
+impl Serialize for LedgerEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        EntryOut::new(self.seq, &self.prev_hash, Some(&self.hash), &self.record).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LedgerEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let e = EntryIn::deserialize(d)?;
+        Ok(LedgerEntry {
+            seq: e.seq,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+            record: LedgerRecord {
+                time: e.time,
+                job: e.job,
+                lineage: e.lineage,
+                base_lineage: e.base_lineage,
+                accelerator: e.accelerator,
+                actor: e.actor,
+                event: e.event,
+            },
+        })
+    }
 }
 
 impl LedgerEntry {
@@ -80,14 +173,7 @@ fn body_bytes_into(
     record: &LedgerRecord,
     out: &mut Vec<u8>,
 ) -> Result<(), CanonicalError> {
-    canonical_json_into(
-        &EntryBody {
-            seq,
-            prev_hash,
-            record,
-        },
-        out,
-    )
+    canonical_json_into(&EntryOut::new(seq, prev_hash, None, record), out)
 }
 
 /// The tip of a chain: what is needed to seal the next record. An operator

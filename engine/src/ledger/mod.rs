@@ -7,8 +7,11 @@
 
 mod canonical;
 mod digest;
+mod jcs;
 mod entry;
 mod record;
+#[doc(hidden)]
+pub mod sample;
 mod totals;
 
 pub use canonical::*;

@@ -99,8 +99,51 @@ impl LedgerTotals {
         t
     }
 
+    /// Totals of `entries[from..]` only, attributing consumption to
+    /// admissions recorded earlier in `entries` (for a report's period).
+    pub fn rebuild_from(entries: &[LedgerEntry], from: usize) -> LedgerTotals {
+        let mut t = LedgerTotals::new();
+        for (i, e) in entries.iter().enumerate() {
+            t.apply_inner(&e.record, i >= from);
+        }
+        t
+    }
+
     /// Adds one record's effect. Call in ledger order.
     pub fn apply(&mut self, r: &LedgerRecord) {
+        self.apply_inner(r, true);
+    }
+
+    /// With `count` false only remembers admissions (for attribution).
+    fn apply_inner(&mut self, r: &LedgerRecord, count: bool) {
+        if !count {
+            if let (
+                LedgerEvent::Decided {
+                    verdict: Verdict::Admit,
+                    charged_lineages,
+                    tier,
+                    ..
+                },
+                Some(job),
+            ) = (&r.event, &r.job)
+            {
+                let lineages = if charged_lineages.is_empty() {
+                    r.lineage.iter().cloned().collect()
+                } else {
+                    charged_lineages.clone()
+                };
+                self.admissions.insert(
+                    job.clone(),
+                    Admission {
+                        lineages,
+                        namespace: job.namespace.clone(),
+                        accelerator: r.accelerator.as_ref().map(|a| a.kind.clone()),
+                        tier: tier.clone().unwrap_or_else(|| NO_TIER.to_string()),
+                    },
+                );
+            }
+            return;
+        }
         self.entries += 1;
         match &r.event {
             LedgerEvent::Decided {

@@ -1,0 +1,594 @@
+//! Signed compute reports: what an auditor receives.
+//!
+//! A report covers a period and a range of ledger entries `[from, to)`; it
+//! holds the head hash (the `hash` of entry `to - 1`), the Merkle root over
+//! entries `[0, to)` (so `to` is the tree size and consecutive reports have
+//! consistency proofs), totals for the range by namespace, lineage,
+//! accelerator type and tier, cumulative lineage totals since genesis, every
+//! lineage past a reporting threshold with the date it crossed and its
+//! notification deadline, the previous report's hash, and an Ed25519
+//! signature with the signer's key id.
+//!
+//! Signed form (`report.json`): the RFC 8785 canonical JSON of
+//! `{"apiVersion", "keyId", "kind", "report", "signature"}`. The signature
+//! (base64) is over the canonical JSON of the same object without
+//! `signature`; as `signature` sorts last, those bytes are the file with its
+//! final `,"signature":"…"` member cut out — see `docs/ledger.md` for the
+//! `openssl` command.
+
+mod render;
+mod verify;
+
+use std::collections::BTreeMap;
+
+use base64ct::{Base64, Encoding};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::decision::Verdict;
+use crate::duration::GoDuration;
+use crate::ledger::{
+    CanonicalError, LedgerEntry, LedgerEvent, LedgerTotals, Sha256Digest, Sums, canonical_json,
+};
+use crate::merkle;
+use crate::policy::Policy;
+use crate::signing;
+use crate::units::Flop;
+
+pub use render::*;
+pub use verify::*;
+
+/// `apiVersion` of the signed report.
+pub const REPORT_API_VERSION: &str = "komptroller.dev/v1alpha1";
+/// `kind` of the signed report.
+pub const REPORT_KIND: &str = "ComputeReport";
+
+/// The signed report, exactly as `report.json` holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignedReport {
+    pub api_version: String,
+    /// SHA-256 of the signer's public key (SPKI DER).
+    pub key_id: Sha256Digest,
+    pub kind: String,
+    pub report: ReportBody,
+    /// Ed25519 signature (base64) over the canonical JSON of this object without `signature`.
+    pub signature: String,
+}
+
+/// The signed bytes: the report without `signature`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UnsignedReport<'a> {
+    api_version: &'a str,
+    key_id: &'a Sha256Digest,
+    kind: &'a str,
+    report: &'a ReportBody,
+}
+
+/// Everything a report states.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReportBody {
+    /// The time span covered; every entry in `range` lies within it.
+    pub period: Period,
+    /// Ledger entries covered: `seq` in `[from, to)`. `to` is the Merkle tree size.
+    pub range: EntryRange,
+    /// `hash` of entry `to - 1` (the genesis value for an empty ledger).
+    pub head_hash: Sha256Digest,
+    /// RFC 6962 Merkle root over the hashes of entries `[0, to)`.
+    pub merkle_root: Sha256Digest,
+    /// The report this one continues; absent for the first report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousReport>,
+    /// Totals of the entries in `range`.
+    pub totals: PeriodTotals,
+    /// Cumulative totals per lineage over entries `[0, to)`.
+    pub cumulative: BTreeMap<String, Sums>,
+    /// The reporting thresholds of the policies, as applied below.
+    pub reporting_thresholds: Vec<ReportingThreshold>,
+    /// Every lineage past a reporting threshold by entry `to - 1`.
+    pub threshold_crossings: Vec<ThresholdCrossing>,
+    /// The policies in force when the report was made, by content hash.
+    pub policies: Vec<PolicyDigest>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Period {
+    pub from: Timestamp,
+    pub to: Timestamp,
+}
+
+impl Period {
+    /// The smallest period holding every entry of `entries` (the Unix epoch when empty).
+    pub fn covering(entries: &[LedgerEntry]) -> Period {
+        let mut times = entries.iter().map(|e| e.record.time);
+        let first = times.next().unwrap_or(Timestamp::UNIX_EPOCH);
+        let (from, to) = times.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        Period { from, to }
+    }
+}
+
+/// Half-open range of sequence numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryRange {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The link to the previous report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviousReport {
+    /// SHA-256 of the previous report's canonical JSON (its `report.json` bytes).
+    pub report_hash: Sha256Digest,
+    /// Its tree size (`range.to`).
+    pub tree_size: u64,
+    /// Its Merkle root.
+    pub merkle_root: Sha256Digest,
+    /// RFC 6962 consistency proof from its tree to this one.
+    pub consistency_proof: Vec<Sha256Digest>,
+}
+
+/// Totals of a range of entries.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeriodTotals {
+    pub entries: u64,
+    /// Decided entries by verdict.
+    pub decisions: BTreeMap<String, u64>,
+    pub cluster: Sums,
+    pub namespaces: BTreeMap<String, Sums>,
+    pub lineages: BTreeMap<String, Sums>,
+    pub accelerators: BTreeMap<String, Sums>,
+    pub tiers: BTreeMap<String, Sums>,
+}
+
+/// A tier with a reporting obligation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReportingThreshold {
+    pub policy: String,
+    pub tier: String,
+    /// Crossed when a lineage's cumulative charged FLOP exceeds this.
+    pub threshold: Flop,
+    pub regulation: String,
+    pub notify_within: GoDuration,
+}
+
+/// A lineage past a reporting threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ThresholdCrossing {
+    pub lineage: String,
+    pub policy: String,
+    pub tier: String,
+    pub regulation: String,
+    pub threshold: Flop,
+    /// Time of the admission that took the lineage past the threshold (when
+    /// it "became known that it will be met", EU AI Act Art. 52(1)).
+    pub crossed_at: Timestamp,
+    /// `seq` of that entry.
+    pub crossed_at_seq: u64,
+    /// The lineage's cumulative charged FLOP right after it.
+    pub charged_at_crossing: Flop,
+    /// `crossedAt + notifyWithin`.
+    pub notify_by: Timestamp,
+}
+
+/// A policy's name and the SHA-256 of its spec's canonical JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyDigest {
+    pub name: String,
+    pub content_hash: Sha256Digest,
+}
+
+/// Why a report could not be built.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReportError {
+    #[error(
+        "entry seq {seq} at {time} lies outside the report period {from} to {to}; choose a period that covers the entries"
+    )]
+    OutsidePeriod {
+        seq: u64,
+        time: Timestamp,
+        from: Timestamp,
+        to: Timestamp,
+    },
+    #[error("the report period starts at {from}, after its end {to}")]
+    EmptyPeriod { from: Timestamp, to: Timestamp },
+    #[error(
+        "the previous report covers {previous} entries but only {available} are given; pass the whole ledger from seq 0"
+    )]
+    PreviousBeyondLedger { previous: u64, available: u64 },
+    #[error(
+        "the previous report's Merkle root {claimed} is not the root of the first {size} entries ({actual}); it belongs to another ledger"
+    )]
+    PreviousRootMismatch {
+        size: u64,
+        claimed: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    #[error("entry at position {index} has seq {seq}; pass the ledger from seq 0 in order")]
+    NotFromGenesis { index: u64, seq: u64 },
+    #[error("deadline {crossed_at} + {within} is out of range")]
+    DeadlineOverflow {
+        crossed_at: Timestamp,
+        within: GoDuration,
+    },
+    #[error(transparent)]
+    Canonical(#[from] CanonicalError),
+}
+
+/// The reporting thresholds of `policies`: every tier with `reporting`.
+pub fn reporting_thresholds(policies: &[Policy]) -> Vec<ReportingThreshold> {
+    policies
+        .iter()
+        .flat_map(|p| {
+            p.spec.tiers.iter().filter_map(move |t| {
+                t.reporting.as_ref().map(|r| ReportingThreshold {
+                    policy: p.name.clone(),
+                    tier: t.name.clone(),
+                    threshold: t.threshold,
+                    regulation: r.regulation.clone(),
+                    notify_within: r.notify_within,
+                })
+            })
+        })
+        .collect()
+}
+
+/// Name and content hash of each policy.
+pub fn policy_digests(policies: &[Policy]) -> Result<Vec<PolicyDigest>, CanonicalError> {
+    policies
+        .iter()
+        .map(|p| {
+            Ok(PolicyDigest {
+                name: p.name.clone(),
+                content_hash: Sha256Digest::of(&canonical_json(&p.spec)?),
+            })
+        })
+        .collect()
+}
+
+/// The leaf hashes of `entries` for the Merkle tree.
+pub fn leaf_hashes(entries: &[LedgerEntry]) -> Vec<Sha256Digest> {
+    entries.iter().map(|e| merkle::entry_leaf(&e.hash)).collect()
+}
+
+/// What a report states about its predecessor, before the consistency proof.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreviousLink {
+    pub report_hash: Sha256Digest,
+    pub tree_size: u64,
+    pub merkle_root: Sha256Digest,
+}
+
+/// Builds the body of a report over `entries` (the ledger from seq 0; the
+/// report covers up to its last entry), continuing `previous` if given.
+/// The entries' chain is trusted here (they come from a [`crate::ledger::Ledger`]);
+/// the verifier checks it.
+pub fn build_report(
+    entries: &[LedgerEntry],
+    policies: &[Policy],
+    period: Period,
+    previous: Option<&SignedReport>,
+) -> Result<ReportBody, ReportError> {
+    let link = previous
+        .map(|p| -> Result<PreviousLink, ReportError> {
+            Ok(PreviousLink {
+                report_hash: p.report_hash()?,
+                tree_size: p.report.range.to,
+                merkle_root: p.report.merkle_root,
+            })
+        })
+        .transpose()?;
+    let leaves = leaf_hashes(entries);
+    compute_body(
+        entries,
+        &leaves,
+        period,
+        reporting_thresholds(policies),
+        policy_digests(policies)?,
+        link,
+    )
+}
+
+/// Computes a report body from its inputs. The verifier calls this with the
+/// signed report's own period, thresholds, policies and previous link and
+/// compares the result field by field.
+pub fn compute_body(
+    entries: &[LedgerEntry],
+    leaves: &[Sha256Digest],
+    period: Period,
+    reporting_thresholds: Vec<ReportingThreshold>,
+    policies: Vec<PolicyDigest>,
+    previous: Option<PreviousLink>,
+) -> Result<ReportBody, ReportError> {
+    if period.from > period.to {
+        return Err(ReportError::EmptyPeriod {
+            from: period.from,
+            to: period.to,
+        });
+    }
+    for (i, e) in entries.iter().enumerate() {
+        if e.seq != i as u64 {
+            return Err(ReportError::NotFromGenesis {
+                index: i as u64,
+                seq: e.seq,
+            });
+        }
+    }
+    let to = entries.len() as u64;
+    let from = previous.as_ref().map_or(0, |p| p.tree_size);
+    let from_index = usize::try_from(from).unwrap_or(usize::MAX);
+    if from_index > entries.len() {
+        return Err(ReportError::PreviousBeyondLedger {
+            previous: from,
+            available: to,
+        });
+    }
+    for e in &entries[from_index..] {
+        if e.record.time < period.from || e.record.time > period.to {
+            return Err(ReportError::OutsidePeriod {
+                seq: e.seq,
+                time: e.record.time,
+                from: period.from,
+                to: period.to,
+            });
+        }
+    }
+    let merkle_root = merkle::root(leaves);
+    let previous = match previous {
+        None => None,
+        Some(link) => {
+            let actual = merkle::root(&leaves[..from_index]);
+            if actual != link.merkle_root {
+                return Err(ReportError::PreviousRootMismatch {
+                    size: link.tree_size,
+                    claimed: link.merkle_root,
+                    actual,
+                });
+            }
+            Some(PreviousReport {
+                report_hash: link.report_hash,
+                tree_size: link.tree_size,
+                merkle_root: link.merkle_root,
+                consistency_proof: merkle::consistency_proof(leaves, link.tree_size)
+                    .unwrap_or_default(),
+            })
+        }
+    };
+
+    let period_totals = LedgerTotals::rebuild_from(entries, from_index);
+    let mut decisions = BTreeMap::new();
+    for e in &entries[from_index..] {
+        if let LedgerEvent::Decided { verdict, .. } = &e.record.event {
+            *decisions.entry(verdict.as_str().to_string()).or_insert(0) += 1;
+        }
+    }
+    let cumulative = LedgerTotals::rebuild(entries);
+    let threshold_crossings = crossings(entries, &reporting_thresholds)?;
+    Ok(ReportBody {
+        period,
+        range: EntryRange { from, to },
+        head_hash: entries
+            .last()
+            .map_or(crate::ledger::GENESIS_PREV_HASH, |e| e.hash),
+        merkle_root,
+        previous,
+        totals: PeriodTotals {
+            entries: to - from,
+            decisions,
+            cluster: period_totals.cluster(),
+            namespaces: period_totals.namespaces().clone(),
+            lineages: period_totals.lineages().clone(),
+            accelerators: period_totals.accelerators().clone(),
+            tiers: period_totals.tiers().clone(),
+        },
+        cumulative: cumulative.lineages().clone(),
+        reporting_thresholds,
+        threshold_crossings,
+        policies,
+    })
+}
+
+/// The first entry at which each lineage's cumulative charged FLOP exceeds
+/// each reporting threshold.
+fn crossings(
+    entries: &[LedgerEntry],
+    thresholds: &[ReportingThreshold],
+) -> Result<Vec<ThresholdCrossing>, ReportError> {
+    let mut out = Vec::new();
+    if thresholds.is_empty() {
+        return Ok(out);
+    }
+    let mut charged: BTreeMap<&str, Flop> = BTreeMap::new();
+    let mut seen: std::collections::BTreeSet<(String, usize)> = Default::default();
+    for e in entries {
+        let r = &e.record;
+        let LedgerEvent::Decided {
+            verdict: Verdict::Admit,
+            charged: amount,
+            charged_lineages,
+            ..
+        } = &r.event
+        else {
+            continue;
+        };
+        let lineages: Vec<&str> = if charged_lineages.is_empty() {
+            r.lineage.as_deref().into_iter().collect()
+        } else {
+            charged_lineages.iter().map(String::as_str).collect()
+        };
+        for l in lineages {
+            let total = charged.entry(l).or_insert(Flop::ZERO);
+            *total += *amount;
+            for (i, t) in thresholds.iter().enumerate() {
+                if total.get() > t.threshold.get() && seen.insert((l.to_string(), i)) {
+                    let within = jiff::SignedDuration::try_from(t.notify_within.0).map_err(|_| {
+                        ReportError::DeadlineOverflow {
+                            crossed_at: r.time,
+                            within: t.notify_within,
+                        }
+                    })?;
+                    let notify_by =
+                        r.time
+                            .checked_add(within)
+                            .map_err(|_| ReportError::DeadlineOverflow {
+                                crossed_at: r.time,
+                                within: t.notify_within,
+                            })?;
+                    out.push(ThresholdCrossing {
+                        lineage: l.to_string(),
+                        policy: t.policy.clone(),
+                        tier: t.tier.clone(),
+                        regulation: t.regulation.clone(),
+                        threshold: t.threshold,
+                        crossed_at: r.time,
+                        crossed_at_seq: e.seq,
+                        charged_at_crossing: *total,
+                        notify_by,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl ReportBody {
+    /// Signs the body with `key`.
+    pub fn sign(self, key: &SigningKey) -> Result<SignedReport, CanonicalError> {
+        let key_id = signing::key_id(&key.verifying_key());
+        let message = canonical_json(&UnsignedReport {
+            api_version: REPORT_API_VERSION,
+            key_id: &key_id,
+            kind: REPORT_KIND,
+            report: &self,
+        })?;
+        let signature = Base64::encode_string(&signing::sign(key, &message));
+        Ok(SignedReport {
+            api_version: REPORT_API_VERSION.to_string(),
+            key_id,
+            kind: REPORT_KIND.to_string(),
+            report: self,
+            signature,
+        })
+    }
+}
+
+/// Why a report's signature does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error(
+        "the report was signed by key {report_key_id}, not by the given key {given_key_id}"
+    )]
+    WrongKey {
+        report_key_id: Sha256Digest,
+        given_key_id: Sha256Digest,
+    },
+    #[error("field signature is not base64: {0}")]
+    NotBase64(String),
+    #[error("field signature is {0} bytes long; an Ed25519 signature is 64")]
+    WrongLength(usize),
+    #[error(
+        "the signature does not match the report's content: the report was altered after it was signed"
+    )]
+    Invalid,
+    #[error("apiVersion/kind is {0}, expected komptroller.dev/v1alpha1 ComputeReport")]
+    WrongKind(String),
+    #[error(transparent)]
+    Canonical(#[from] CanonicalError),
+}
+
+impl SignedReport {
+    /// The bytes the signature is over: canonical JSON without `signature`.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
+        canonical_json(&UnsignedReport {
+            api_version: &self.api_version,
+            key_id: &self.key_id,
+            kind: &self.kind,
+            report: &self.report,
+        })
+    }
+
+    /// The canonical JSON of the whole report: the content of `report.json`.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
+        canonical_json(self)
+    }
+
+    /// SHA-256 of [`SignedReport::canonical_bytes`]; the next report's `previous.reportHash`.
+    pub fn report_hash(&self) -> Result<Sha256Digest, CanonicalError> {
+        Ok(Sha256Digest::of(&self.canonical_bytes()?))
+    }
+
+    /// Checks the key id and the signature.
+    pub fn verify_signature(&self, key: &VerifyingKey) -> Result<(), SignatureError> {
+        if self.api_version != REPORT_API_VERSION || self.kind != REPORT_KIND {
+            return Err(SignatureError::WrongKind(format!(
+                "{} {}",
+                self.api_version, self.kind
+            )));
+        }
+        let given = signing::key_id(key);
+        if given != self.key_id {
+            return Err(SignatureError::WrongKey {
+                report_key_id: self.key_id,
+                given_key_id: given,
+            });
+        }
+        let sig = Base64::decode_vec(&self.signature)
+            .map_err(|e| SignatureError::NotBase64(e.to_string()))?;
+        if sig.len() != 64 {
+            return Err(SignatureError::WrongLength(sig.len()));
+        }
+        // Base64 has several spellings of the same bytes (padding bits);
+        // only the canonical one is accepted, so the file stays canonical.
+        if Base64::encode_string(&sig) != self.signature {
+            return Err(SignatureError::NotBase64(
+                "non-canonical base64 encoding".into(),
+            ));
+        }
+        if signing::verify(key, &self.signed_bytes()?, &sig) {
+            Ok(())
+        } else {
+            Err(SignatureError::Invalid)
+        }
+    }
+}
+
+/// Why a file is not a signed report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportParseError {
+    #[error("not a komptroller report: {0}")]
+    Malformed(String),
+    #[error(
+        "not in RFC 8785 canonical form (byte {offset} differs from the canonical encoding), so the file was altered after it was written"
+    )]
+    NotCanonical { offset: usize },
+}
+
+/// Parses `report.json`, which must be exactly the canonical JSON of a
+/// report (a single trailing newline is tolerated).
+pub fn parse_report(bytes: &[u8]) -> Result<SignedReport, ReportParseError> {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let report: SignedReport =
+        serde_json::from_slice(body).map_err(|e| ReportParseError::Malformed(e.to_string()))?;
+    let canonical = report
+        .canonical_bytes()
+        .map_err(|e| ReportParseError::Malformed(e.to_string()))?;
+    if canonical != body {
+        let offset = canonical
+            .iter()
+            .zip(body)
+            .position(|(a, b)| a != b)
+            .unwrap_or(canonical.len().min(body.len()));
+        return Err(ReportParseError::NotCanonical { offset });
+    }
+    Ok(report)
+}

@@ -1,0 +1,467 @@
+//! Offline verification of a signed report, optionally against its ledger
+//! and its predecessor: what `komptroller verify` runs. Checks stop at the
+//! first failure, which is named in one sentence with its class (each class
+//! is a distinct exit code).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{
+    PreviousLink, ReportError, ReportParseError, SignedReport, compute_body, leaf_hashes,
+    parse_report,
+};
+use crate::ledger::{ChainError, Sha256Digest, verify_jsonl};
+use crate::merkle;
+use crate::signing;
+
+/// What kind of check failed; each maps to its own exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    /// An input file is unreadable or malformed (not JSON, wrong key format…). Exit 2.
+    Input,
+    /// The report's signature, key id or canonical form does not hold. Exit 3.
+    Signature,
+    /// The ledger's hash chain is broken. Exit 4.
+    Chain,
+    /// The ledger is intact but not the one the report signed (size, head hash, Merkle root). Exit 5.
+    LedgerMismatch,
+    /// Totals, threshold crossings or period differ from what the entries give. Exit 6.
+    Totals,
+    /// The link or consistency proof to the previous report does not hold. Exit 7.
+    Previous,
+    /// The entry's inclusion proof does not lead to the signed root. Exit 8.
+    Inclusion,
+}
+
+impl FailureClass {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            FailureClass::Input => 2,
+            FailureClass::Signature => 3,
+            FailureClass::Chain => 4,
+            FailureClass::LedgerMismatch => 5,
+            FailureClass::Totals => 6,
+            FailureClass::Previous => 7,
+            FailureClass::Inclusion => 8,
+        }
+    }
+}
+
+/// The first check that failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyFailure {
+    pub class: FailureClass,
+    /// One sentence naming the file and the first broken entry or field.
+    pub message: String,
+}
+
+fn fail<T>(class: FailureClass, message: impl Into<String>) -> Result<T, VerifyFailure> {
+    Err(VerifyFailure {
+        class,
+        message: message.into(),
+    })
+}
+
+/// A file's name (for messages) and content.
+#[derive(Clone, Copy, Debug)]
+pub struct NamedInput<'a> {
+    pub name: &'a str,
+    pub bytes: &'a [u8],
+}
+
+/// What to verify.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifyRequest<'a> {
+    pub report: NamedInput<'a>,
+    /// SPKI PEM public key.
+    pub public_key: NamedInput<'a>,
+    pub ledger: Option<NamedInput<'a>>,
+    pub previous: Option<NamedInput<'a>>,
+    /// Produce and check the inclusion proof of this entry (needs `ledger`).
+    pub entry: Option<u64>,
+    /// Accept a ledger longer than the report (entries after it are chain-checked only).
+    pub allow_longer_ledger: bool,
+}
+
+/// An RFC 6962 inclusion proof for one entry, in a form a third party can re-check.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InclusionProof {
+    pub seq: u64,
+    pub tree_size: u64,
+    pub entry_hash: Sha256Digest,
+    /// `SHA-256(0x00 ‖ entryHash)`.
+    pub leaf_hash: Sha256Digest,
+    pub merkle_root: Sha256Digest,
+    pub audit_path: Vec<Sha256Digest>,
+}
+
+/// What held.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub report: SignedReport,
+    /// One line per check that passed.
+    pub checks: Vec<String>,
+    pub inclusion: Option<InclusionProof>,
+}
+
+fn load_report(input: NamedInput<'_>, class_if_altered: FailureClass) -> Result<SignedReport, VerifyFailure> {
+    match parse_report(input.bytes) {
+        Ok(r) => Ok(r),
+        Err(ReportParseError::Malformed(m)) => fail(FailureClass::Input, format!("{}: {m}", input.name)),
+        Err(e @ ReportParseError::NotCanonical { .. }) => {
+            fail(class_if_altered, format!("{} is {e}", input.name))
+        }
+    }
+}
+
+/// Runs every requested check, in order: signature, previous report,
+/// ledger chain, ledger-to-report match, totals, inclusion.
+pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure> {
+    let mut checks = Vec::new();
+    let key_text = std::str::from_utf8(req.public_key.bytes).map_err(|_| VerifyFailure {
+        class: FailureClass::Input,
+        message: format!(
+            "{}: not a PEM text file (expected -----BEGIN PUBLIC KEY-----)",
+            req.public_key.name
+        ),
+    })?;
+    let key = signing::parse_public_key_pem(key_text).map_err(|e| VerifyFailure {
+        class: FailureClass::Input,
+        message: format!("{}: {e}", req.public_key.name),
+    })?;
+
+    let report = load_report(req.report, FailureClass::Signature)?;
+    report.verify_signature(&key).map_err(|e| VerifyFailure {
+        class: FailureClass::Signature,
+        message: format!("{}: {e}", req.report.name),
+    })?;
+    checks.push(format!(
+        "signature: valid Ed25519 signature by key {}",
+        report.key_id
+    ));
+    let b = &report.report;
+
+    // The report's own link to its predecessor.
+    match &b.previous {
+        Some(p) => {
+            if b.range.from != p.tree_size {
+                return fail(
+                    FailureClass::Previous,
+                    format!(
+                        "{}: field report.range.from is {} but the previous report ends at entry {}",
+                        req.report.name, b.range.from, p.tree_size
+                    ),
+                );
+            }
+            if !merkle::verify_consistency(
+                p.tree_size,
+                b.range.to,
+                &p.merkle_root,
+                &b.merkle_root,
+                &p.consistency_proof,
+            ) {
+                return fail(
+                    FailureClass::Previous,
+                    format!(
+                        "{}: field report.previous.consistencyProof does not prove that the tree of {} entries (root {}) is a prefix of this report's tree of {} entries",
+                        req.report.name, p.tree_size, p.merkle_root, b.range.to
+                    ),
+                );
+            }
+            checks.push(format!(
+                "consistency: the previous tree ({} entries) is a prefix of this one ({} entries)",
+                p.tree_size, b.range.to
+            ));
+        }
+        None => {
+            if b.range.from != 0 {
+                return fail(
+                    FailureClass::Previous,
+                    format!(
+                        "{}: the report names no previous report but its range starts at entry {}, not 0",
+                        req.report.name, b.range.from
+                    ),
+                );
+            }
+        }
+    }
+    if b.range.from > b.range.to {
+        return fail(
+            FailureClass::Totals,
+            format!(
+                "{}: field report.range runs backwards ({} to {})",
+                req.report.name, b.range.from, b.range.to
+            ),
+        );
+    }
+
+    if let Some(prev_input) = req.previous {
+        let prev = load_report(prev_input, FailureClass::Previous)?;
+        prev.verify_signature(&key).map_err(|e| VerifyFailure {
+            class: FailureClass::Previous,
+            message: format!("{}: {e}", prev_input.name),
+        })?;
+        let Some(link) = &b.previous else {
+            return fail(
+                FailureClass::Previous,
+                format!(
+                    "{}: field report.previous is absent, so it does not continue {}",
+                    req.report.name, prev_input.name
+                ),
+            );
+        };
+        let prev_hash = prev.report_hash().map_err(|e| VerifyFailure {
+            class: FailureClass::Input,
+            message: format!("{}: {e}", prev_input.name),
+        })?;
+        if link.report_hash != prev_hash {
+            return fail(
+                FailureClass::Previous,
+                format!(
+                    "{}: field report.previous.reportHash is {} but {} hashes to {}",
+                    req.report.name, link.report_hash, prev_input.name, prev_hash
+                ),
+            );
+        }
+        if link.tree_size != prev.report.range.to || link.merkle_root != prev.report.merkle_root {
+            return fail(
+                FailureClass::Previous,
+                format!(
+                    "{}: field report.previous states {} entries with root {} but {} has {} entries with root {}",
+                    req.report.name,
+                    link.tree_size,
+                    link.merkle_root,
+                    prev_input.name,
+                    prev.report.range.to,
+                    prev.report.merkle_root
+                ),
+            );
+        }
+        if b.period.from < prev.report.period.to {
+            return fail(
+                FailureClass::Previous,
+                format!(
+                    "{}: field report.period.from ({}) is before the end of the previous report's period ({})",
+                    req.report.name, b.period.from, prev.report.period.to
+                ),
+            );
+        }
+        checks.push(format!(
+            "previous: continues {} (hash {prev_hash}, signed by the same key)",
+            prev_input.name
+        ));
+    }
+
+    let mut inclusion = None;
+    if let Some(ledger_input) = req.ledger {
+        let all = verify_jsonl(ledger_input.bytes).map_err(|e| VerifyFailure {
+            class: match e {
+                ChainError::Malformed { .. } => FailureClass::Input,
+                _ => FailureClass::Chain,
+            },
+            message: format!("{}: {e}", ledger_input.name),
+        })?;
+        checks.push(format!(
+            "chain: {} entries, every hash and link intact",
+            all.len()
+        ));
+        let to = b.range.to;
+        let n = all.len() as u64;
+        if n < to {
+            return fail(
+                FailureClass::LedgerMismatch,
+                format!(
+                    "{}: holds {n} entries but the report covers {to}; entries from seq {n} are missing",
+                    ledger_input.name
+                ),
+            );
+        }
+        if n > to && !req.allow_longer_ledger {
+            return fail(
+                FailureClass::LedgerMismatch,
+                format!(
+                    "{}: holds {n} entries but the report covers only {to}; entry seq {to} and later are not covered by this report (pass --allow-longer-ledger to verify a prefix)",
+                    ledger_input.name
+                ),
+            );
+        }
+        let entries = &all[..usize::try_from(to).unwrap_or(usize::MAX).min(all.len())];
+        let head = entries
+            .last()
+            .map_or(crate::ledger::GENESIS_PREV_HASH, |e| e.hash);
+        if head != b.head_hash {
+            return fail(
+                FailureClass::LedgerMismatch,
+                format!(
+                    "{}: entry seq {} has hash {head} but the report's field report.headHash is {}",
+                    ledger_input.name,
+                    to.saturating_sub(1),
+                    b.head_hash
+                ),
+            );
+        }
+        let leaves = leaf_hashes(entries);
+        let root = merkle::root(&leaves);
+        if root != b.merkle_root {
+            return fail(
+                FailureClass::LedgerMismatch,
+                format!(
+                    "{}: the Merkle root of entries 0 to {} is {root} but the report's field report.merkleRoot is {}",
+                    ledger_input.name,
+                    to.saturating_sub(1),
+                    b.merkle_root
+                ),
+            );
+        }
+        checks.push(format!(
+            "ledger: head hash and Merkle root of entries 0 to {} match the report",
+            to.saturating_sub(1)
+        ));
+
+        let link = b.previous.as_ref().map(|p| PreviousLink {
+            report_hash: p.report_hash,
+            tree_size: p.tree_size,
+            merkle_root: p.merkle_root,
+        });
+        let recomputed = compute_body(
+            entries,
+            &leaves,
+            b.period,
+            b.reporting_thresholds.clone(),
+            b.policies.clone(),
+            link,
+        )
+        .map_err(|e| VerifyFailure {
+            class: match e {
+                ReportError::PreviousRootMismatch { .. } | ReportError::PreviousBeyondLedger { .. } => {
+                    FailureClass::Previous
+                }
+                _ => FailureClass::Totals,
+            },
+            message: format!("{}: {e}", req.report.name),
+        })?;
+        if recomputed.previous != b.previous {
+            return fail(
+                FailureClass::Previous,
+                format!(
+                    "{}: field report.previous does not match the link recomputed from {}",
+                    req.report.name, ledger_input.name
+                ),
+            );
+        }
+        let stated = serde_json::to_value(b).unwrap_or(Value::Null);
+        let derived = serde_json::to_value(&recomputed).unwrap_or(Value::Null);
+        if let Some((path, s, d)) = first_difference("report", &stated, &derived) {
+            return fail(
+                FailureClass::Totals,
+                format!(
+                    "{}: field {path} says {s} but the entries in {} give {d}",
+                    req.report.name, ledger_input.name
+                ),
+            );
+        }
+        checks.push(format!(
+            "totals: every total, threshold crossing and deadline recomputed from {} entries matches",
+            entries.len()
+        ));
+
+        if let Some(seq) = req.entry {
+            if seq >= to {
+                return fail(
+                    FailureClass::Input,
+                    format!(
+                        "--entry {seq}: the report covers entries 0 to {} only",
+                        to.saturating_sub(1)
+                    ),
+                );
+            }
+            let idx = usize::try_from(seq).unwrap_or(usize::MAX);
+            let leaf = leaves[idx];
+            let path = merkle::inclusion_proof(&leaves, seq).unwrap_or_default();
+            if !merkle::verify_inclusion(&leaf, seq, to, &path, &b.merkle_root) {
+                return fail(
+                    FailureClass::Inclusion,
+                    format!(
+                        "entry seq {seq}: its inclusion proof does not lead to the report's Merkle root {}",
+                        b.merkle_root
+                    ),
+                );
+            }
+            checks.push(format!(
+                "inclusion: entry seq {seq} is in the signed tree ({} proof hashes)",
+                path.len()
+            ));
+            inclusion = Some(InclusionProof {
+                seq,
+                tree_size: to,
+                entry_hash: entries[idx].hash,
+                leaf_hash: leaf,
+                merkle_root: b.merkle_root,
+                audit_path: path,
+            });
+        }
+    } else if req.entry.is_some() {
+        return fail(
+            FailureClass::Input,
+            "--entry needs --ledger: the inclusion proof is computed from the ledger's entry hashes",
+        );
+    }
+    Ok(Verified {
+        report,
+        checks,
+        inclusion,
+    })
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 120 {
+        let cut: String = s.chars().take(117).collect();
+        format!("{cut}...")
+    } else {
+        s
+    }
+}
+
+/// The first path where `stated` and `derived` differ, with both values.
+fn first_difference(path: &str, stated: &Value, derived: &Value) -> Option<(String, String, String)> {
+    match (stated, derived) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = format!("{path}.{k}");
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => {
+                        if let Some(d) = first_difference(&p, x, y) {
+                            return Some(d);
+                        }
+                    }
+                    (Some(x), None) => return Some((p, short(x), "nothing".into())),
+                    (None, Some(y)) => return Some((p, "nothing".into(), short(y))),
+                    (None, None) => {}
+                }
+            }
+            None
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                if let Some(d) = first_difference(&format!("{path}[{i}]"), x, y) {
+                    return Some(d);
+                }
+            }
+            if a.len() != b.len() {
+                return Some((
+                    format!("{path} (length)"),
+                    format!("{} items", a.len()),
+                    format!("{} items", b.len()),
+                ));
+            }
+            None
+        }
+        (x, y) if x == y => None,
+        (x, y) => Some((path.to_string(), short(x), short(y))),
+    }
+}
