@@ -52,7 +52,7 @@ fn json_response(code: u16, v: &Value, warnings: &[String]) -> Response<Body> {
 
 fn add_warnings(h: &mut HeaderMap, warnings: &[String]) {
     for w in warnings {
-        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
             h.append(http::header::WARNING, v);
         }

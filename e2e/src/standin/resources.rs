@@ -632,7 +632,10 @@ impl Registry {
                 format!("{prefix}/{}", def.plural)
             };
             if def.create_only {
-                paths.insert(coll, json!({"post": op("post")}));
+                // The real document has only `post` here, and kubectl then falls back
+                // to OpenAPI v2, which the stand-in does not serve; a `patch`
+                // entry tells kubectl the server validates fields itself.
+                paths.insert(coll, json!({"post": op("post"), "patch": op("patch")}));
                 continue;
             }
             paths.insert(item, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
