@@ -226,6 +226,18 @@ struct CompiledPolicy {
     catalog: Arc<Catalog>,
 }
 
+/// What the engine keeps of a job that has ended: enough to answer
+/// idempotent resubmissions and status queries, little enough that a million
+/// finished jobs cost tens of megabytes, not gigabytes.
+#[derive(Clone, Debug)]
+struct Tombstone {
+    uid: String,
+    spec_hash: String,
+    phase: Phase,
+    /// Kept for rejected jobs only, so their submitter can be told why.
+    decision: Option<Box<Decision>>,
+}
+
 /// Per-job state.
 #[derive(Clone, Debug)]
 struct JobState {
@@ -290,8 +302,10 @@ pub struct Engine {
     base_catalog: Arc<Catalog>,
     policies: BTreeMap<String, CompiledPolicy>,
     jobs: HashMap<JobKey, JobState>,
+    ended: HashMap<JobKey, Tombstone>,
     lineages: HashMap<String, LineageTotals>,
-    windows: HashMap<(BudgetScope, String), ChargeSeries>,
+    /// Charge series per budget scope (Namespace, Model, Cluster), by scope key.
+    windows: [HashMap<String, ChargeSeries>; 3],
     cluster_usage: Usage,
     ns_usage: HashMap<String, Usage>,
     queue: BTreeMap<QueueKey, JobKey>,
@@ -329,8 +343,9 @@ impl Engine {
             base_catalog: Arc::new(catalog),
             policies: BTreeMap::new(),
             jobs: HashMap::new(),
+            ended: HashMap::new(),
             lineages: HashMap::new(),
-            windows: HashMap::new(),
+            windows: Default::default(),
             cluster_usage: Usage::default(),
             ns_usage: HashMap::new(),
             queue: BTreeMap::new(),
@@ -366,10 +381,13 @@ impl Engine {
     ) -> Flop {
         let w = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         Flop(
-            self.windows
-                .get(&(scope, key.to_string()))
+            self.series(scope, key)
                 .map_or(0.0, |s| s.window_sum(ms(now), w)),
         )
+    }
+
+    fn series(&self, scope: BudgetScope, key: &str) -> Option<&ChargeSeries> {
+        self.windows[scope_index(scope)].get(key)
     }
 
     pub fn crossings(&self) -> &[Crossing] {
@@ -386,11 +404,41 @@ impl Engine {
     }
 
     pub fn phase(&self, id: &JobId) -> Option<Phase> {
-        self.jobs.get(&key_of(id)).map(|j| j.phase)
+        let key = key_of(id);
+        self.jobs
+            .get(&key)
+            .map(|j| j.phase)
+            .or_else(|| self.ended.get(&key).map(|t| t.phase))
     }
 
+    /// The current decision of a live job, or of a rejected one.
     pub fn decision(&self, id: &JobId) -> Option<&Decision> {
-        self.jobs.get(&key_of(id)).and_then(|j| j.decision.as_ref())
+        let key = key_of(id);
+        match self.jobs.get(&key) {
+            Some(j) => j.decision.as_ref(),
+            None => self.ended.get(&key).and_then(|t| t.decision.as_deref()),
+        }
+    }
+
+    /// Jobs the engine tracks in full (not yet ended).
+    pub fn live_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Moves an ended job to a tombstone.
+    fn bury(&mut self, key: &JobKey) {
+        if let Some(j) = self.jobs.remove(key) {
+            let keep = j.phase == Phase::Rejected;
+            self.ended.insert(
+                key.clone(),
+                Tombstone {
+                    uid: j.request.id.uid,
+                    spec_hash: j.request.spec_hash,
+                    phase: j.phase,
+                    decision: if keep { j.decision.map(Box::new) } else { None },
+                },
+            );
+        }
     }
 
     /// 1-based position of a queued job.
@@ -631,7 +679,7 @@ impl Engine {
 
     fn prune(&mut self, now: Timestamp) {
         let horizon = ms(now).saturating_sub(self.retention_ms);
-        for s in self.windows.values_mut() {
+        for s in self.windows.iter_mut().flat_map(|m| m.values_mut()) {
             s.prune_before(horizon);
         }
     }
@@ -659,6 +707,18 @@ impl Engine {
             ));
         }
         let key = key_of(&req.id);
+        if let Some(t) = self.ended.get(&key) {
+            if t.uid == req.id.uid {
+                if t.spec_hash == req.spec_hash {
+                    return Ok(()); // idempotent resubmission of an ended job
+                }
+                return Err(EngineError::Immutable {
+                    job: req.id.to_string(),
+                    phase: t.phase,
+                });
+            }
+            self.ended.remove(&key); // a new incarnation
+        }
         if let Some(existing) = self.jobs.get(&key) {
             let same_incarnation = existing.request.id.uid == req.id.uid;
             if same_incarnation && existing.request.spec_hash == req.spec_hash {
@@ -862,12 +922,29 @@ impl Engine {
             },
         };
         step.records.push(rec);
+        self.bury(&key);
         Ok(())
     }
 
     fn delete(&mut self, now: Timestamp, id: &JobId, step: &mut Step) -> Result<(), EngineError> {
         let key = key_of(id);
         let Some(job) = self.jobs.get(&key).cloned() else {
+            if let Some(t) = self.ended.remove(&key) {
+                // An ended job's TrainingJob goes: nothing left to meter, but the
+                // deletion is on the books like any other.
+                let mut rec = policy_record(now, "", String::new());
+                rec.job = Some(JobId {
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                    uid: t.uid,
+                });
+                rec.event = LedgerEvent::Deleted {
+                    accelerator_seconds: AcceleratorSeconds::ZERO,
+                    consumed: Flop::ZERO,
+                };
+                step.records.push(rec);
+                return Ok(());
+            }
             return Err(EngineError::UnknownJob(id.to_string()));
         };
         let (acc, flop) = if job.phase.holds_capacity() {
@@ -1072,6 +1149,9 @@ impl Engine {
             };
             j.decision = Some(decision);
         }
+        if phase == Phase::Rejected {
+            self.bury(key);
+        }
     }
 
     fn charge(&mut self, now: Timestamp, req: &JobRequest, lineages: &[String], flop: Flop) {
@@ -1086,18 +1166,18 @@ impl Engine {
             }
         }
         let t = ms(now);
-        self.windows
-            .entry((BudgetScope::Namespace, req.id.namespace.clone()))
+        self.windows[scope_index(BudgetScope::Namespace)]
+            .entry(req.id.namespace.clone())
             .or_default()
             .push(t, flop.0);
         for l in lineages {
-            self.windows
-                .entry((BudgetScope::Model, l.clone()))
+            self.windows[scope_index(BudgetScope::Model)]
+                .entry(l.clone())
                 .or_default()
                 .push(t, flop.0);
         }
-        self.windows
-            .entry((BudgetScope::Cluster, String::new()))
+        self.windows[scope_index(BudgetScope::Cluster)]
+            .entry(String::new())
             .or_default()
             .push(t, flop.0);
     }
@@ -1340,39 +1420,43 @@ impl Engine {
                 }
             }
             // 4. Budgets over their windows.
+            let need_keys = spec.queueing == Queueing::StrictFIFO && !blocked.is_empty();
             for b in &spec.budgets {
-                let scope_key = match b.scope {
-                    BudgetScope::Namespace => req.id.namespace.clone(),
-                    BudgetScope::Model => lineage.clone(),
-                    BudgetScope::Cluster => String::new(),
+                let scope_key: &str = match b.scope {
+                    BudgetScope::Namespace => &req.id.namespace,
+                    BudgetScope::Model => &lineage,
+                    BudgetScope::Cluster => "",
                 };
                 let window_ms = b.window.as_millis();
-                let used = self
-                    .windows
-                    .get(&(b.scope, scope_key.clone()))
-                    .map_or(0.0, |s| s.window_sum(ms(now), window_ms));
+                let series = self.series(b.scope, scope_key);
+                let used = series.map_or(0.0, |s| s.window_sum(ms(now), window_ms));
                 let constraint =
-                    format!("budget/{}/{}/{:?}/{}", p.name, b.name, b.scope, scope_key);
-                constraints.push(constraint.clone());
-                let who = match b.scope {
+                    || format!("budget/{}/{}/{:?}/{}", p.name, b.name, b.scope, scope_key);
+                if need_keys {
+                    constraints.push(constraint());
+                }
+                let who = || match b.scope {
                     BudgetScope::Namespace => format!("namespace {scope_key}"),
                     BudgetScope::Model => format!("lineage {scope_key}"),
                     BudgetScope::Cluster => "the cluster".to_string(),
                 };
-                let rule = format!("budget/{}", b.name);
                 if governing.0 > b.limit.0 {
                     outcomes.push(reject(
-                        &rule,
+                        &format!("budget/{}", b.name),
                         format!(
                             "Rejected: this job's {} alone exceeds budget {} of {} per {} for {}.",
-                            governing, b.name, b.limit, b.window, who
+                            governing,
+                            b.name,
+                            b.limit,
+                            b.window,
+                            who()
                         ),
                     ));
                 } else if used + governing.0 > b.limit.0 {
-                    let frees = self
-                        .windows
-                        .get(&(b.scope, scope_key.clone()))
-                        .and_then(|s| s.frees_at(window_ms, b.limit.0 - governing.0));
+                    let rule = format!("budget/{}", b.name);
+                    let frees = series.and_then(|s| s.frees_at(window_ms, b.limit.0 - governing.0));
+                    let who = who();
+                    let constraint = constraint();
                     let context = format!(
                         "{} has used {} of its {} FLOP budget {} in the last {}; this job needs {}",
                         who,
@@ -1447,24 +1531,29 @@ impl Engine {
                     .get(&req.id.namespace)
                     .copied()
                     .unwrap_or_default();
-                for (scope, cap, usage) in [
-                    ("cluster".to_string(), &cap.cluster, self.cluster_usage),
+                for (namespace, cap, usage) in [
+                    (None, &cap.cluster, self.cluster_usage),
                     (
-                        format!("namespace {}", req.id.namespace),
+                        Some(req.id.namespace.as_str()),
                         &cap.per_namespace,
                         ns_usage,
                     ),
                 ] {
                     let Some(cap) = cap else { continue };
-                    let constraint = format!("capacity/{}/{}", p.name, scope);
-                    constraints.push(constraint.clone());
+                    let constraint = || match namespace {
+                        None => format!("capacity/{}/cluster", p.name),
+                        Some(ns) => format!("capacity/{}/namespace {ns}", p.name),
+                    };
+                    if need_keys {
+                        constraints.push(constraint());
+                    }
                     if let Some(o) = check_cap(
                         cap,
-                        &scope,
+                        namespace,
                         usage,
                         job_rate,
                         u64::from(req.count),
-                        &constraint,
+                        constraint,
                     ) {
                         outcomes.push(o);
                     }
@@ -1672,17 +1761,31 @@ fn approvals_satisfy(
     users.len() >= need.required as usize
 }
 
+/// Checks one cap; strings are built only when the cap bites.
 fn check_cap(
     cap: &Cap,
-    scope: &str,
+    namespace: Option<&str>,
     usage: Usage,
     rate: FlopPerSecond,
     accelerators: u64,
-    constraint: &str,
+    constraint: impl Fn() -> String,
 ) -> Option<RuleOutcome> {
+    let rate_bites = cap
+        .max_flop_per_second
+        .is_some_and(|m| usage.rate.0 + rate.0 > m.0);
+    let count_bites = cap
+        .max_accelerators
+        .is_some_and(|m| usage.accelerators + accelerators > m);
+    if !rate_bites && !count_bites {
+        return None;
+    }
+    let scope = match namespace {
+        None => "cluster".to_string(),
+        Some(ns) => format!("namespace {ns}"),
+    };
     let rule = format!(
         "capacity/{}",
-        if scope == "cluster" {
+        if namespace.is_none() {
             "cluster"
         } else {
             "namespace"
@@ -1710,7 +1813,7 @@ fn check_cap(
                     scope, usage.rate, max, rate
                 ),
                 approvals: None,
-                constraint: Some(constraint.to_string()),
+                constraint: Some(constraint()),
             });
         }
     }
@@ -1735,11 +1838,19 @@ fn check_cap(
                     usage.accelerators
                 ),
                 approvals: None,
-                constraint: Some(constraint.to_string()),
+                constraint: Some(constraint()),
             });
         }
     }
     None
+}
+
+fn scope_index(scope: BudgetScope) -> usize {
+    match scope {
+        BudgetScope::Namespace => 0,
+        BudgetScope::Model => 1,
+        BudgetScope::Cluster => 2,
+    }
 }
 
 fn policy_record(now: Timestamp, name: &str, hash: String) -> LedgerRecord {
