@@ -36,7 +36,9 @@ pub enum Error {
     Timeout { what: String, timeout: Duration },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("this scenario needs the stand-in (it injects faults), but runs against a real cluster")]
+    #[error(
+        "this scenario needs the stand-in (it injects faults), but runs against a real cluster"
+    )]
     NeedsStandIn,
 }
 
@@ -61,7 +63,10 @@ pub struct Cluster {
 pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
     // Only ring is compiled in; installing it is idempotent (an error means one is set).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let err = |message: String| Error::Kubeconfig { path: path.to_path_buf(), message };
+    let err = |message: String| Error::Kubeconfig {
+        path: path.to_path_buf(),
+        message,
+    };
     let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
     let config = Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
@@ -88,15 +93,29 @@ impl Cluster {
             v.git_version,
             v.platform
         );
-        Ok(Self { target: Target::Real, kubeconfig: kubeconfig.to_path_buf(), client, standin: None })
+        Ok(Self {
+            target: Target::Real,
+            kubeconfig: kubeconfig.to_path_buf(),
+            client,
+            standin: None,
+        })
     }
 
     /// A fresh stand-in with these options.
     pub async fn start_standin(opts: Options) -> Result<Self> {
         let standin = StandIn::start(opts)?;
         let client = client_from_kubeconfig(&standin.kubeconfig).await?;
-        eprintln!("e2e: running against kube-standin at {} (kubeconfig {})", standin.base_url, standin.kubeconfig.display());
-        Ok(Self { target: Target::StandIn, kubeconfig: standin.kubeconfig.clone(), client, standin: Some(standin) })
+        eprintln!(
+            "e2e: running against kube-standin at {} (kubeconfig {})",
+            standin.base_url,
+            standin.kubeconfig.display()
+        );
+        Ok(Self {
+            target: Target::StandIn,
+            kubeconfig: standin.kubeconfig.clone(),
+            client,
+            standin: Some(standin),
+        })
     }
 
     pub fn client(&self) -> Client {
@@ -126,14 +145,21 @@ impl Cluster {
 
     /// A fresh namespace `e2e-<prefix>-<random>`, deleted when dropped.
     pub async fn temp_namespace(&self, prefix: &str) -> Result<TempNamespace> {
-        let name = format!("e2e-{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let name = format!(
+            "e2e-{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"e2e.komptroller.dev/temporary": "true"}}
         }))
         .map_err(|e| Error::Manifest(e.to_string()))?;
         api.create(&PostParams::default(), &ns).await?;
-        Ok(TempNamespace { name, kubeconfig: self.kubeconfig.clone(), keep: false })
+        Ok(TempNamespace {
+            name,
+            kubeconfig: self.kubeconfig.clone(),
+            keep: false,
+        })
     }
 
     /// Resolves a kind to its API resource through discovery.
@@ -142,7 +168,11 @@ impl Cluster {
     }
 
     /// A dynamic API for a kind (namespace ignored for cluster-scoped kinds).
-    pub async fn dynamic_api(&self, gvk: &GroupVersionKind, namespace: Option<&str>) -> Result<Api<DynamicObject>> {
+    pub async fn dynamic_api(
+        &self,
+        gvk: &GroupVersionKind,
+        namespace: Option<&str>,
+    ) -> Result<Api<DynamicObject>> {
         let (ar, caps) = self.resolve(gvk).await?;
         Ok(match (caps.scope, namespace) {
             (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
@@ -153,21 +183,42 @@ impl Cluster {
 
     /// Applies every document of a (multi-document) YAML text by server-side
     /// apply, namespaced objects into `namespace` unless they name their own.
-    pub async fn apply_yaml(&self, yaml: &str, namespace: Option<&str>) -> Result<Vec<DynamicObject>> {
+    pub async fn apply_yaml(
+        &self,
+        yaml: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<DynamicObject>> {
         let mut out = Vec::new();
         for doc in parse_yaml_documents(yaml)? {
             let gvk = gvk_of(&doc)?;
-            let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from);
+            let ns = doc
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(String::from);
             let api = self.dynamic_api(&gvk, ns.as_deref().or(namespace)).await?;
-            let name = doc.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| Error::Manifest(format!("a {} has no metadata.name", gvk.kind)))?.to_string();
-            let obj = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&doc)).await?;
+            let name = doc
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::Manifest(format!("a {} has no metadata.name", gvk.kind)))?
+                .to_string();
+            let obj = api
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&doc),
+                )
+                .await?;
             out.push(obj);
         }
         Ok(out)
     }
 
     /// Applies a YAML file.
-    pub async fn apply_file(&self, path: &Path, namespace: Option<&str>) -> Result<Vec<DynamicObject>> {
+    pub async fn apply_file(
+        &self,
+        path: &Path,
+        namespace: Option<&str>,
+    ) -> Result<Vec<DynamicObject>> {
         let text = std::fs::read_to_string(path)?;
         self.apply_yaml(&text, namespace).await
     }
@@ -183,22 +234,44 @@ impl Cluster {
         let mut names = Vec::new();
         for f in files {
             for obj in self.apply_file(&f, None).await? {
-                if obj.types.as_ref().is_some_and(|t| t.kind == "CustomResourceDefinition") {
+                if obj
+                    .types
+                    .as_ref()
+                    .is_some_and(|t| t.kind == "CustomResourceDefinition")
+                {
                     names.push(obj.metadata.name.clone().unwrap_or_default());
                 }
             }
         }
         let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(self.client.clone());
         for n in &names {
-            wait_for(&crds, n, timeout, |c| has_condition_json(&serde_json::to_value(c).unwrap_or_default(), "Established", "True")).await?;
+            wait_for(&crds, n, timeout, |c| {
+                has_condition_json(
+                    &serde_json::to_value(c).unwrap_or_default(),
+                    "Established",
+                    "True",
+                )
+            })
+            .await?;
         }
         Ok(names)
     }
 
     /// Waits until a condition of the given type has the given status.
-    pub async fn wait_for_condition(&self, gvk: &GroupVersionKind, namespace: Option<&str>, name: &str, type_: &str, status: &str, timeout: Duration) -> Result<DynamicObject> {
+    pub async fn wait_for_condition(
+        &self,
+        gvk: &GroupVersionKind,
+        namespace: Option<&str>,
+        name: &str,
+        type_: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Result<DynamicObject> {
         let api = self.dynamic_api(gvk, namespace).await?;
-        wait_for(&api, name, timeout, |o| has_condition_json(&o.data, type_, status)).await
+        wait_for(&api, name, timeout, |o| {
+            has_condition_json(&o.data, type_, status)
+        })
+        .await
     }
 }
 
@@ -206,23 +279,36 @@ impl Cluster {
 pub fn has_condition_json(obj: &Value, type_: &str, status: &str) -> bool {
     obj.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c.get("type").and_then(Value::as_str) == Some(type_) && c.get("status").and_then(Value::as_str) == Some(status)))
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some(type_)
+                    && c.get("status").and_then(Value::as_str) == Some(status)
+            })
+        })
 }
 
 /// Polls `name` until `pred` holds (or times out). A missing object counts as not yet.
-pub async fn wait_for<K>(api: &Api<K>, name: &str, timeout: Duration, pred: impl Fn(&K) -> bool) -> Result<K>
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    pred: impl Fn(&K) -> bool,
+) -> Result<K>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(o) = api.get_opt(name).await? {
-            if pred(&o) {
-                return Ok(o);
-            }
+        if let Some(o) = api.get_opt(name).await?
+            && pred(&o)
+        {
+            return Ok(o);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Timeout { what: format!("{name} to satisfy the condition"), timeout });
+            return Err(Error::Timeout {
+                what: format!("{name} to satisfy the condition"),
+                timeout,
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -236,7 +322,10 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     while api.get_opt(name).await?.is_some() {
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Timeout { what: format!("{name} to be deleted"), timeout });
+            return Err(Error::Timeout {
+                what: format!("{name} to be deleted"),
+                timeout,
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -245,13 +334,20 @@ where
 
 /// Parses a multi-document YAML text into JSON objects (empty documents skipped).
 pub fn parse_yaml_documents(yaml: &str) -> Result<Vec<Value>> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| Error::Manifest(e.to_string()))?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(yaml).map_err(|e| Error::Manifest(e.to_string()))?;
     Ok(docs.into_iter().filter(|d| d.is_object()).collect())
 }
 
 fn gvk_of(doc: &Value) -> Result<GroupVersionKind> {
-    let av = doc.get("apiVersion").and_then(Value::as_str).ok_or_else(|| Error::Manifest("a document has no apiVersion".into()))?;
-    let kind = doc.get("kind").and_then(Value::as_str).ok_or_else(|| Error::Manifest("a document has no kind".into()))?;
+    let av = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Manifest("a document has no apiVersion".into()))?;
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Manifest("a document has no kind".into()))?;
     let (group, version) = av.split_once('/').unwrap_or(("", av));
     Ok(GroupVersionKind::gvk(group, version, kind))
 }
@@ -280,13 +376,20 @@ impl Drop for TempNamespace {
         // A client is bound to the runtime that made it, so deletion runs on
         // its own thread and runtime; failures only leave a namespace behind.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {
                 if let Ok(client) = client_from_kubeconfig(&kubeconfig).await {
                     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), api.delete(&name, &DeleteParams::background())).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        api.delete(&name, &DeleteParams::background()),
+                    )
+                    .await;
                 }
             });
         })
@@ -304,9 +407,18 @@ pub struct Process {
 impl Process {
     /// Starts `program args…` with `KUBECONFIG` pointing at `kubeconfig`;
     /// stdout and stderr lines are collected (and echoed to stderr, prefixed).
-    pub fn start(program: &Path, args: &[&str], kubeconfig: Option<&Path>, env: &[(&str, &str)]) -> Result<Self> {
+    pub fn start(
+        program: &Path,
+        args: &[&str],
+        kubeconfig: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
         if let Some(k) = kubeconfig {
             cmd.env("KUBECONFIG", k);
         }
@@ -316,7 +428,10 @@ impl Process {
         let mut child = cmd.spawn()?;
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tag = program.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        let tag = program
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default();
         if let Some(out) = child.stdout.take() {
             spawn_reader(out, tx.clone(), log.clone(), tag.clone());
         }
@@ -337,7 +452,12 @@ impl Process {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
                 Ok(Some(l)) if l.contains(needle) => return Ok(l),
                 Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return Err(Error::Timeout { what: format!("a line containing {needle:?}"), timeout }),
+                Ok(None) | Err(_) => {
+                    return Err(Error::Timeout {
+                        what: format!("a line containing {needle:?}"),
+                        timeout,
+                    });
+                }
             }
         }
     }
@@ -369,7 +489,12 @@ impl Process {
     }
 }
 
-fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, tx: tokio::sync::mpsc::UnboundedSender<String>, log: std::sync::Arc<std::sync::Mutex<Vec<String>>>, tag: String) {
+fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    r: R,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tag: String,
+) {
     use tokio::io::AsyncBufReadExt;
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(r).lines();
@@ -388,6 +513,10 @@ fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, tx: toki
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     dir.join(name)
 }

@@ -19,13 +19,30 @@ struct Out {
 }
 
 fn run(cmd: &mut Command, stdin: Option<&str>) -> Out {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl must be installed for these tests (it is on this machine)");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("kubectl must be installed for these tests (it is on this machine)");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     let o = child.wait_with_output().unwrap();
-    let out = Out { ok: o.status.success(), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() };
+    let out = Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into(),
+        stderr: String::from_utf8_lossy(&o.stderr).into(),
+    };
     eprintln!("$ {cmd:?}\n{}{}", out.stdout, out.stderr);
     out
 }
@@ -39,12 +56,27 @@ fn kubectl_in(c: &Cluster, args: &[&str], stdin: &str) -> Out {
 }
 
 async fn setup(opts: Options) -> Cluster {
-    let c = if std::env::var_os(e2e::harness::KUBECONFIG_ENV).is_some() { Cluster::start().await.unwrap() } else { Cluster::start_standin(opts).await.unwrap() };
+    let c = if std::env::var_os(e2e::harness::KUBECONFIG_ENV).is_some() {
+        Cluster::start().await.unwrap()
+    } else {
+        Cluster::start_standin(opts).await.unwrap()
+    };
     let crds = fixtures().join("crds");
     let o = kubectl(&c, &["apply", "-f", crds.to_str().unwrap()]);
     assert!(o.ok, "kubectl apply -f crds/");
-    assert!(o.stdout.contains("customresourcedefinition.apiextensions.k8s.io/widgets.test.komptroller.dev"));
-    let o = kubectl(&c, &["wait", "--for=condition=Established", "crd/widgets.test.komptroller.dev", "--timeout=20s"]);
+    assert!(
+        o.stdout
+            .contains("customresourcedefinition.apiextensions.k8s.io/widgets.test.komptroller.dev")
+    );
+    let o = kubectl(
+        &c,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/widgets.test.komptroller.dev",
+            "--timeout=20s",
+        ],
+    );
     assert!(o.ok);
     c
 }
@@ -53,81 +85,299 @@ async fn setup(opts: Options) -> Cluster {
 async fn apply_crds_then_get_with_printer_columns() {
     let c = setup(Options::default()).await;
     let ns = c.temp_namespace("kget").await.unwrap();
-    let o = kubectl(&c, &["-n", &ns.name, "apply", "-f", fixtures().join("widget-a.yaml").to_str().unwrap()]);
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "apply",
+            "-f",
+            fixtures().join("widget-a.yaml").to_str().unwrap(),
+        ],
+    );
     assert!(o.ok);
-    assert!(o.stdout.contains("widget.test.komptroller.dev/widget-a created"));
+    assert!(
+        o.stdout
+            .contains("widget.test.komptroller.dev/widget-a created")
+    );
     let o = kubectl(&c, &["-n", &ns.name, "get", "widgets"]);
     assert!(o.ok);
-    let header: Vec<&str> = o.stdout.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, vec!["NAME", "SIZE", "COLOR", "PHASE", "READY", "AGE"]);
-    let row: Vec<&str> = o.stdout.lines().nth(1).unwrap().split_whitespace().collect();
+    let header: Vec<&str> = o
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        vec!["NAME", "SIZE", "COLOR", "PHASE", "READY", "AGE"]
+    );
+    let row: Vec<&str> = o
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..3], &["widget-a", "3", "blue"]);
     // Short name, category, -o wide, jsonpath.
     assert!(kubectl(&c, &["-n", &ns.name, "get", "wd", "widget-a"]).ok);
-    assert!(kubectl(&c, &["-n", &ns.name, "get", "komptroller-test"]).stdout.contains("widget-a"));
-    let o = kubectl(&c, &["-n", &ns.name, "get", "wd", "widget-a", "-o", "jsonpath={.spec.minSize}"]);
+    assert!(
+        kubectl(&c, &["-n", &ns.name, "get", "komptroller-test"])
+            .stdout
+            .contains("widget-a")
+    );
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "get",
+            "wd",
+            "widget-a",
+            "-o",
+            "jsonpath={.spec.minSize}",
+        ],
+    );
     assert_eq!(o.stdout, "1", "defaults visible through kubectl");
     // Client-side apply again: a patch, generation bumps.
-    let changed = std::fs::read_to_string(fixtures().join("widget-a.yaml")).unwrap().replace("size: 3", "size: 4");
+    let changed = std::fs::read_to_string(fixtures().join("widget-a.yaml"))
+        .unwrap()
+        .replace("size: 3", "size: 4");
     let o = kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], &changed);
     assert!(o.stdout.contains("configured"), "{}", o.stdout);
-    let o = kubectl(&c, &["-n", &ns.name, "get", "wd", "widget-a", "-o", "jsonpath={.metadata.generation}"]);
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "get",
+            "wd",
+            "widget-a",
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ],
+    );
     assert_eq!(o.stdout, "2");
     // Schema errors come back as kubectl prints the real server's.
-    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {size: 0, color: pink}\n");
+    let o = kubectl_in(
+        &c,
+        &["-n", &ns.name, "apply", "-f", "-"],
+        "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {size: 0, color: pink}\n",
+    );
     assert!(!o.ok);
-    assert!(o.stderr.contains("spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1"), "{}", o.stderr);
-    assert!(o.stderr.contains("spec.color: Unsupported value: \"pink\""), "{}", o.stderr);
-    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: strict}\nspec: {size: 1, bogus: 2}\n");
-    assert!(!o.ok && o.stderr.contains("unknown field \"spec.bogus\""), "kubectl's default strict validation: {}", o.stderr);
-    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "--validate=warn", "-f", "-"], "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: warned}\nspec: {size: 1, bogus: 2}\n");
-    assert!(o.ok && o.stderr.contains("Warning: unknown field \"spec.bogus\""), "warnings printed: {}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1"
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("spec.color: Unsupported value: \"pink\""),
+        "{}",
+        o.stderr
+    );
+    let o = kubectl_in(
+        &c,
+        &["-n", &ns.name, "apply", "-f", "-"],
+        "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: strict}\nspec: {size: 1, bogus: 2}\n",
+    );
+    assert!(
+        !o.ok && o.stderr.contains("unknown field \"spec.bogus\""),
+        "kubectl's default strict validation: {}",
+        o.stderr
+    );
+    let o = kubectl_in(
+        &c,
+        &["-n", &ns.name, "apply", "--validate=warn", "-f", "-"],
+        "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: warned}\nspec: {size: 1, bogus: 2}\n",
+    );
+    assert!(
+        o.ok && o.stderr.contains("Warning: unknown field \"spec.bogus\""),
+        "warnings printed: {}",
+        o.stderr
+    );
     // Built-ins through client-side apply (strategic merge patch on the second apply).
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: \"1\"}\n";
     assert!(kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], cm).ok);
-    assert!(kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], &cm.replace("a: \"1\"", "b: \"2\"")).ok);
-    let o = kubectl(&c, &["-n", &ns.name, "get", "cm", "cfg", "-o", "jsonpath={.data}"]);
-    assert_eq!(o.stdout, "{\"b\":\"2\"}", "the key dropped from the applied config is removed");
+    assert!(
+        kubectl_in(
+            &c,
+            &["-n", &ns.name, "apply", "-f", "-"],
+            &cm.replace("a: \"1\"", "b: \"2\"")
+        )
+        .ok
+    );
+    let o = kubectl(
+        &c,
+        &["-n", &ns.name, "get", "cm", "cfg", "-o", "jsonpath={.data}"],
+    );
+    assert_eq!(
+        o.stdout, "{\"b\":\"2\"}",
+        "the key dropped from the applied config is removed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_side_apply_with_conflicts() {
     let c = setup(Options::default()).await;
     let ns = c.temp_namespace("kssa").await.unwrap();
-    let w = |size: u32| format!("apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {{name: s}}\nspec: {{size: {size}}}\n");
-    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "--server-side", "-f", "-"], &w(2));
+    let w = |size: u32| {
+        format!(
+            "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {{name: s}}\nspec: {{size: {size}}}\n"
+        )
+    };
+    let o = kubectl_in(
+        &c,
+        &["-n", &ns.name, "apply", "--server-side", "-f", "-"],
+        &w(2),
+    );
     assert!(o.ok && o.stdout.contains("serverside-applied"));
-    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "--server-side", "--field-manager=other", "-f", "-"], &w(3));
+    let o = kubectl_in(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "-f",
+            "-",
+        ],
+        &w(3),
+    );
     assert!(!o.ok);
-    assert!(o.stderr.contains("conflict with \"kubectl\"") && o.stderr.contains(".spec.size"), "{}", o.stderr);
-    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", "-"], &w(3));
+    assert!(
+        o.stderr.contains("conflict with \"kubectl\"") && o.stderr.contains(".spec.size"),
+        "{}",
+        o.stderr
+    );
+    let o = kubectl_in(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        &w(3),
+    );
     assert!(o.ok);
-    let o = kubectl(&c, &["-n", &ns.name, "get", "wd", "s", "-o", "jsonpath={.spec.size} {.metadata.managedFields[*].manager}"]);
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "get",
+            "wd",
+            "s",
+            "-o",
+            "jsonpath={.spec.size} {.metadata.managedFields[*].manager}",
+        ],
+    );
     assert_eq!(o.stdout, "3 other");
-    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "--server-side", "--dry-run=server", "-f", "-"], &w(50).replace("name: s", "name: dry"));
+    let o = kubectl_in(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-f",
+            "-",
+        ],
+        &w(50).replace("name: s", "name: dry"),
+    );
     assert!(o.ok);
-    assert!(!kubectl(&c, &["-n", &ns.name, "get", "wd", "dry"]).ok, "server dry run stores nothing");
+    assert!(
+        !kubectl(&c, &["-n", &ns.name, "get", "wd", "dry"]).ok,
+        "server dry run stores nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wait_for_job_conditions() {
-    let c = setup(Options { time_scale: 30.0, ..Options::default() }).await;
-    c.require_standin().expect("the Job simulator is the stand-in's");
+    let c = setup(Options {
+        time_scale: 30.0,
+        ..Options::default()
+    })
+    .await;
+    c.require_standin()
+        .expect("the Job simulator is the stand-in's");
     let ns = c.temp_namespace("kwait").await.unwrap();
-    let job = |name: &str, runtime: &str, deadline: &str| format!(
-        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\n  annotations: {{e2e.komptroller.dev/runtime: {runtime}}}\nspec:\n  {deadline}\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: busybox}}]\n");
-    assert!(kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], &job("ok", "60s", "completions: 1")).ok);
-    assert!(kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], &job("late", "1h", "activeDeadlineSeconds: 30")).ok);
+    let job = |name: &str, runtime: &str, deadline: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\n  annotations: {{e2e.komptroller.dev/runtime: {runtime}}}\nspec:\n  {deadline}\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: busybox}}]\n"
+        )
+    };
+    assert!(
+        kubectl_in(
+            &c,
+            &["-n", &ns.name, "apply", "-f", "-"],
+            &job("ok", "60s", "completions: 1")
+        )
+        .ok
+    );
+    assert!(
+        kubectl_in(
+            &c,
+            &["-n", &ns.name, "apply", "-f", "-"],
+            &job("late", "1h", "activeDeadlineSeconds: 30")
+        )
+        .ok
+    );
     let t0 = Instant::now();
-    let o = kubectl(&c, &["-n", &ns.name, "wait", "--for=condition=Complete", "job/ok", "--timeout=20s"]);
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "wait",
+            "--for=condition=Complete",
+            "job/ok",
+            "--timeout=20s",
+        ],
+    );
     assert!(o.ok && o.stdout.contains("condition met"));
-    assert!(t0.elapsed() >= Duration::from_millis(1500), "60s at 30x takes about 2s: {:?}", t0.elapsed());
-    let o = kubectl(&c, &["-n", &ns.name, "wait", "--for=condition=Failed", "job/late", "--timeout=20s"]);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "60s at 30x takes about 2s: {:?}",
+        t0.elapsed()
+    );
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "wait",
+            "--for=condition=Failed",
+            "job/late",
+            "--timeout=20s",
+        ],
+    );
     assert!(o.ok);
     let o = kubectl(&c, &["-n", &ns.name, "get", "jobs"]);
     let late = o.stdout.lines().find(|l| l.starts_with("late")).unwrap();
     assert!(late.contains("Failed"), "{late}");
-    let o = kubectl(&c, &["-n", &ns.name, "get", "job", "late", "-o", "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}"]);
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "get",
+            "job",
+            "late",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}",
+        ],
+    );
     assert_eq!(o.stdout, "DeadlineExceeded");
 }
 
@@ -135,17 +385,64 @@ async fn wait_for_job_conditions() {
 async fn delete_blocked_by_finalizer_until_removed() {
     let c = setup(Options::default()).await;
     let ns = c.temp_namespace("kfin").await.unwrap();
-    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: f, finalizers: [test.komptroller.dev/hold]}\nspec: {size: 1}\n");
+    let o = kubectl_in(
+        &c,
+        &["-n", &ns.name, "apply", "-f", "-"],
+        "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: f, finalizers: [test.komptroller.dev/hold]}\nspec: {size: 1}\n",
+    );
     assert!(o.ok);
     let o = kubectl(&c, &["-n", &ns.name, "delete", "wd", "f", "--wait=false"]);
     assert!(o.ok && o.stdout.contains("deleted"));
-    let o = kubectl(&c, &["-n", &ns.name, "wait", "--for=delete", "wd/f", "--timeout=1s"]);
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "wait",
+            "--for=delete",
+            "wd/f",
+            "--timeout=1s",
+        ],
+    );
     assert!(!o.ok, "the finalizer blocks deletion");
-    let o = kubectl(&c, &["-n", &ns.name, "get", "wd", "f", "-o", "jsonpath={.metadata.deletionTimestamp}"]);
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "get",
+            "wd",
+            "f",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ],
+    );
     assert!(!o.stdout.is_empty());
-    let o = kubectl(&c, &["-n", &ns.name, "patch", "wd", "f", "--type=json", "-p", "[{\"op\":\"remove\",\"path\":\"/metadata/finalizers\"}]"]);
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "patch",
+            "wd",
+            "f",
+            "--type=json",
+            "-p",
+            "[{\"op\":\"remove\",\"path\":\"/metadata/finalizers\"}]",
+        ],
+    );
     assert!(o.ok);
-    let o = kubectl(&c, &["-n", &ns.name, "wait", "--for=delete", "wd/f", "--timeout=10s"]);
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "wait",
+            "--for=delete",
+            "wd/f",
+            "--timeout=10s",
+        ],
+    );
     assert!(o.ok);
     assert!(!kubectl(&c, &["-n", &ns.name, "get", "wd", "f"]).ok);
 }
@@ -155,7 +452,20 @@ async fn get_watch_streams_changes() {
     let c = setup(Options::default()).await;
     let ns = c.temp_namespace("kwatch").await.unwrap();
     assert!(kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: first}\nspec: {size: 1}\n").ok);
-    let mut child = c.kubectl().args(["-n", &ns.name, "get", "widgets", "--watch", "--output-watch-events"]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("kubectl");
+    let mut child = c
+        .kubectl()
+        .args([
+            "-n",
+            &ns.name,
+            "get",
+            "widgets",
+            "--watch",
+            "--output-watch-events",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("kubectl");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -168,38 +478,118 @@ async fn get_watch_streams_changes() {
     assert!(first.contains("EVENT") || first.contains("NAME"), "{first}");
     let mut lines = vec![first];
     assert!(kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: second}\nspec: {size: 2}\n").ok);
-    assert!(kubectl(&c, &["-n", &ns.name, "patch", "wd", "first", "--type=merge", "-p", "{\"spec\":{\"size\":9}}"]).ok);
+    assert!(
+        kubectl(
+            &c,
+            &[
+                "-n",
+                &ns.name,
+                "patch",
+                "wd",
+                "first",
+                "--type=merge",
+                "-p",
+                "{\"spec\":{\"size\":9}}"
+            ]
+        )
+        .ok
+    );
     assert!(kubectl(&c, &["-n", &ns.name, "delete", "wd", "second"]).ok);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && !lines.iter().any(|l| l.starts_with("DELETED") && l.contains("second")) {
+    while Instant::now() < deadline
+        && !lines
+            .iter()
+            .any(|l| l.starts_with("DELETED") && l.contains("second"))
+    {
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
             lines.push(l);
         }
     }
     let _ = child.kill();
     let _ = child.wait();
-    let norm: Vec<Vec<&str>> = lines.iter().map(|l| l.split_whitespace().collect()).collect();
-    assert!(norm.iter().any(|l| l.len() >= 3 && l[0] == "ADDED" && l[1] == "first"), "{lines:?}");
-    assert!(norm.iter().any(|l| l.len() >= 3 && l[0] == "ADDED" && l[1] == "second"), "{lines:?}");
-    assert!(norm.iter().any(|l| l.len() >= 3 && l[0] == "MODIFIED" && l[1] == "first" && l[2] == "9"), "{lines:?}");
-    assert!(norm.iter().any(|l| l.len() >= 2 && l[0] == "DELETED" && l[1] == "second"), "{lines:?}");
+    let norm: Vec<Vec<&str>> = lines
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        norm.iter()
+            .any(|l| l.len() >= 3 && l[0] == "ADDED" && l[1] == "first"),
+        "{lines:?}"
+    );
+    assert!(
+        norm.iter()
+            .any(|l| l.len() >= 3 && l[0] == "ADDED" && l[1] == "second"),
+        "{lines:?}"
+    );
+    assert!(
+        norm.iter()
+            .any(|l| l.len() >= 3 && l[0] == "MODIFIED" && l[1] == "first" && l[2] == "9"),
+        "{lines:?}"
+    );
+    assert!(
+        norm.iter()
+            .any(|l| l.len() >= 2 && l[0] == "DELETED" && l[1] == "second"),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_can_i_with_rbac_and_impersonation() {
     let tokens = e2e::standin::auth::Tokens::parse("tok-alice,alice,uid-1,\"devs\"\n").unwrap();
-    let c = setup(Options { tokens, authorization: e2e::standin::Authorization::Rbac, ..Options::default() }).await;
+    let c = setup(Options {
+        tokens,
+        authorization: e2e::standin::Authorization::Rbac,
+        ..Options::default()
+    })
+    .await;
     let ns = c.temp_namespace("kauth").await.unwrap();
-    let rbac = format!("apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: r, namespace: {n}}}\nrules: [{{apiGroups: [\"\"], resources: [configmaps], verbs: [get, list]}}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: b, namespace: {n}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}}\nsubjects: [{{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}]\n", n = ns.name);
+    let rbac = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: r, namespace: {n}}}\nrules: [{{apiGroups: [\"\"], resources: [configmaps], verbs: [get, list]}}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: b, namespace: {n}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}}\nsubjects: [{{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}]\n",
+        n = ns.name
+    );
     assert!(kubectl_in(&c, &["apply", "-f", "-"], &rbac).ok);
     // `kubectl auth can-i` sends protobuf (unsupported, see README); the same
     // SelfSubjectAccessReview as JSON through impersonation:
-    let ssar = |verb: &str| format!("apiVersion: authorization.k8s.io/v1\nkind: SelfSubjectAccessReview\nspec:\n  resourceAttributes: {{namespace: {}, verb: {verb}, resource: configmaps}}\n", ns.name);
-    let o = kubectl_in(&c, &["create", "--as=alice", "-f", "-", "-o", "jsonpath={.status.allowed}"], &ssar("list"));
+    let ssar = |verb: &str| {
+        format!(
+            "apiVersion: authorization.k8s.io/v1\nkind: SelfSubjectAccessReview\nspec:\n  resourceAttributes: {{namespace: {}, verb: {verb}, resource: configmaps}}\n",
+            ns.name
+        )
+    };
+    let o = kubectl_in(
+        &c,
+        &[
+            "create",
+            "--as=alice",
+            "-f",
+            "-",
+            "-o",
+            "jsonpath={.status.allowed}",
+        ],
+        &ssar("list"),
+    );
     assert_eq!(o.stdout.trim(), "true");
-    let o = kubectl_in(&c, &["create", "--as=alice", "-f", "-", "-o", "jsonpath={.status.allowed}"], &ssar("delete"));
+    let o = kubectl_in(
+        &c,
+        &[
+            "create",
+            "--as=alice",
+            "-f",
+            "-",
+            "-o",
+            "jsonpath={.status.allowed}",
+        ],
+        &ssar("delete"),
+    );
     assert_eq!(o.stdout.trim(), "false");
     let o = kubectl(&c, &["-n", &ns.name, "get", "secrets", "--as=alice"]);
-    assert!(!o.ok && o.stderr.contains("Forbidden") && o.stderr.contains("User \"alice\" cannot list resource \"secrets\""), "{}", o.stderr);
+    assert!(
+        !o.ok
+            && o.stderr.contains("Forbidden")
+            && o.stderr
+                .contains("User \"alice\" cannot list resource \"secrets\""),
+        "{}",
+        o.stderr
+    );
     assert!(kubectl(&c, &["-n", &ns.name, "get", "configmaps", "--as=alice"]).ok);
 }

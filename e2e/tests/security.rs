@@ -22,7 +22,10 @@ fn cm(name: &str, labels: Value) -> ConfigMap {
 async fn as_token(c: &e2e::harness::Cluster, token: &str) -> kube::Client {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kc");
-    c.require_standin().unwrap().write_kubeconfig_for_token(&path, token).unwrap();
+    c.require_standin()
+        .unwrap()
+        .write_kubeconfig_for_token(&path, token)
+        .unwrap();
     let client = client_from_kubeconfig(&path).await.unwrap();
     std::mem::forget(dir);
     client
@@ -31,28 +34,51 @@ async fn as_token(c: &e2e::harness::Cluster, token: &str) -> kube::Client {
 #[tokio::test]
 async fn static_tokens_authenticate() {
     let tokens = Tokens::parse("# comment\ntok-alice,alice,uid-1,\"devs,ops\"\n").unwrap();
-    let c = cluster_with_crds(Options { tokens, ..Options::default() }).await;
+    let c = cluster_with_crds(Options {
+        tokens,
+        ..Options::default()
+    })
+    .await;
     c.require_standin().expect("tokens are a stand-in option");
     // AlwaysAllow: any authenticated user may act.
     let alice = as_token(&c, "tok-alice").await;
     let cms: Api<ConfigMap> = Api::namespaced(alice, "default");
-    cms.create(&PostParams::default(), &cm("by-alice", json!({}))).await.unwrap();
-    let got = Api::<ConfigMap>::namespaced(c.client(), "default").get("by-alice").await.unwrap();
+    cms.create(&PostParams::default(), &cm("by-alice", json!({})))
+        .await
+        .unwrap();
+    let got = Api::<ConfigMap>::namespaced(c.client(), "default")
+        .get("by-alice")
+        .await
+        .unwrap();
     let mf = got.metadata.managed_fields.unwrap();
     assert!(!mf.is_empty());
     // Unknown tokens are 401.
     let nobody = as_token(&c, "wrong").await;
-    let e = api_err(Api::<ConfigMap>::namespaced(nobody, "default").list(&ListParams::default()).await);
+    let e = api_err(
+        Api::<ConfigMap>::namespaced(nobody, "default")
+            .list(&ListParams::default())
+            .await,
+    );
     assert_eq!((e.code, e.reason.as_str()), (401, "Unauthorized"));
     assert!(Tokens::parse("only-two,fields").is_err());
 }
 
 #[tokio::test]
 async fn rbac_roles_bindings_subresources_and_resource_names() {
-    let tokens = Tokens::parse("tok-alice,alice,uid-1,\"devs\"\ntok-sa,system:serviceaccount:default:op,uid-2,\n").unwrap();
-    let c = cluster_with_crds(Options { tokens, authorization: Authorization::Rbac, ..Options::default() }).await;
+    let tokens = Tokens::parse(
+        "tok-alice,alice,uid-1,\"devs\"\ntok-sa,system:serviceaccount:default:op,uid-2,\n",
+    )
+    .unwrap();
+    let c = cluster_with_crds(Options {
+        tokens,
+        authorization: Authorization::Rbac,
+        ..Options::default()
+    })
+    .await;
     let ns = c.temp_namespace("rbac").await.unwrap();
-    c.apply_yaml(&format!(r#"
+    c.apply_yaml(
+        &format!(
+            r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {{name: cm-reader, namespace: {ns}}}
@@ -90,34 +116,111 @@ kind: RoleBinding
 metadata: {{name: op-edits, namespace: {ns}}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}
 subjects: [{{kind: ServiceAccount, name: op, namespace: default}}]
-"#, ns = ns.name), None).await.unwrap();
+"#,
+            ns = ns.name
+        ),
+        None,
+    )
+    .await
+    .unwrap();
     let admin_cms: Api<ConfigMap> = Api::namespaced(c.client(), &ns.name);
-    admin_cms.create(&PostParams::default(), &cm("allowed", json!({}))).await.unwrap();
-    admin_cms.create(&PostParams::default(), &cm("secret-ish", json!({}))).await.unwrap();
-    widgets(&c, &ns.name).await.create(&PostParams::default(), &widget("w", json!({"size": 1}))).await.unwrap();
+    admin_cms
+        .create(&PostParams::default(), &cm("allowed", json!({})))
+        .await
+        .unwrap();
+    admin_cms
+        .create(&PostParams::default(), &cm("secret-ish", json!({})))
+        .await
+        .unwrap();
+    widgets(&c, &ns.name)
+        .await
+        .create(&PostParams::default(), &widget("w", json!({"size": 1})))
+        .await
+        .unwrap();
 
     let alice = as_token(&c, "tok-alice").await;
     let cms: Api<ConfigMap> = Api::namespaced(alice.clone(), &ns.name);
-    cms.get("allowed").await.expect("resourceNames allow this one");
+    cms.get("allowed")
+        .await
+        .expect("resourceNames allow this one");
     let e = api_err(cms.get("secret-ish").await);
     assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
-    assert!(e.message.contains("User \"alice\" cannot get resource \"configmaps\""), "{}", e.message);
-    assert_eq!(api_err(cms.list(&ListParams::default()).await).code, 403, "resourceNames never allow list");
+    assert!(
+        e.message
+            .contains("User \"alice\" cannot get resource \"configmaps\""),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        api_err(cms.list(&ListParams::default()).await).code,
+        403,
+        "resourceNames never allow list"
+    );
     let ar = c.resolve(&widget_gvk()).await.unwrap().0;
     let w: Api<DynamicObject> = Api::namespaced_with(alice.clone(), &ns.name, &ar);
     w.list(&ListParams::default()).await.unwrap();
-    w.patch_status("w", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "X"}}))).await.expect("widgets/status patch allowed");
-    assert_eq!(api_err(w.patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}}))).await).code, 403, "the main resource is not");
+    w.patch_status(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "X"}})),
+    )
+    .await
+    .expect("widgets/status patch allowed");
+    assert_eq!(
+        api_err(
+            w.patch(
+                "w",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"size": 2}}))
+            )
+            .await
+        )
+        .code,
+        403,
+        "the main resource is not"
+    );
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(alice.clone());
-    nss.list(&ListParams::default()).await.expect("group binding via ClusterRoleBinding");
-    assert_eq!(api_err(Api::<ConfigMap>::namespaced(alice, "default").get("x").await).code, 403, "the Role is namespaced");
+    nss.list(&ListParams::default())
+        .await
+        .expect("group binding via ClusterRoleBinding");
+    assert_eq!(
+        api_err(
+            Api::<ConfigMap>::namespaced(alice, "default")
+                .get("x")
+                .await
+        )
+        .code,
+        403,
+        "the Role is namespaced"
+    );
     // A service account bound to the built-in edit ClusterRole in one namespace.
     let sa = as_token(&c, "tok-sa").await;
-    Api::<ConfigMap>::namespaced(sa.clone(), &ns.name).create(&PostParams::default(), &cm("by-sa", json!({}))).await.unwrap();
-    assert_eq!(api_err(Api::<ConfigMap>::namespaced(sa, "default").create(&PostParams::default(), &cm("by-sa", json!({}))).await).code, 403);
+    Api::<ConfigMap>::namespaced(sa.clone(), &ns.name)
+        .create(&PostParams::default(), &cm("by-sa", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        api_err(
+            Api::<ConfigMap>::namespaced(sa, "default")
+                .create(&PostParams::default(), &cm("by-sa", json!({})))
+                .await
+        )
+        .code,
+        403
+    );
 }
 
-fn webhook_config(kind: &str, name: &str, ca: &str, addr: std::net::SocketAddr, path: &str, failure: &str, timeout: u64, ns_label: &str) -> Value {
+#[allow(clippy::too_many_arguments)]
+fn webhook_config(
+    kind: &str,
+    name: &str,
+    ca: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    failure: &str,
+    timeout: u64,
+    ns_label: &str,
+) -> Value {
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": name},
         "webhooks": [{
@@ -134,14 +237,24 @@ fn webhook_config(kind: &str, name: &str, ca: &str, addr: std::net::SocketAddr, 
 async fn labelled_ns(c: &e2e::harness::Cluster, label: &str) -> e2e::harness::TempNamespace {
     let ns = c.temp_namespace("hook").await.unwrap();
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.client());
-    nss.patch(&ns.name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"webhook-test": label}}}))).await.unwrap();
+    nss.patch(
+        &ns.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"webhook-test": label}}})),
+    )
+    .await
+    .unwrap();
     ns
 }
 
 #[tokio::test]
 async fn admission_webhooks_validate_mutate_and_warn() {
     let tokens = Tokens::parse("tok-alice,alice,uid-1,\"devs\"\n").unwrap();
-    let c = cluster_with_crds(Options { tokens, ..Options::default() }).await;
+    let c = cluster_with_crds(Options {
+        tokens,
+        ..Options::default()
+    })
+    .await;
     let deny: webhook::Decide = Arc::new(|req: &Value| {
         if req.pointer("/object/metadata/labels/deny").is_some() {
             json!({"allowed": false, "status": {"code": 403, "message": format!("{} may not create this", req["userInfo"]["username"].as_str().unwrap_or(""))}})
@@ -150,76 +263,284 @@ async fn admission_webhooks_validate_mutate_and_warn() {
         }
     });
     let validator = webhook::start(deny, Duration::ZERO).await;
-    let mutate: webhook::Decide = Arc::new(|_req: &Value| {
-        json!({"allowed": true, "patchType": "JSONPatch", "patch": json_patch_b64(json!([{"op": "add", "path": "/data", "value": {"mutated": "yes"}}]))})
-    });
+    let mutate: webhook::Decide = Arc::new(
+        |_req: &Value| json!({"allowed": true, "patchType": "JSONPatch", "patch": json_patch_b64(json!([{"op": "add", "path": "/data", "value": {"mutated": "yes"}}]))}),
+    );
     let mutator = webhook::start(mutate, Duration::ZERO).await;
-    let cfgs: Api<DynamicObject> = c.dynamic_api(&kube::core::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration"), None).await.unwrap();
-    let mcfgs: Api<DynamicObject> = c.dynamic_api(&kube::core::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration"), None).await.unwrap();
-    cfgs.create(&PostParams::default(), &serde_json::from_value(webhook_config("ValidatingWebhookConfiguration", "deny", &validator.ca_bundle, validator.addr, "/validate", "Fail", 5, "on")).unwrap()).await.unwrap();
-    mcfgs.create(&PostParams::default(), &serde_json::from_value(webhook_config("MutatingWebhookConfiguration", "mutate", &mutator.ca_bundle, mutator.addr, "/mutate", "Fail", 5, "on")).unwrap()).await.unwrap();
+    let cfgs: Api<DynamicObject> = c
+        .dynamic_api(
+            &kube::core::GroupVersionKind::gvk(
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingWebhookConfiguration",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let mcfgs: Api<DynamicObject> = c
+        .dynamic_api(
+            &kube::core::GroupVersionKind::gvk(
+                "admissionregistration.k8s.io",
+                "v1",
+                "MutatingWebhookConfiguration",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    cfgs.create(
+        &PostParams::default(),
+        &serde_json::from_value(webhook_config(
+            "ValidatingWebhookConfiguration",
+            "deny",
+            &validator.ca_bundle,
+            validator.addr,
+            "/validate",
+            "Fail",
+            5,
+            "on",
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    mcfgs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(webhook_config(
+                "MutatingWebhookConfiguration",
+                "mutate",
+                &mutator.ca_bundle,
+                mutator.addr,
+                "/mutate",
+                "Fail",
+                5,
+                "on",
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     let ns = labelled_ns(&c, "on").await;
     let alice = as_token(&c, "tok-alice").await;
     let cms: Api<ConfigMap> = Api::namespaced(alice, &ns.name);
-    let e = api_err(cms.create(&PostParams::default(), &cm("denied", json!({"deny": "1"}))).await);
+    let e = api_err(
+        cms.create(&PostParams::default(), &cm("denied", json!({"deny": "1"})))
+            .await,
+    );
     assert_eq!(e.code, 403);
-    assert_eq!(e.message, "admission webhook \"deny.test.komptroller.dev\" denied the request: alice may not create this");
-    let o = cms.create(&PostParams::default(), &cm("ok", json!({}))).await.unwrap();
-    assert_eq!(o.data.unwrap()["mutated"], "yes", "the mutating webhook's JSONPatch was applied");
+    assert_eq!(
+        e.message,
+        "admission webhook \"deny.test.komptroller.dev\" denied the request: alice may not create this"
+    );
+    let o = cms
+        .create(&PostParams::default(), &cm("ok", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        o.data.unwrap()["mutated"],
+        "yes",
+        "the mutating webhook's JSONPatch was applied"
+    );
     // The validating webhook saw the mutated object and who asked.
     let reviews = validator.reviews.lock().unwrap().clone();
     let last = &reviews.last().unwrap()["request"];
     assert_eq!(last["operation"], "CREATE");
     assert_eq!(last["userInfo"]["username"], "alice");
-    assert!(last["userInfo"]["groups"].as_array().unwrap().contains(&json!("devs")));
+    assert!(
+        last["userInfo"]["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("devs"))
+    );
     assert_eq!(last["object"]["data"]["mutated"], "yes");
     assert_eq!(last["namespace"], ns.name.as_str());
     // Outside the namespaceSelector nothing is called.
     let before = validator.reviews.lock().unwrap().len();
     let other = labelled_ns(&c, "off").await;
-    Api::<ConfigMap>::namespaced(c.client(), &other.name).create(&PostParams::default(), &cm("free", json!({"deny": "1"}))).await.unwrap();
+    Api::<ConfigMap>::namespaced(c.client(), &other.name)
+        .create(&PostParams::default(), &cm("free", json!({"deny": "1"})))
+        .await
+        .unwrap();
     assert_eq!(validator.reviews.lock().unwrap().len(), before);
     // Warnings reach the client as Warning headers.
     let req = http::Request::post(format!("/api/v1/namespaces/{}/configmaps", ns.name))
         .header("Content-Type", "application/json")
-        .body(serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "warned"}})).unwrap())
+        .body(
+            serde_json::to_vec(
+                &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "warned"}}),
+            )
+            .unwrap(),
+        )
         .unwrap();
-    let resp = c.client().send(req.map(kube::client::Body::from)).await.unwrap();
-    let warnings: Vec<String> = resp.headers().get_all("warning").iter().map(|v| v.to_str().unwrap().to_string()).collect();
-    assert!(warnings.iter().any(|w| w.contains("checked by the test webhook")), "{warnings:?}");
+    let resp = c
+        .client()
+        .send(req.map(kube::client::Body::from))
+        .await
+        .unwrap();
+    let warnings: Vec<String> = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("checked by the test webhook")),
+        "{warnings:?}"
+    );
 }
 
 #[tokio::test]
 async fn admission_failure_policy_and_timeouts() {
     let c = cluster_with_crds(Options::default()).await;
-    let slow: webhook::Decide = Arc::new(|_req: &Value| json!({"allowed": false, "status": {"message": "too late to matter"}}));
+    let slow: webhook::Decide = Arc::new(
+        |_req: &Value| json!({"allowed": false, "status": {"message": "too late to matter"}}),
+    );
     let slow_server = webhook::start(slow, Duration::from_secs(3)).await;
-    let cfgs: Api<DynamicObject> = c.dynamic_api(&kube::core::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration"), None).await.unwrap();
+    let cfgs: Api<DynamicObject> = c
+        .dynamic_api(
+            &kube::core::GroupVersionKind::gvk(
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingWebhookConfiguration",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
     // Unreachable webhook, failurePolicy Fail → 500; Ignore → allowed.
     let dead: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    cfgs.create(&PostParams::default(), &serde_json::from_value(webhook_config("ValidatingWebhookConfiguration", "dead-fail", &slow_server.ca_bundle, dead, "/", "Fail", 2, "fail")).unwrap()).await.unwrap();
-    cfgs.create(&PostParams::default(), &serde_json::from_value(webhook_config("ValidatingWebhookConfiguration", "dead-ignore", &slow_server.ca_bundle, dead, "/", "Ignore", 2, "ignore")).unwrap()).await.unwrap();
-    cfgs.create(&PostParams::default(), &serde_json::from_value(webhook_config("ValidatingWebhookConfiguration", "slow", &slow_server.ca_bundle, slow_server.addr, "/", "Fail", 1, "slow")).unwrap()).await.unwrap();
-    cfgs.create(&PostParams::default(), &serde_json::from_value(webhook_config("ValidatingWebhookConfiguration", "slow-ignore", &slow_server.ca_bundle, slow_server.addr, "/", "Ignore", 1, "slow-ignore")).unwrap()).await.unwrap();
+    cfgs.create(
+        &PostParams::default(),
+        &serde_json::from_value(webhook_config(
+            "ValidatingWebhookConfiguration",
+            "dead-fail",
+            &slow_server.ca_bundle,
+            dead,
+            "/",
+            "Fail",
+            2,
+            "fail",
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    cfgs.create(
+        &PostParams::default(),
+        &serde_json::from_value(webhook_config(
+            "ValidatingWebhookConfiguration",
+            "dead-ignore",
+            &slow_server.ca_bundle,
+            dead,
+            "/",
+            "Ignore",
+            2,
+            "ignore",
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    cfgs.create(
+        &PostParams::default(),
+        &serde_json::from_value(webhook_config(
+            "ValidatingWebhookConfiguration",
+            "slow",
+            &slow_server.ca_bundle,
+            slow_server.addr,
+            "/",
+            "Fail",
+            1,
+            "slow",
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    cfgs.create(
+        &PostParams::default(),
+        &serde_json::from_value(webhook_config(
+            "ValidatingWebhookConfiguration",
+            "slow-ignore",
+            &slow_server.ca_bundle,
+            slow_server.addr,
+            "/",
+            "Ignore",
+            1,
+            "slow-ignore",
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     let fail = labelled_ns(&c, "fail").await;
-    let e = api_err(Api::<ConfigMap>::namespaced(c.client(), &fail.name).create(&PostParams::default(), &cm("x", json!({}))).await);
+    let e = api_err(
+        Api::<ConfigMap>::namespaced(c.client(), &fail.name)
+            .create(&PostParams::default(), &cm("x", json!({})))
+            .await,
+    );
     assert_eq!((e.code, e.reason.as_str()), (500, "InternalError"));
-    assert!(e.message.contains("failed calling webhook \"dead-fail.test.komptroller.dev\""), "{}", e.message);
+    assert!(
+        e.message
+            .contains("failed calling webhook \"dead-fail.test.komptroller.dev\""),
+        "{}",
+        e.message
+    );
     let ignore = labelled_ns(&c, "ignore").await;
-    Api::<ConfigMap>::namespaced(c.client(), &ignore.name).create(&PostParams::default(), &cm("x", json!({}))).await.unwrap();
+    Api::<ConfigMap>::namespaced(c.client(), &ignore.name)
+        .create(&PostParams::default(), &cm("x", json!({})))
+        .await
+        .unwrap();
     let slow_ns = labelled_ns(&c, "slow").await;
     let t0 = std::time::Instant::now();
-    let e = api_err(Api::<ConfigMap>::namespaced(c.client(), &slow_ns.name).create(&PostParams::default(), &cm("x", json!({}))).await);
+    let e = api_err(
+        Api::<ConfigMap>::namespaced(c.client(), &slow_ns.name)
+            .create(&PostParams::default(), &cm("x", json!({})))
+            .await,
+    );
     assert_eq!(e.code, 500);
-    assert!(t0.elapsed() < Duration::from_millis(2500), "timeoutSeconds cut the call short: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "timeoutSeconds cut the call short: {:?}",
+        t0.elapsed()
+    );
     let slow_ignore = labelled_ns(&c, "slow-ignore").await;
-    Api::<ConfigMap>::namespaced(c.client(), &slow_ignore.name).create(&PostParams::default(), &cm("x", json!({}))).await.unwrap();
+    Api::<ConfigMap>::namespaced(c.client(), &slow_ignore.name)
+        .create(&PostParams::default(), &cm("x", json!({})))
+        .await
+        .unwrap();
     // A wrong caBundle is a TLS failure.
     let other_ca = e2e::tls::Ca::new("other").unwrap();
-    let bad_ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, other_ca.cert_pem());
-    cfgs.create(&PostParams::default(), &serde_json::from_value(webhook_config("ValidatingWebhookConfiguration", "bad-ca", &bad_ca, slow_server.addr, "/", "Fail", 5, "bad-ca")).unwrap()).await.unwrap();
+    let bad_ca = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        other_ca.cert_pem(),
+    );
+    cfgs.create(
+        &PostParams::default(),
+        &serde_json::from_value(webhook_config(
+            "ValidatingWebhookConfiguration",
+            "bad-ca",
+            &bad_ca,
+            slow_server.addr,
+            "/",
+            "Fail",
+            5,
+            "bad-ca",
+        ))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     let bad_ns = labelled_ns(&c, "bad-ca").await;
-    let e = api_err(Api::<ConfigMap>::namespaced(c.client(), &bad_ns.name).create(&PostParams::default(), &cm("x", json!({}))).await);
+    let e = api_err(
+        Api::<ConfigMap>::namespaced(c.client(), &bad_ns.name)
+            .create(&PostParams::default(), &cm("x", json!({})))
+            .await,
+    );
     assert_eq!(e.code, 500);
     assert!(e.message.contains("tls"), "{}", e.message);
 }

@@ -37,7 +37,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let tokens = match &cli.tokens {
         None => Tokens::default(),
-        Some(p) => match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| Tokens::parse(&t).map_err(|e| e.to_string())) {
+        Some(p) => match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Tokens::parse(&t).map_err(|e| e.to_string()))
+        {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("kube-standin: cannot read tokens from {}: {e}", p.display());
@@ -45,7 +48,7 @@ fn main() -> ExitCode {
             }
         },
     };
-    if !(cli.time_scale > 0.0) {
+    if cli.time_scale.is_nan() || cli.time_scale <= 0.0 {
         eprintln!("kube-standin: --time-scale must be positive");
         return ExitCode::from(2);
     }
@@ -70,7 +73,10 @@ fn main() -> ExitCode {
         standin.base_url,
         standin.kubeconfig.display()
     );
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kube-standin: {e}");
@@ -78,7 +84,9 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
             return;
         };
         tokio::select! {

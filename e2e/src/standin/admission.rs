@@ -12,12 +12,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
+use super::Server;
 use super::api::WriteCtx;
 use super::error::{ApiError, ApiResult};
 use super::resources::{ResKey, ResourceDef};
 use super::select::LabelSelector;
 use super::store::meta_str;
-use super::Server;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdmissionOp {
@@ -37,11 +37,19 @@ impl AdmissionOp {
 }
 
 fn list_has(v: Option<&Value>, want: &str) -> bool {
-    v.and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(want) || x.as_str() == Some("*")))
+    v.and_then(Value::as_array).is_some_and(|a| {
+        a.iter()
+            .any(|x| x.as_str() == Some(want) || x.as_str() == Some("*"))
+    })
 }
 
-fn rule_matches(rule: &Value, def: &ResourceDef, version: &str, sub: Option<&str>, op: AdmissionOp) -> bool {
+fn rule_matches(
+    rule: &Value,
+    def: &ResourceDef,
+    version: &str,
+    sub: Option<&str>,
+    op: AdmissionOp,
+) -> bool {
     if !list_has(rule.get("operations"), op.as_str()) {
         return false;
     }
@@ -52,14 +60,17 @@ fn rule_matches(rule: &Value, def: &ResourceDef, version: &str, sub: Option<&str
         Some(s) => format!("{}/{s}", def.plural),
         None => def.plural.clone(),
     };
-    let res_ok = rule.get("resources").and_then(Value::as_array).is_some_and(|rs| {
-        rs.iter().filter_map(Value::as_str).any(|r| {
-            r == combined
-                || (r == "*" && sub.is_none())
-                || r == "*/*"
-                || sub.is_some_and(|s| r == format!("*/{s}"))
-        })
-    });
+    let res_ok = rule
+        .get("resources")
+        .and_then(Value::as_array)
+        .is_some_and(|rs| {
+            rs.iter().filter_map(Value::as_str).any(|r| {
+                r == combined
+                    || (r == "*" && sub.is_none())
+                    || r == "*/*"
+                    || sub.is_some_and(|s| r == format!("*/{s}"))
+            })
+        });
     if !res_ok {
         return false;
     }
@@ -75,7 +86,15 @@ struct Hook {
     hook: Value,
 }
 
-fn matching_hooks(server: &Server, kind: &str, def: &ResourceDef, version: &str, sub: Option<&str>, op: AdmissionOp, obj: &Value) -> Vec<Hook> {
+fn matching_hooks(
+    server: &Server,
+    kind: &str,
+    def: &ResourceDef,
+    version: &str,
+    sub: Option<&str>,
+    op: AdmissionOp,
+    obj: &Value,
+) -> Vec<Hook> {
     if def.group == "admissionregistration.k8s.io" {
         return Vec::new();
     }
@@ -83,7 +102,11 @@ fn matching_hooks(server: &Server, kind: &str, def: &ResourceDef, version: &str,
     let configs = store.list(&ResKey::new("admissionregistration.k8s.io", kind), None);
     let ns_labels = if def.namespaced {
         store
-            .get(&ResKey::new("", "namespaces"), "", meta_str(obj, "namespace"))
+            .get(
+                &ResKey::new("", "namespaces"),
+                "",
+                meta_str(obj, "namespace"),
+            )
             .and_then(|n| n.pointer("/metadata/labels").cloned())
     } else if def.group.is_empty() && def.plural == "namespaces" {
         obj.pointer("/metadata/labels").cloned()
@@ -96,20 +119,25 @@ fn matching_hooks(server: &Server, kind: &str, def: &ResourceDef, version: &str,
             continue;
         };
         for h in hooks {
-            let rules = h.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
+            let rules = h
+                .get("rules")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if !rules.iter().any(|r| rule_matches(r, def, version, sub, op)) {
                 continue;
             }
             if let Some(sel) = h.get("namespaceSelector") {
-                let applies = def.namespaced || (def.group.is_empty() && def.plural == "namespaces");
+                let applies =
+                    def.namespaced || (def.group.is_empty() && def.plural == "namespaces");
                 if applies && !LabelSelector::from_object(sel).matches_labels(ns_labels.as_ref()) {
                     continue;
                 }
             }
-            if let Some(sel) = h.get("objectSelector") {
-                if !LabelSelector::from_object(sel).matches(obj) {
-                    continue;
-                }
+            if let Some(sel) = h.get("objectSelector")
+                && !LabelSelector::from_object(sel).matches(obj)
+            {
+                continue;
             }
             out.push(Hook {
                 config: meta_str(&c, "name").to_string(),
@@ -121,8 +149,20 @@ fn matching_hooks(server: &Server, kind: &str, def: &ResourceDef, version: &str,
     out
 }
 
-fn review(def: &ResourceDef, version: &str, sub: Option<&str>, op: AdmissionOp, new: &Value, old: Option<&Value>, ctx: &WriteCtx) -> Value {
-    let subject = if new.is_null() { old.unwrap_or(&Value::Null) } else { new };
+fn review(
+    def: &ResourceDef,
+    version: &str,
+    sub: Option<&str>,
+    op: AdmissionOp,
+    new: &Value,
+    old: Option<&Value>,
+    ctx: &WriteCtx,
+) -> Value {
+    let subject = if new.is_null() {
+        old.unwrap_or(&Value::Null)
+    } else {
+        new
+    };
     let gvk = json!({"group": def.group, "version": version, "kind": def.kind});
     let gvr = json!({"group": def.group, "version": version, "resource": def.plural});
     let mut req = json!({
@@ -152,35 +192,61 @@ fn review(def: &ResourceDef, version: &str, sub: Option<&str>, op: AdmissionOp, 
 /// Calls one webhook; returns the AdmissionReview response.
 async fn call(server: &Server, hook: &Value, body: &Value) -> Result<Value, String> {
     let cc = hook.get("clientConfig").cloned().unwrap_or(Value::Null);
-    let (addr, host, path, url_text): (SocketAddr, String, String, String) = if let Some(url) = cc.get("url").and_then(Value::as_str) {
-        let uri: http::Uri = url.parse().map_err(|e| format!("invalid webhook URL {url}: {e}"))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(format!("webhook URL {url} must use https"));
-        }
-        let host = uri.host().unwrap_or_default().trim_matches(|c| c == '[' || c == ']').to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let addr = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("dial tcp {host}:{port}: no address"))?;
-        let path = uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
-        (addr, host, path, url.to_string())
-    } else if let Some(svc) = cc.get("service") {
-        let ns = svc.get("namespace").and_then(Value::as_str).unwrap_or_default().to_string();
-        let name = svc.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-        let port = svc.get("port").and_then(Value::as_u64).unwrap_or(443) as u16;
-        let path = svc.get("path").and_then(Value::as_str).unwrap_or("/").to_string();
-        let addr = server
-            .webhook_services
-            .get(&(ns.clone(), name.clone()))
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
-        let host = format!("{name}.{ns}.svc");
-        (addr, host.clone(), path.clone(), format!("https://{host}:{port}{path}"))
-    } else {
-        return Err("webhook has neither clientConfig.url nor clientConfig.service".into());
-    };
+    let (addr, host, path, url_text): (SocketAddr, String, String, String) =
+        if let Some(url) = cc.get("url").and_then(Value::as_str) {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| format!("invalid webhook URL {url}: {e}"))?;
+            if uri.scheme_str() != Some("https") {
+                return Err(format!("webhook URL {url} must use https"));
+            }
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let addr = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("dial tcp {host}:{port}: no address"))?;
+            let path = uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.to_string());
+            (addr, host, path, url.to_string())
+        } else if let Some(svc) = cc.get("service") {
+            let ns = svc
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let name = svc
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let port = svc.get("port").and_then(Value::as_u64).unwrap_or(443) as u16;
+            let path = svc
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or("/")
+                .to_string();
+            let addr = server
+                .webhook_services
+                .get(&(ns.clone(), name.clone()))
+                .copied()
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], port)));
+            let host = format!("{name}.{ns}.svc");
+            (
+                addr,
+                host.clone(),
+                path.clone(),
+                format!("https://{host}:{port}{path}"),
+            )
+        } else {
+            return Err("webhook has neither clientConfig.url nor clientConfig.service".into());
+        };
     let ca = cc
         .get("caBundle")
         .and_then(Value::as_str)
@@ -188,7 +254,8 @@ async fn call(server: &Server, hook: &Value, body: &Value) -> Result<Value, Stri
         .transpose()
         .map_err(|e| format!("caBundle is not base64: {e}"))?
         .ok_or_else(|| format!("Post \"{url_text}\": no caBundle, and the stand-in has no system roots for webhooks"))?;
-    let tls = crate::tls::client_config_for_ca(&ca).map_err(|e| format!("Post \"{url_text}\": {e}"))?;
+    let tls =
+        crate::tls::client_config_for_ca(&ca).map_err(|e| format!("Post \"{url_text}\": {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(tls);
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
@@ -199,17 +266,23 @@ async fn call(server: &Server, hook: &Value, body: &Value) -> Result<Value, Stri
         .connect(server_name, tcp)
         .await
         .map_err(|e| format!("Post \"{url_text}\": tls: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("Post \"{url_text}\": {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("Post \"{url_text}\": {e}"))?;
     tokio::spawn(conn);
     let req = http::Request::post(path)
         .header(http::header::HOST, host)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::ACCEPT, "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())))
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(body).unwrap_or_default(),
+        )))
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("Post \"{url_text}\": {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("Post \"{url_text}\": {e}"))?;
     let status = resp.status();
     let bytes = resp
         .into_body()
@@ -218,31 +291,56 @@ async fn call(server: &Server, hook: &Value, body: &Value) -> Result<Value, Stri
         .map_err(|e| format!("Post \"{url_text}\": {e}"))?
         .to_bytes();
     if !status.is_success() {
-        return Err(format!("Post \"{url_text}\": expected webhook response status 200, got {status}"));
+        return Err(format!(
+            "Post \"{url_text}\": expected webhook response status 200, got {status}"
+        ));
     }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("Post \"{url_text}\": invalid AdmissionReview: {e}"))?;
-    v.get("response").cloned().ok_or_else(|| "webhook response was absent".to_string())
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("Post \"{url_text}\": invalid AdmissionReview: {e}"))?;
+    v.get("response")
+        .cloned()
+        .ok_or_else(|| "webhook response was absent".to_string())
 }
 
 async fn call_with_policy(server: &Server, h: &Hook, body: &Value) -> ApiResult<Option<Value>> {
-    let name = h.hook.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-    let timeout = h.hook.get("timeoutSeconds").and_then(Value::as_u64).unwrap_or(10).clamp(1, 30);
+    let name = h
+        .hook
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let timeout = h
+        .hook
+        .get("timeoutSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(10)
+        .clamp(1, 30);
     let fail_open = h.hook.get("failurePolicy").and_then(Value::as_str) == Some("Ignore");
-    let r = match tokio::time::timeout(Duration::from_secs(timeout), call(server, &h.hook, body)).await {
+    let r = match tokio::time::timeout(Duration::from_secs(timeout), call(server, &h.hook, body))
+        .await
+    {
         Ok(r) => r,
         Err(_) => Err(format!("context deadline exceeded (timeout {timeout}s)")),
     };
     match r {
         Ok(resp) => Ok(Some(resp)),
         Err(_) if fail_open => Ok(None),
-        Err(e) => Err(ApiError::internal(format!("Internal error occurred: failed calling webhook \"{name}\": failed to call webhook: {e}"))),
+        Err(e) => Err(ApiError::internal(format!(
+            "Internal error occurred: failed calling webhook \"{name}\": failed to call webhook: {e}"
+        ))),
     }
 }
 
 fn denial(hook_name: &str, resp: &Value) -> ApiError {
     let status = resp.get("status").cloned().unwrap_or(Value::Null);
-    let code = status.get("code").and_then(Value::as_u64).map_or(403, |c| c as u16);
-    let msg = status.get("message").and_then(Value::as_str).unwrap_or_default();
+    let code = status
+        .get("code")
+        .and_then(Value::as_u64)
+        .map_or(403, |c| c as u16);
+    let msg = status
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let reason = match status.get("reason").and_then(Value::as_str) {
         Some("Invalid") => "Invalid",
         Some("Conflict") => "Conflict",
@@ -260,36 +358,70 @@ fn denial(hook_name: &str, resp: &Value) -> ApiError {
 
 fn collect_warnings(resp: &Value, ctx: &mut WriteCtx) {
     if let Some(ws) = resp.get("warnings").and_then(Value::as_array) {
-        ctx.warnings.extend(ws.iter().filter_map(Value::as_str).map(String::from));
+        ctx.warnings
+            .extend(ws.iter().filter_map(Value::as_str).map(String::from));
     }
 }
 
 /// Runs mutating webhooks in name order; returns whether the object changed.
 #[allow(clippy::too_many_arguments)]
-pub async fn mutate(server: &Arc<Server>, def: &ResourceDef, version: &str, sub: Option<&str>, op: AdmissionOp, new: &mut Value, old: Option<&Value>, ctx: &mut WriteCtx) -> ApiResult<bool> {
-    let hooks = matching_hooks(server, "mutatingwebhookconfigurations", def, version, sub, op, new);
+pub async fn mutate(
+    server: &Arc<Server>,
+    def: &ResourceDef,
+    version: &str,
+    sub: Option<&str>,
+    op: AdmissionOp,
+    new: &mut Value,
+    old: Option<&Value>,
+    ctx: &mut WriteCtx,
+) -> ApiResult<bool> {
+    let hooks = matching_hooks(
+        server,
+        "mutatingwebhookconfigurations",
+        def,
+        version,
+        sub,
+        op,
+        new,
+    );
     let mut changed = false;
     for h in hooks {
         let body = review(def, version, sub, op, new, old, ctx);
         let Some(resp) = call_with_policy(server, &h, &body).await? else {
             continue;
         };
-        let name = h.hook.get("name").and_then(Value::as_str).unwrap_or_default();
+        let name = h
+            .hook
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         collect_warnings(&resp, ctx);
         if resp.get("allowed").and_then(Value::as_bool) != Some(true) {
             return Err(denial(name, &resp));
         }
         if let Some(p) = resp.get("patch").and_then(Value::as_str) {
             if resp.get("patchType").and_then(Value::as_str) != Some("JSONPatch") {
-                return Err(ApiError::internal(format!("Internal error occurred: webhook \"{name}\" returned a patch without patchType JSONPatch")));
+                return Err(ApiError::internal(format!(
+                    "Internal error occurred: webhook \"{name}\" returned a patch without patchType JSONPatch"
+                )));
             }
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(p)
-                .map_err(|e| ApiError::internal(format!("Internal error occurred: webhook \"{name}\" patch is not base64: {e}")))?;
-            let patch: json_patch::Patch = serde_json::from_slice(&raw)
-                .map_err(|e| ApiError::internal(format!("Internal error occurred: webhook \"{name}\" patch is not a JSON patch: {e}")))?;
-            json_patch::patch(new, &patch)
-                .map_err(|e| ApiError::internal(format!("Internal error occurred: webhook \"{name}\" patch failed to apply: {e}")))?;
+                .map_err(|e| {
+                    ApiError::internal(format!(
+                        "Internal error occurred: webhook \"{name}\" patch is not base64: {e}"
+                    ))
+                })?;
+            let patch: json_patch::Patch = serde_json::from_slice(&raw).map_err(|e| {
+                ApiError::internal(format!(
+                    "Internal error occurred: webhook \"{name}\" patch is not a JSON patch: {e}"
+                ))
+            })?;
+            json_patch::patch(new, &patch).map_err(|e| {
+                ApiError::internal(format!(
+                    "Internal error occurred: webhook \"{name}\" patch failed to apply: {e}"
+                ))
+            })?;
             changed = true;
         }
     }
@@ -298,9 +430,30 @@ pub async fn mutate(server: &Arc<Server>, def: &ResourceDef, version: &str, sub:
 
 /// Runs validating webhooks.
 #[allow(clippy::too_many_arguments)]
-pub async fn validate(server: &Arc<Server>, def: &ResourceDef, version: &str, sub: Option<&str>, op: AdmissionOp, new: &Value, old: Option<&Value>, ctx: &mut WriteCtx) -> ApiResult<()> {
-    let subject = if new.is_null() { old.unwrap_or(&Value::Null) } else { new };
-    let hooks = matching_hooks(server, "validatingwebhookconfigurations", def, version, sub, op, subject);
+pub async fn validate(
+    server: &Arc<Server>,
+    def: &ResourceDef,
+    version: &str,
+    sub: Option<&str>,
+    op: AdmissionOp,
+    new: &Value,
+    old: Option<&Value>,
+    ctx: &mut WriteCtx,
+) -> ApiResult<()> {
+    let subject = if new.is_null() {
+        old.unwrap_or(&Value::Null)
+    } else {
+        new
+    };
+    let hooks = matching_hooks(
+        server,
+        "validatingwebhookconfigurations",
+        def,
+        version,
+        sub,
+        op,
+        subject,
+    );
     for h in hooks {
         let body = review(def, version, sub, op, new, old, ctx);
         let Some(resp) = call_with_policy(server, &h, &body).await? else {
@@ -308,7 +461,11 @@ pub async fn validate(server: &Arc<Server>, def: &ResourceDef, version: &str, su
         };
         collect_warnings(&resp, ctx);
         if resp.get("allowed").and_then(Value::as_bool) != Some(true) {
-            let name = h.hook.get("name").and_then(Value::as_str).unwrap_or_default();
+            let name = h
+                .hook
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             return Err(denial(name, &resp));
         }
     }

@@ -44,8 +44,10 @@ fn json_response(code: u16, v: &Value, warnings: &[String]) -> Response<Body> {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut resp = Response::new(full(body));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     add_warnings(resp.headers_mut(), warnings);
     resp
 }
@@ -61,10 +63,10 @@ fn add_warnings(h: &mut HeaderMap, warnings: &[String]) {
 
 fn error_response(e: &ApiError) -> Response<Body> {
     let mut resp = json_response(e.code, &e.to_status(), &[]);
-    if let Some(r) = e.retry_after {
-        if let Ok(v) = HeaderValue::from_str(&r.to_string()) {
-            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
-        }
+    if let Some(r) = e.retry_after
+        && let Ok(v) = HeaderValue::from_str(&r.to_string())
+    {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
     }
     resp
 }
@@ -119,7 +121,10 @@ impl Query {
     }
 
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, k: &str) -> bool {
@@ -175,7 +180,10 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
 }
 
@@ -297,20 +305,32 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
-async fn handle_inner(server: &Arc<Server>, req: http::Request<Incoming>) -> ApiResult<Response<Body>> {
+async fn handle_inner(
+    server: &Arc<Server>,
+    req: http::Request<Incoming>,
+) -> ApiResult<Response<Body>> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let q = Query::parse(parts.uri.query());
     if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
         let mut r = Response::new(full("ok"));
-        r.headers_mut()
-            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
         return Ok(r);
     }
     let token = bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-    let mut user = server.tokens.authenticate(token).ok_or_else(ApiError::unauthorized)?;
+    let mut user = server
+        .tokens
+        .authenticate(token)
+        .ok_or_else(ApiError::unauthorized)?;
     // Impersonation, allowed to cluster admins (kubectl --as / --as-group).
-    if let Some(imp) = parts.headers.get("Impersonate-User").and_then(|v| v.to_str().ok()) {
+    if let Some(imp) = parts
+        .headers
+        .get("Impersonate-User")
+        .and_then(|v| v.to_str().ok())
+    {
         let allowed = user.is_master()
             || (server.authorization == Authorization::Rbac && {
                 let store = server.lock();
@@ -362,7 +382,9 @@ async fn handle_inner(server: &Arc<Server>, req: http::Request<Incoming>) -> Api
     }
     if let Some(admin) = path.strip_prefix("/_standin/") {
         if !user.is_master() {
-            return Err(ApiError::forbidden("the stand-in admin API is for cluster admins"));
+            return Err(ApiError::forbidden(
+                "the stand-in admin API is for cluster admins",
+            ));
         }
         let bytes = read_body(body).await?;
         return admin_endpoint(server, &parts.method, admin, &bytes);
@@ -372,28 +394,43 @@ async fn handle_inner(server: &Arc<Server>, req: http::Request<Incoming>) -> Api
             authorize_path(server, &user, "get", &path)?;
             return discovery(server, &path, &parts.headers);
         }
-        Some(Err(())) => return Err(ApiError::not_found("", "", &path).with_message("the server could not find the requested resource")),
+        Some(Err(())) => {
+            return Err(ApiError::not_found("", "", &path)
+                .with_message("the server could not find the requested resource"));
+        }
         Some(Ok(t)) => t,
     };
     let verb = verb_of(&parts.method, &target, &q);
     let def = {
         let store = server.lock();
-        store.registry.lookup(&target.group, &target.version, &target.plural).cloned()
+        store
+            .registry
+            .lookup(&target.group, &target.version, &target.plural)
+            .cloned()
     };
     let Some(def) = def else {
-        return Err(ApiError::not_found("", "", "").with_message("the server could not find the requested resource"));
+        return Err(ApiError::not_found("", "", "")
+            .with_message("the server could not find the requested resource"));
     };
-    if def.namespaced != target.ns.is_some() && !(def.namespaced && target.name.is_none() && matches!(verb, "list" | "watch" | "create" | "deletecollection")) {
-        return Err(ApiError::not_found("", "", "").with_message("the server could not find the requested resource"));
+    if def.namespaced != target.ns.is_some()
+        && !(def.namespaced
+            && target.name.is_none()
+            && matches!(verb, "list" | "watch" | "create" | "deletecollection"))
+    {
+        return Err(ApiError::not_found("", "", "")
+            .with_message("the server could not find the requested resource"));
     }
     if let Some(sub) = &target.sub {
         let ok = match sub.as_str() {
-            "status" => def.version(&target.version).is_some_and(|v| v.status_subresource),
+            "status" => def
+                .version(&target.version)
+                .is_some_and(|v| v.status_subresource),
             "finalize" => def.group.is_empty() && def.plural == "namespaces",
             _ => false,
         };
         if !ok {
-            return Err(ApiError::not_found("", "", "").with_message("the server could not find the requested resource"));
+            return Err(ApiError::not_found("", "", "")
+                .with_message("the server could not find the requested resource"));
         }
     }
     let attrs = Attributes {
@@ -418,12 +455,17 @@ async fn handle_inner(server: &Arc<Server>, req: http::Request<Incoming>) -> Api
             return Err(e);
         }
     }
-    let is_write = matches!(verb, "create" | "update" | "patch" | "delete" | "deletecollection");
+    let is_write = matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    );
     if is_write {
         inject_write_fault(&server.faults(), &def, target.name.as_deref().unwrap_or(""))?;
     }
     if def.create_only && verb != "create" {
-        return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+        return Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        ));
     }
     let content_type = parts
         .headers
@@ -452,10 +494,13 @@ async fn handle_inner(server: &Arc<Server>, req: http::Request<Incoming>) -> Api
         },
         warnings: Vec::new(),
     };
-    if let Some(dr) = q.get("dryRun") {
-        if dr != "All" && !dr.is_empty() {
-            return Err(ApiError::bad_request(format!("Unsupported value: \"{dr}\": supported values: \"All\"")));
-        }
+    if let Some(dr) = q.get("dryRun")
+        && dr != "All"
+        && !dr.is_empty()
+    {
+        return Err(ApiError::bad_request(format!(
+            "Unsupported value: \"{dr}\": supported values: \"All\""
+        )));
     }
     let result = match verb {
         "get" => {
@@ -467,7 +512,17 @@ async fn handle_inner(server: &Arc<Server>, req: http::Request<Incoming>) -> Api
             let obj = convert_version(&def, &target.version, &obj);
             if table {
                 let rv = meta_str(&obj, "resourceVersion").to_string();
-                (200, table::table(&def, &target.version, &[&obj], &rv, None, q.get("includeObject").unwrap_or("Metadata")))
+                (
+                    200,
+                    table::table(
+                        &def,
+                        &target.version,
+                        &[&obj],
+                        &rv,
+                        None,
+                        q.get("includeObject").unwrap_or("Metadata"),
+                    ),
+                )
             } else {
                 (200, obj)
             }
@@ -477,7 +532,11 @@ async fn handle_inner(server: &Arc<Server>, req: http::Request<Incoming>) -> Api
         "create" => {
             if def.create_only {
                 let body = decode(&read_body(body).await?, &content_type)?;
-                return Ok(json_response(201, &access_review(server, &def, &user, body)?, &[]));
+                return Ok(json_response(
+                    201,
+                    &access_review(server, &def, &user, body)?,
+                    &[],
+                ));
             }
             let body = decode(&read_body(body).await?, &content_type)?;
             create(server, &def, &target.version, &ns, body, &mut ctx).await?
@@ -485,12 +544,34 @@ async fn handle_inner(server: &Arc<Server>, req: http::Request<Incoming>) -> Api
         "update" => {
             let body = decode(&read_body(body).await?, &content_type)?;
             let name = target.name.clone().unwrap_or_default();
-            update(server, &def, &target.version, &ns, &name, target.sub.as_deref(), body, &mut ctx).await?
+            update(
+                server,
+                &def,
+                &target.version,
+                &ns,
+                &name,
+                target.sub.as_deref(),
+                body,
+                &mut ctx,
+            )
+            .await?
         }
         "patch" => {
             let bytes = read_body(body).await?;
             let name = target.name.clone().unwrap_or_default();
-            patch(server, &def, &target.version, &ns, &name, target.sub.as_deref(), &content_type, &bytes, &q, &mut ctx).await?
+            patch(
+                server,
+                &def,
+                &target.version,
+                &ns,
+                &name,
+                target.sub.as_deref(),
+                &content_type,
+                &bytes,
+                &q,
+                &mut ctx,
+            )
+            .await?
         }
         "delete" => {
             let bytes = read_body(body).await?;
@@ -503,7 +584,11 @@ async fn handle_inner(server: &Arc<Server>, req: http::Request<Incoming>) -> Api
             let opts = decode(&bytes, &content_type)?;
             delete_collection(server, &def, &target, &opts, &q, &mut ctx).await?
         }
-        _ => return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ));
+        }
     };
     Ok(json_response(result.0, &result.1, &ctx.warnings))
 }
@@ -520,7 +605,9 @@ impl ApiError {
 
 fn inject_write_fault(f: &Faults, def: &ResourceDef, name: &str) -> ApiResult<()> {
     if f.write_error_500 > 0.0 && fastrand::f64() < f.write_error_500 {
-        return Err(ApiError::internal("Internal error occurred: injected fault (kube-standin)"));
+        return Err(ApiError::internal(
+            "Internal error occurred: injected fault (kube-standin)",
+        ));
     }
     if f.write_error_409 > 0.0 && fastrand::f64() < f.write_error_409 {
         return Err(ApiError::stale(&def.group, &def.plural, name));
@@ -551,7 +638,10 @@ fn authorize_path(server: &Server, user: &UserInfo, verb: &str, path: &str) -> A
 
 fn discovery(server: &Server, path: &str, _headers: &HeaderMap) -> ApiResult<Response<Body>> {
     let store = server.lock();
-    let nf = || ApiError::not_found("", "", "").with_message("the server could not find the requested resource");
+    let nf = || {
+        ApiError::not_found("", "", "")
+            .with_message("the server could not find the requested resource")
+    };
     let doc = match path.trim_end_matches('/') {
         "/version" => json!({
             "major": "1", "minor": "33", "gitVersion": "v1.33.0-kube-standin",
@@ -565,15 +655,23 @@ fn discovery(server: &Server, path: &str, _headers: &HeaderMap) -> ApiResult<Res
         }),
         "/apis" => store.registry.api_group_list(),
         "/openapi/v3" => store.registry.openapi_v3_root(),
-        "/openapi/v2" => return Err(ApiError::not_found("", "", "").with_message("the stand-in serves OpenAPI v3 only")),
+        "/openapi/v2" => {
+            return Err(
+                ApiError::not_found("", "", "").with_message("the stand-in serves OpenAPI v3 only")
+            );
+        }
         p => {
             let segs: Vec<&str> = p.trim_matches('/').split('/').collect();
             match segs.as_slice() {
                 ["api", v] => store.registry.resource_list("", v).ok_or_else(nf)?,
                 ["apis", g] => store.registry.api_group(g).ok_or_else(nf)?,
                 ["apis", g, v] => store.registry.resource_list(g, v).ok_or_else(nf)?,
-                ["openapi", "v3", "api", v] => store.registry.openapi_v3_gv("", v).ok_or_else(nf)?,
-                ["openapi", "v3", "apis", g, v] => store.registry.openapi_v3_gv(g, v).ok_or_else(nf)?,
+                ["openapi", "v3", "api", v] => {
+                    store.registry.openapi_v3_gv("", v).ok_or_else(nf)?
+                }
+                ["openapi", "v3", "apis", g, v] => {
+                    store.registry.openapi_v3_gv(g, v).ok_or_else(nf)?
+                }
                 _ => return Err(nf()),
             }
         }
@@ -581,18 +679,40 @@ fn discovery(server: &Server, path: &str, _headers: &HeaderMap) -> ApiResult<Res
     Ok(json_response(200, &doc, &[]))
 }
 
-fn admin_endpoint(server: &Server, method: &Method, path: &str, body: &[u8]) -> ApiResult<Response<Body>> {
+fn admin_endpoint(
+    server: &Server,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> ApiResult<Response<Body>> {
     match (method, path) {
-        (&Method::GET, "faults") => Ok(json_response(200, &serde_json::to_value(server.faults()).unwrap_or_default(), &[])),
+        (&Method::GET, "faults") => Ok(json_response(
+            200,
+            &serde_json::to_value(server.faults()).unwrap_or_default(),
+            &[],
+        )),
         (&Method::PUT | &Method::POST, "faults") => {
-            let f: Faults = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("faults: {e}")))?;
+            let f: Faults = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("faults: {e}")))?;
             server.faults.send_replace(f.clone());
-            Ok(json_response(200, &serde_json::to_value(f).unwrap_or_default(), &[]))
+            Ok(json_response(
+                200,
+                &serde_json::to_value(f).unwrap_or_default(),
+                &[],
+            ))
+        }
+        (&Method::POST, "close-watches") => {
+            server.watch_epoch.send_modify(|e| *e += 1);
+            Ok(json_response(200, &json!({"closed": true}), &[]))
         }
         (&Method::POST, "compact") => {
             let mut s = server.lock();
             s.compact();
-            Ok(json_response(200, &json!({"compactedResourceVersion": s.compacted_rv.to_string()}), &[]))
+            Ok(json_response(
+                200,
+                &json!({"compactedResourceVersion": s.compacted_rv.to_string()}),
+                &[],
+            ))
         }
         (&Method::GET, "stats") => {
             let s = server.lock();
@@ -618,33 +738,55 @@ fn convert_version(def: &ResourceDef, version: &str, obj: &Arc<Value>) -> Value 
 
 fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&json!({"rv": rv, "ns": ns, "name": name})).unwrap_or_default())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&json!({"rv": rv, "ns": ns, "name": name})).unwrap_or_default())
 }
 
 fn decode_continue(s: &str) -> ApiResult<(u64, String, String)> {
     use base64::Engine;
     let bad = || ApiError::bad_request("continue key is not valid");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     Ok((
         v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?,
-        v.get("ns").and_then(Value::as_str).unwrap_or_default().into(),
-        v.get("name").and_then(Value::as_str).unwrap_or_default().into(),
+        v.get("ns")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .into(),
+        v.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .into(),
     ))
 }
 
-fn list(server: &Server, def: &ResourceDef, t: &Target, q: &Query, table: bool) -> ApiResult<Value> {
+fn list(
+    server: &Server,
+    def: &ResourceDef,
+    t: &Target,
+    q: &Query,
+    table: bool,
+) -> ApiResult<Value> {
     let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or_default())?;
     let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default(), def.is_custom())?;
-    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
-    let cont = q.get("continue").filter(|c| !c.is_empty()).map(decode_continue).transpose()?;
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let cont = q
+        .get("continue")
+        .filter(|c| !c.is_empty())
+        .map(decode_continue)
+        .transpose()?;
     let store = server.lock();
-    if let Some((rv, _, _)) = &cont {
-        if *rv < store.compacted_rv {
-            return Err(ApiError::gone(
-                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
-            ));
-        }
+    if let Some((rv, _, _)) = &cont
+        && *rv < store.compacted_rv
+    {
+        return Err(ApiError::gone(
+            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+        ));
     }
     let all = store.list(&ResKey::new(&def.group, &def.plural), t.ns.as_deref());
     let rv = cont.as_ref().map_or(store.rv, |c| c.0);
@@ -662,25 +804,39 @@ fn list(server: &Server, def: &ResourceDef, t: &Target, q: &Query, table: bool) 
         if !labels.matches(o) || !fields.matches(o) {
             continue;
         }
-        if let Some(l) = limit {
-            if items.len() == l {
-                if next.is_none() {
-                    if let Some(last) = items.last() {
-                        let last: &Arc<Value> = last;
-                        next = Some(encode_continue(rv, meta_str(last, "namespace"), meta_str(last, "name")));
-                    }
-                }
-                remaining += 1;
-                continue;
+        if let Some(l) = limit
+            && items.len() == l
+        {
+            if next.is_none()
+                && let Some(last) = items.last()
+            {
+                let last: &Arc<Value> = last;
+                next = Some(encode_continue(
+                    rv,
+                    meta_str(last, "namespace"),
+                    meta_str(last, "name"),
+                ));
             }
+            remaining += 1;
+            continue;
         }
         items.push(o.clone());
     }
     let rv_s = rv.to_string();
     if table {
-        let converted: Vec<Value> = items.iter().map(|o| convert_version(def, &t.version, o)).collect();
+        let converted: Vec<Value> = items
+            .iter()
+            .map(|o| convert_version(def, &t.version, o))
+            .collect();
         let refs: Vec<&Value> = converted.iter().collect();
-        return Ok(table::table(def, &t.version, &refs, &rv_s, next.as_deref(), q.get("includeObject").unwrap_or("Metadata")));
+        return Ok(table::table(
+            def,
+            &t.version,
+            &refs,
+            &rv_s,
+            next.as_deref(),
+            q.get("includeObject").unwrap_or("Metadata"),
+        ));
     }
     let items: Vec<Value> = items
         .iter()
@@ -721,7 +877,13 @@ fn watch_frame(type_: &str, obj: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-fn watch(server: Arc<Server>, def: ResourceDef, t: Target, q: &Query, table: bool) -> ApiResult<Response<Body>> {
+fn watch(
+    server: Arc<Server>,
+    def: ResourceDef,
+    t: Target,
+    q: &Query,
+    table: bool,
+) -> ApiResult<Response<Body>> {
     let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or_default())?;
     let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default(), def.is_custom())?;
     let bookmarks = q.flag("allowWatchBookmarks");
@@ -734,19 +896,29 @@ fn watch(server: Arc<Server>, def: ResourceDef, t: Target, q: &Query, table: boo
     let rv_param = q.get("resourceVersion").unwrap_or_default().to_string();
     let include_object = q.get("includeObject").unwrap_or("Metadata").to_string();
     let res = ResKey::new(&def.group, &def.plural);
+    server
+        .watch_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, rx) = futures::channel::mpsc::channel::<Bytes>(1024);
     let matches = {
         let labels = labels.clone();
         let fields = fields.clone();
         let ns = t.ns.clone();
         move |o: &Value| {
-            ns.as_deref().is_none_or(|n| meta_str(o, "namespace") == n) && labels.matches(o) && fields.matches(o)
+            ns.as_deref().is_none_or(|n| meta_str(o, "namespace") == n)
+                && labels.matches(o)
+                && fields.matches(o)
         }
     };
     // Set up the starting point under the lock so no event is missed.
     enum Start {
         Gone(u64, u64),
-        Ready(Vec<(EventType, Arc<Value>)>, Vec<Arc<super::store::Event>>, tokio::sync::broadcast::Receiver<Arc<super::store::Event>>, u64),
+        Ready(
+            Vec<(EventType, Arc<Value>)>,
+            Vec<Arc<super::store::Event>>,
+            tokio::sync::broadcast::Receiver<Arc<super::store::Event>>,
+            u64,
+        ),
     }
     let start = {
         let store = server.lock();
@@ -759,9 +931,9 @@ fn watch(server: Arc<Server>, def: ResourceDef, t: Target, q: &Query, table: boo
                 .collect();
             Start::Ready(initial, Vec::new(), store.tx.subscribe(), store.rv)
         } else {
-            let from: u64 = rv_param
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv_param}")))?;
+            let from: u64 = rv_param.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid resource version: {rv_param}"))
+            })?;
             match store.subscribe_from(&res, from) {
                 Some((backlog, rx)) => Start::Ready(Vec::new(), backlog, rx, from),
                 None => Start::Gone(from, store.compacted_rv),
@@ -790,8 +962,18 @@ fn watch(server: Arc<Server>, def: ResourceDef, t: Target, q: &Query, table: boo
         };
         let (initial, backlog, mut rx, mut last_rv) = match start {
             Start::Gone(from, compacted) => {
-                let status = ApiError::gone(format!("too old resource version: {from} ({compacted})")).to_status();
-                let _ = tx.send(watch_frame("ERROR", &serde_json::to_vec(&status).unwrap_or_default())).await;
+                server2
+                    .watch_gone
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let status =
+                    ApiError::gone(format!("too old resource version: {from} ({compacted})"))
+                        .to_status();
+                let _ = tx
+                    .send(watch_frame(
+                        "ERROR",
+                        &serde_json::to_vec(&status).unwrap_or_default(),
+                    ))
+                    .await;
                 return;
             }
             Start::Ready(i, b, rx, rv) => (i, b, rx, rv),
@@ -809,15 +991,14 @@ fn watch(server: Arc<Server>, def: ResourceDef, t: Target, q: &Query, table: boo
                 return;
             }
         }
-        if send_initial && bookmarks {
-            if tx.send(bookmark(last_rv, true)).await.is_err() {
-                return;
-            }
+        if send_initial && bookmarks && tx.send(bookmark(last_rv, true)).await.is_err() {
+            return;
         }
         let mut queue: std::collections::VecDeque<Arc<super::store::Event>> = backlog.into();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let close_every = server2.faults().watch_close_every_secs.filter(|s| *s > 0.0);
-        let close_at = close_every.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let mut epoch_rx = server2.watch_epoch.subscribe();
+        epoch_rx.borrow_and_update();
         let mut bookmark_tick = tokio::time::interval(server2.bookmark_interval);
         bookmark_tick.tick().await;
         let mut faults_rx = server2.faults.subscribe();
@@ -837,10 +1018,13 @@ fn watch(server: Arc<Server>, def: ResourceDef, t: Target, q: &Query, table: boo
                     (EventType::Modified, true, false) => Some("DELETED"),
                     _ => None,
                 };
-                if let Some(ty) = ty {
-                    if tx.send(render(ty, &ev.obj, Some(ev.obj_json()))).await.is_err() {
-                        return;
-                    }
+                if let Some(ty) = ty
+                    && tx
+                        .send(render(ty, &ev.obj, Some(ev.obj_json())))
+                        .await
+                        .is_err()
+                {
+                    return;
                 }
             }
             if faults_rx.borrow().paused {
@@ -849,6 +1033,12 @@ fn watch(server: Arc<Server>, def: ResourceDef, t: Target, q: &Query, table: boo
                 }
                 continue;
             }
+            // Re-read so that changing the fault also affects open watches.
+            let close_at = server2
+                .faults()
+                .watch_close_every_secs
+                .filter(|s| *s > 0.0)
+                .map(|s| started + Duration::from_secs_f64(s));
             let sleep_until = close_at.map_or(deadline, |c| c.min(deadline));
             tokio::select! {
                 r = rx.recv() => match r {
@@ -863,16 +1053,21 @@ fn watch(server: Arc<Server>, def: ResourceDef, t: Target, q: &Query, table: boo
                     }
                 }
                 _ = faults_rx.changed() => {}
+                _ = epoch_rx.changed() => return,
                 _ = tokio::time::sleep_until(sleep_until) => return,
             }
         }
     });
     let stream = rx.map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut()
-        .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     Ok(resp)
 }
 
@@ -897,29 +1092,51 @@ fn unreachable_meta() -> &'static mut Map<String, Value> {
 fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn validate_name(def: &ResourceDef, name: &str) -> Option<Cause> {
     let label = def.plural == "namespaces" && def.group.is_empty();
     let max = if label { 63 } else { 253 };
-    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label))
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     // RBAC objects and a few others accept path-segment names such as `system:foo`.
     let lenient = def.group == "rbac.authorization.k8s.io";
-    if name.len() > max || (!ok_chars && !(lenient && !name.contains('/') && !name.is_empty())) {
-        let what = if label { "RFC 1123 label" } else { "RFC 1123 subdomain" };
+    let lenient_ok = lenient && !name.contains('/') && !name.is_empty();
+    if name.len() > max || !(ok_chars || lenient_ok) {
+        let what = if label {
+            "RFC 1123 label"
+        } else {
+            "RFC 1123 subdomain"
+        };
         return Some(Cause::new(
             "metadata.name",
             "FieldValueInvalid",
-            format!("Invalid value: \"{name}\": a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+            format!(
+                "Invalid value: \"{name}\": a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+            ),
         ));
     }
     None
@@ -962,7 +1179,13 @@ fn without_volatile(v: &Value) -> Value {
 }
 
 /// Custom-resource schema: prune or reject unknown fields, default, validate.
-fn apply_schema(def: &ResourceDef, version: &str, obj: &mut Value, old: Option<&Value>, ctx: &mut WriteCtx) -> ApiResult<()> {
+fn apply_schema(
+    def: &ResourceDef,
+    version: &str,
+    obj: &mut Value,
+    old: Option<&Value>,
+    ctx: &mut WriteCtx,
+) -> ApiResult<()> {
     let Some(schema) = def.version(version).and_then(|v| v.schema.clone()) else {
         return Ok(());
     };
@@ -970,7 +1193,11 @@ fn apply_schema(def: &ResourceDef, version: &str, obj: &mut Value, old: Option<&
     if !unknown.is_empty() {
         match ctx.validation {
             FieldValidation::Strict => {
-                let list = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect::<Vec<_>>().join(", ");
+                let list = unknown
+                    .iter()
+                    .map(|u| format!("unknown field \"{u}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 return Err(ApiError::bad_request(format!(
                     "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {list}",
                     def.kind,
@@ -978,7 +1205,9 @@ fn apply_schema(def: &ResourceDef, version: &str, obj: &mut Value, old: Option<&
                     def.kind
                 )));
             }
-            FieldValidation::Warn => ctx.warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
+            FieldValidation::Warn => ctx
+                .warnings
+                .extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
             FieldValidation::Ignore => {}
         }
     }
@@ -986,7 +1215,12 @@ fn apply_schema(def: &ResourceDef, version: &str, obj: &mut Value, old: Option<&
     if causes.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::invalid(&def.kind, &def.group, meta_str(obj, "name"), causes))
+        Err(ApiError::invalid(
+            &def.kind,
+            &def.group,
+            meta_str(obj, "name"),
+            causes,
+        ))
     }
 }
 
@@ -998,21 +1232,39 @@ fn builtin_rules(def: &ResourceDef, obj: &mut Value, old: Option<&Value>) -> Api
             let uid = meta_str(obj, "uid").to_string();
             let spec = obj.get_mut("spec").and_then(Value::as_object_mut);
             let Some(spec) = spec else {
-                return Err(ApiError::invalid("Job", "batch", &name, vec![Cause::new("spec.template", "FieldValueRequired", "Required value")]));
+                return Err(ApiError::invalid(
+                    "Job",
+                    "batch",
+                    &name,
+                    vec![Cause::new(
+                        "spec.template",
+                        "FieldValueRequired",
+                        "Required value",
+                    )],
+                ));
             };
             let mut causes = Vec::new();
             if old.is_none() {
                 spec.entry("parallelism").or_insert(json!(1));
-                let mode = spec.get("completionMode").and_then(Value::as_str).unwrap_or("NonIndexed").to_string();
+                let mode = spec
+                    .get("completionMode")
+                    .and_then(Value::as_str)
+                    .unwrap_or("NonIndexed")
+                    .to_string();
                 spec.insert("completionMode".into(), json!(mode));
                 if mode == "Indexed" && spec.get("completions").is_none() {
-                    causes.push(Cause::new("spec.completions", "FieldValueRequired", "Required value: when completion mode is Indexed"));
+                    causes.push(Cause::new(
+                        "spec.completions",
+                        "FieldValueRequired",
+                        "Required value: when completion mode is Indexed",
+                    ));
                 }
                 spec.entry("completions").or_insert(json!(1));
                 spec.entry("backoffLimit").or_insert(json!(6));
                 spec.entry("suspend").or_insert(json!(false));
                 spec.entry("manualSelector").or_insert(json!(false));
-                spec.entry("podReplacementPolicy").or_insert(json!("TerminatingOrFailed"));
+                spec.entry("podReplacementPolicy")
+                    .or_insert(json!("TerminatingOrFailed"));
                 spec.insert(
                     "selector".into(),
                     json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
@@ -1032,75 +1284,157 @@ fn builtin_rules(def: &ResourceDef, obj: &mut Value, old: Option<&Value>) -> Api
             } else if let Some(o) = old {
                 for immutable in ["completions", "completionMode", "selector", "template"] {
                     let before = o.pointer(&format!("/spec/{immutable}"));
-                    if spec.get(immutable) != before && !(immutable == "template" && o.pointer("/spec/suspend") == Some(&json!(true))) {
-                        causes.push(Cause::new(format!("spec.{immutable}"), "FieldValueInvalid", "Invalid value: field is immutable"));
+                    if spec.get(immutable) != before
+                        && !(immutable == "template"
+                            && o.pointer("/spec/suspend") == Some(&json!(true)))
+                    {
+                        causes.push(Cause::new(
+                            format!("spec.{immutable}"),
+                            "FieldValueInvalid",
+                            "Invalid value: field is immutable",
+                        ));
                     }
                 }
             }
-            let containers = spec.get("template").and_then(|t| t.pointer("/spec/containers")).and_then(Value::as_array);
+            let containers = spec
+                .get("template")
+                .and_then(|t| t.pointer("/spec/containers"))
+                .and_then(Value::as_array);
             if containers.is_none_or(Vec::is_empty) {
-                causes.push(Cause::new("spec.template.spec.containers", "FieldValueRequired", "Required value"));
+                causes.push(Cause::new(
+                    "spec.template.spec.containers",
+                    "FieldValueRequired",
+                    "Required value",
+                ));
             }
-            let rp = spec.get("template").and_then(|t| t.pointer("/spec/restartPolicy")).and_then(Value::as_str).unwrap_or("");
+            let rp = spec
+                .get("template")
+                .and_then(|t| t.pointer("/spec/restartPolicy"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if rp != "Never" && rp != "OnFailure" {
                 causes.push(Cause::new(
                     "spec.template.spec.restartPolicy",
                     "FieldValueRequired",
-                    format!("Unsupported value: \"{rp}\": supported values: \"OnFailure\", \"Never\""),
+                    format!(
+                        "Unsupported value: \"{rp}\": supported values: \"OnFailure\", \"Never\""
+                    ),
                 ));
             }
-            for f in ["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds"] {
-                if let Some(n) = spec.get(f).and_then(Value::as_i64) {
-                    if n < 0 || (f == "activeDeadlineSeconds" && n == 0) {
-                        causes.push(Cause::new(format!("spec.{f}"), "FieldValueInvalid", format!("Invalid value: {n}: must be greater than {}", if f == "activeDeadlineSeconds" { "0" } else { "or equal to 0" })));
-                    }
+            for f in [
+                "parallelism",
+                "completions",
+                "backoffLimit",
+                "activeDeadlineSeconds",
+            ] {
+                if let Some(n) = spec.get(f).and_then(Value::as_i64)
+                    && (n < 0 || (f == "activeDeadlineSeconds" && n == 0))
+                {
+                    causes.push(Cause::new(
+                        format!("spec.{f}"),
+                        "FieldValueInvalid",
+                        format!(
+                            "Invalid value: {n}: must be greater than {}",
+                            if f == "activeDeadlineSeconds" {
+                                "0"
+                            } else {
+                                "or equal to 0"
+                            }
+                        ),
+                    ));
                 }
             }
             if !causes.is_empty() {
                 return Err(ApiError::invalid("Job", "batch", &name, causes));
             }
         }
-        ("", "namespaces") => {
-            if old.is_none() {
-                obj["spec"] = json!({"finalizers": ["kubernetes"]});
-                obj["status"] = json!({"phase": "Active"});
-                let labels = meta_mut(obj).entry("labels").or_insert(json!({}));
-                if let Some(l) = labels.as_object_mut() {
-                    l.insert("kubernetes.io/metadata.name".into(), json!(name));
-                }
+        ("", "namespaces") if old.is_none() => {
+            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            obj["status"] = json!({"phase": "Active"});
+            let labels = meta_mut(obj).entry("labels").or_insert(json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert("kubernetes.io/metadata.name".into(), json!(name));
             }
         }
         ("coordination.k8s.io", "leases") => {
-            if let Some(d) = obj.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64) {
-                if d <= 0 {
-                    return Err(ApiError::invalid("Lease", "coordination.k8s.io", &name, vec![Cause::new("spec.leaseDurationSeconds", "FieldValueInvalid", format!("Invalid value: {d}: must be greater than 0"))]));
-                }
+            if let Some(d) = obj
+                .pointer("/spec/leaseDurationSeconds")
+                .and_then(Value::as_i64)
+                && d <= 0
+            {
+                return Err(ApiError::invalid(
+                    "Lease",
+                    "coordination.k8s.io",
+                    &name,
+                    vec![Cause::new(
+                        "spec.leaseDurationSeconds",
+                        "FieldValueInvalid",
+                        format!("Invalid value: {d}: must be greater than 0"),
+                    )],
+                ));
             }
         }
         ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
-            if let Some(o) = old {
-                if o.get("roleRef") != obj.get("roleRef") {
-                    return Err(ApiError::invalid(&def.kind, &def.group, &name, vec![Cause::new("roleRef", "FieldValueInvalid", "Invalid value: cannot change roleRef")]));
-                }
+            if let Some(o) = old
+                && o.get("roleRef") != obj.get("roleRef")
+            {
+                return Err(ApiError::invalid(
+                    &def.kind,
+                    &def.group,
+                    &name,
+                    vec![Cause::new(
+                        "roleRef",
+                        "FieldValueInvalid",
+                        "Invalid value: cannot change roleRef",
+                    )],
+                ));
             }
             if obj.get("roleRef").is_none() {
-                return Err(ApiError::invalid(&def.kind, &def.group, &name, vec![Cause::new("roleRef.kind", "FieldValueNotSupported", "Unsupported value: \"\": supported values: \"Role\", \"ClusterRole\"")]));
+                return Err(ApiError::invalid(
+                    &def.kind,
+                    &def.group,
+                    &name,
+                    vec![Cause::new(
+                        "roleRef.kind",
+                        "FieldValueNotSupported",
+                        "Unsupported value: \"\": supported values: \"Role\", \"ClusterRole\"",
+                    )],
+                ));
             }
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
-            let rd = resources::crd_to_resource(obj).map_err(|c| resources::crd_invalid(&name, c))?;
+            let rd =
+                resources::crd_to_resource(obj).map_err(|c| resources::crd_invalid(&name, c))?;
             if let Some(o) = old {
                 let before = resources::crd_to_resource(o).ok();
                 if let Some(b) = before {
                     if b.group != rd.group || b.plural != rd.plural {
-                        return Err(resources::crd_invalid(&name, vec![Cause::new("spec.names.plural", "FieldValueInvalid", "Invalid value: field is immutable")]));
+                        return Err(resources::crd_invalid(
+                            &name,
+                            vec![Cause::new(
+                                "spec.names.plural",
+                                "FieldValueInvalid",
+                                "Invalid value: field is immutable",
+                            )],
+                        ));
                     }
                     if b.namespaced != rd.namespaced {
-                        return Err(resources::crd_invalid(&name, vec![Cause::new("spec.scope", "FieldValueInvalid", "Invalid value: field is immutable")]));
+                        return Err(resources::crd_invalid(
+                            &name,
+                            vec![Cause::new(
+                                "spec.scope",
+                                "FieldValueInvalid",
+                                "Invalid value: field is immutable",
+                            )],
+                        ));
                     }
                 }
             }
-            if old.is_none() || obj.get("status").is_none_or(|s| s.get("conditions").is_none()) {
+            if old.is_none()
+                || obj
+                    .get("status")
+                    .is_none_or(|s| s.get("conditions").is_none())
+            {
                 obj["status"] = resources::crd_status(obj, &now_rfc3339());
             }
         }
@@ -1134,7 +1468,14 @@ async fn finish_write(
     // Request metadata the server owns.
     {
         let m = meta_mut(&mut new);
-        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "selfLink",
+        ] {
             m.remove(k);
         }
         if !ssa_done {
@@ -1156,10 +1497,10 @@ async fn finish_write(
             if def.has_generation {
                 m.insert("generation".into(), json!(1));
             }
-            if scope == Scope::Main {
-                if let Some(o) = new.as_object_mut() {
-                    o.remove("status");
-                }
+            if scope == Scope::Main
+                && let Some(o) = new.as_object_mut()
+            {
+                o.remove("status");
             }
         }
         Some(o) => {
@@ -1194,17 +1535,41 @@ async fn finish_write(
                     }
                 }
                 let m = meta_mut(&mut new);
-                for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+                for k in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                ] {
                     if let Some(v) = om.get(k) {
                         m.insert(k.into(), v.clone());
                     }
                 }
             }
-            if old.as_ref().is_some_and(|o| o.pointer("/metadata/deletionTimestamp").is_some()) {
+            if old
+                .as_ref()
+                .is_some_and(|o| o.pointer("/metadata/deletionTimestamp").is_some())
+            {
                 let before = finalizers(o);
-                let added: Vec<String> = finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
+                let added: Vec<String> = finalizers(&new)
+                    .into_iter()
+                    .filter(|f| !before.contains(f))
+                    .collect();
                 if !added.is_empty() {
-                    return Err(ApiError::invalid(&def.kind, &def.group, meta_str(o, "name"), vec![Cause::new("metadata.finalizers", "FieldValueForbidden", format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{\"{}\"}}", added.join("\", \"")))]));
+                    return Err(ApiError::invalid(
+                        &def.kind,
+                        &def.group,
+                        meta_str(o, "name"),
+                        vec![Cause::new(
+                            "metadata.finalizers",
+                            "FieldValueForbidden",
+                            format!(
+                                "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{\"{}\"}}",
+                                added.join("\", \"")
+                            ),
+                        )],
+                    ));
                 }
             }
         }
@@ -1214,9 +1579,14 @@ async fn finish_write(
     } else {
         builtin_rules(def, &mut new, old.as_deref())?;
     }
-    let op = if old.is_none() { AdmissionOp::Create } else { AdmissionOp::Update };
+    let op = if old.is_none() {
+        AdmissionOp::Create
+    } else {
+        AdmissionOp::Update
+    };
     // Mutating admission, then validation of what the webhooks produced.
-    let mutated = admission::mutate(server, def, version, sub, op, &mut new, old.as_deref(), ctx).await?;
+    let mutated =
+        admission::mutate(server, def, version, sub, op, &mut new, old.as_deref(), ctx).await?;
     if mutated {
         if def.is_custom() {
             apply_schema(def, version, &mut new, old.as_deref(), ctx)?;
@@ -1226,16 +1596,30 @@ async fn finish_write(
     }
     if let Some(o) = &old {
         if def.has_generation && spec_changed(def, o, &new) {
-            let g = o.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let g = o
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
-        if without_volatile(o) == without_volatile(&new) && !(ssa_done && o.pointer("/metadata/managedFields") != new.pointer("/metadata/managedFields")) {
+        if without_volatile(o) == without_volatile(&new)
+            && !(ssa_done
+                && o.pointer("/metadata/managedFields") != new.pointer("/metadata/managedFields"))
+        {
             // A no-op write changes nothing, not even the resourceVersion.
             return Ok(Commit::Done((**o).clone()));
         }
     }
     if !ssa_done {
-        patch::record_update(old.as_deref(), &mut new, &ctx.manager, &def.api_version(version), sub.unwrap_or(""), scope, &now);
+        patch::record_update(
+            old.as_deref(),
+            &mut new,
+            &ctx.manager,
+            &def.api_version(version),
+            sub.unwrap_or(""),
+            scope,
+            &now,
+        );
     }
     admission::validate(server, def, version, sub, op, &new, old.as_deref(), ctx).await?;
     if ctx.dry_run {
@@ -1246,7 +1630,9 @@ async fn finish_write(
     let current = store.get(&res, ns, &name);
     match (&old, &current) {
         (None, Some(_)) => return Err(ApiError::already_exists(&def.group, &def.plural, &name)),
-        (Some(o), Some(c)) if meta_str(o, "resourceVersion") != meta_str(c, "resourceVersion") => return Ok(Commit::Retry),
+        (Some(o), Some(c)) if meta_str(o, "resourceVersion") != meta_str(c, "resourceVersion") => {
+            return Ok(Commit::Retry);
+        }
         (Some(_), None) => return Err(ApiError::not_found(&def.group, &def.plural, &name)),
         _ => {}
     }
@@ -1254,11 +1640,18 @@ async fn finish_write(
         match store.get(&ResKey::new("", "namespaces"), "", ns) {
             None => return Err(ApiError::not_found("", "namespaces", ns)),
             Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
-                let mut e = ApiError::forbidden(format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", qualified(&def.group, &def.plural)));
+                let mut e = ApiError::forbidden(format!(
+                    "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    qualified(&def.group, &def.plural)
+                ));
                 e.name = Some(name.clone());
                 e.group = Some(def.group.clone());
                 e.kind = Some(def.plural.clone());
-                e.causes = vec![Cause::new("", "NamespaceTerminating", format!("namespace {ns} is being terminated"))];
+                e.causes = vec![Cause::new(
+                    "",
+                    "NamespaceTerminating",
+                    format!("namespace {ns} is being terminated"),
+                )];
                 return Err(e);
             }
             Some(_) => {}
@@ -1273,10 +1666,11 @@ async fn finish_write(
         return Ok(Commit::Done(last.map_or(new, |l| (*l).clone())));
     }
     let stored = store.put(&res, new);
-    if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
-        if let Ok(rd) = resources::crd_to_resource(&stored) {
-            store.registry.register_crd(rd);
-        }
+    if def.group == "apiextensions.k8s.io"
+        && def.plural == "customresourcedefinitions"
+        && let Ok(rd) = resources::crd_to_resource(&stored)
+    {
+        store.registry.register_crd(rd);
     }
     if def.group.is_empty() && def.plural == "namespaces" && old.is_none() {
         // The service-account controller's default account.
@@ -1288,31 +1682,58 @@ async fn finish_write(
 
 fn after_removal(server: &Server, store: &mut Store, def: &ResourceDef, uid: &str, name: &str) {
     if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
-        let (g, p) = name.split_once('.').map(|(p, g)| (g.to_string(), p.to_string())).unwrap_or_default();
+        let (g, p) = name
+            .split_once('.')
+            .map(|(p, g)| (g.to_string(), p.to_string()))
+            .unwrap_or_default();
         let key = ResKey::new(&g, &p);
         for o in store.list(&key, None) {
             store.remove(&key, meta_str(&o, "namespace"), meta_str(&o, "name"));
         }
         store.registry.unregister_crd(&g, &p);
     }
-    server.gc_queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(uid.to_string());
+    server
+        .gc_queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(uid.to_string());
     server.gc_notify.notify_one();
 }
 
-async fn create(server: &Arc<Server>, def: &ResourceDef, version: &str, ns: &str, mut body: Value, ctx: &mut WriteCtx) -> ApiResult<(u16, Value)> {
+async fn create(
+    server: &Arc<Server>,
+    def: &ResourceDef,
+    version: &str,
+    ns: &str,
+    mut body: Value,
+    ctx: &mut WriteCtx,
+) -> ApiResult<(u16, Value)> {
     if !body.is_object() {
-        return Err(ApiError::bad_request("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml"));
+        return Err(ApiError::bad_request(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+        ));
     }
     check_type(def, version, &body)?;
     let body_ns = meta_str(&body, "namespace").to_string();
     if def.namespaced && !body_ns.is_empty() && body_ns != ns {
-        return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     let mut name = meta_str(&body, "name").to_string();
     if name.is_empty() {
         let gen_name = meta_str(&body, "generateName").to_string();
         if gen_name.is_empty() {
-            return Err(ApiError::invalid(&def.kind, &def.group, "", vec![Cause::new("metadata.name", "FieldValueRequired", "Required value: name or generateName is required")]));
+            return Err(ApiError::invalid(
+                &def.kind,
+                &def.group,
+                "",
+                vec![Cause::new(
+                    "metadata.name",
+                    "FieldValueRequired",
+                    "Required value: name or generateName is required",
+                )],
+            ));
         }
         name = format!("{gen_name}{}", random_suffix());
         meta_mut(&mut body).insert("name".into(), json!(name));
@@ -1327,32 +1748,66 @@ async fn create(server: &Arc<Server>, def: &ResourceDef, version: &str, ns: &str
 }
 
 fn check_type(def: &ResourceDef, version: &str, body: &Value) -> ApiResult<()> {
-    let av = body.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let av = body
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
     if !av.is_empty() && av != def.api_version(version) {
-        return Err(ApiError::bad_request(format!("the API version in the data ({av}) does not match the expected API version ({})", def.api_version(version))));
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            def.api_version(version)
+        )));
     }
     if !kind.is_empty() && kind != def.kind {
-        return Err(ApiError::bad_request(format!("the kind in the data ({kind}) does not match the expected kind ({})", def.kind)));
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            def.kind
+        )));
     }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn update(server: &Arc<Server>, def: &ResourceDef, version: &str, ns: &str, name: &str, sub: Option<&str>, body: Value, ctx: &mut WriteCtx) -> ApiResult<(u16, Value)> {
+async fn update(
+    server: &Arc<Server>,
+    def: &ResourceDef,
+    version: &str,
+    ns: &str,
+    name: &str,
+    sub: Option<&str>,
+    body: Value,
+    ctx: &mut WriteCtx,
+) -> ApiResult<(u16, Value)> {
     if !body.is_object() {
-        return Err(ApiError::bad_request("the body of the request was in an unknown format"));
+        return Err(ApiError::bad_request(
+            "the body of the request was in an unknown format",
+        ));
     }
     check_type(def, version, &body)?;
     let body_name = meta_str(&body, "name");
     if !body_name.is_empty() && body_name != name {
-        return Err(ApiError::bad_request(format!("the name of the object ({body_name}) does not match the name on the URL ({name})")));
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
     }
     let res = ResKey::new(&def.group, &def.plural);
-    let old = server.lock().get(&res, ns, name).ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+    let old = server
+        .lock()
+        .get(&res, ns, name)
+        .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
     let want_rv = meta_str(&body, "resourceVersion").to_string();
     if want_rv.is_empty() && def.is_custom() {
-        return Err(ApiError::invalid(&def.kind, &def.group, name, vec![Cause::new("metadata.resourceVersion", "FieldValueInvalid", "Invalid value: 0x0: must be specified for an update")]));
+        return Err(ApiError::invalid(
+            &def.kind,
+            &def.group,
+            name,
+            vec![Cause::new(
+                "metadata.resourceVersion",
+                "FieldValueInvalid",
+                "Invalid value: 0x0: must be specified for an update",
+            )],
+        ));
     }
     if !want_rv.is_empty() && want_rv != meta_str(&old, "resourceVersion") {
         return Err(ApiError::stale(&def.group, &def.plural, name));
@@ -1387,7 +1842,9 @@ async fn patch(
         let (new, ssa) = match ct {
             "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
                 let Some(manager) = q.get("fieldManager").filter(|m| !m.is_empty()) else {
-                    return Err(ApiError::bad_request("PATCH, application/apply-patch+yaml: fieldManager must be set for apply requests"));
+                    return Err(ApiError::bad_request(
+                        "PATCH, application/apply-patch+yaml: fieldManager must be set for apply requests",
+                    ));
                 };
                 if !body.is_object() {
                     return Err(ApiError::bad_request("apply patch must be an object"));
@@ -1395,7 +1852,9 @@ async fn patch(
                 check_type(def, version, &body)?;
                 let bn = meta_str(&body, "name");
                 if bn != name {
-                    return Err(ApiError::bad_request(format!("the name of the object ({bn}) does not match the name on the URL ({name})")));
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({bn}) does not match the name on the URL ({name})"
+                    )));
                 }
                 if old.is_none() && sub.is_some() {
                     return Err(ApiError::not_found(&def.group, &def.plural, name));
@@ -1408,18 +1867,37 @@ async fn patch(
                         let mut probe = applied.clone();
                         let unknown = schema.prune_and_default(&mut probe);
                         if !unknown.is_empty() {
-                            return Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}", def.kind, def.api_version(version), def.kind, unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect::<Vec<_>>().join(", "))));
+                            return Err(ApiError::bad_request(format!(
+                                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                                def.kind,
+                                def.api_version(version),
+                                def.kind,
+                                unknown
+                                    .iter()
+                                    .map(|u| format!("unknown field \"{u}\""))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )));
                         }
                     }
                 }
                 let force = q.flag("force");
-                let merged = patch::server_side_apply(old.as_deref(), &applied, manager, &def.api_version(version), sub.unwrap_or(""), scope, force, &now_rfc3339())
-                    .map_err(|mut e| {
-                        e.name = Some(name.into());
-                        e.group = Some(def.group.clone());
-                        e.kind = Some(def.plural.clone());
-                        e
-                    })?;
+                let merged = patch::server_side_apply(
+                    old.as_deref(),
+                    &applied,
+                    manager,
+                    &def.api_version(version),
+                    sub.unwrap_or(""),
+                    scope,
+                    force,
+                    &now_rfc3339(),
+                )
+                .map_err(|mut e| {
+                    e.name = Some(name.into());
+                    e.group = Some(def.group.clone());
+                    e.kind = Some(def.plural.clone());
+                    e
+                })?;
                 ctx.manager = manager.to_string();
                 (merged, true)
             }
@@ -1433,14 +1911,14 @@ async fn patch(
                     "application/json-patch+json" => patch::json_patch(&mut target, &body)?,
                     "application/strategic-merge-patch+json" => {
                         if def.is_custom() {
-                            return Err(ApiError::unsupported_media(format!(
-                                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
-                            )));
+                            return Err(ApiError::unsupported_media("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".to_string()));
                         }
                         patch::strategic_merge(&mut target, &body, "");
                     }
                     other => {
-                        return Err(ApiError::unsupported_media(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other})")));
+                        return Err(ApiError::unsupported_media(format!(
+                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other})"
+                        )));
                     }
                 }
                 // A resourceVersion in the patch is a precondition.
@@ -1449,19 +1927,24 @@ async fn patch(
                     return Err(ApiError::stale(&def.group, &def.plural, name));
                 }
                 if meta_str(&target, "name") != name {
-                    return Err(ApiError::bad_request("metadata.name cannot be changed by a patch"));
+                    return Err(ApiError::bad_request(
+                        "metadata.name cannot be changed by a patch",
+                    ));
                 }
                 (target, false)
             }
         };
         let created = old.is_none();
-        if created {
-            if let Some(c) = validate_name(def, name) {
-                return Err(ApiError::invalid(&def.kind, &def.group, name, vec![c]));
-            }
+        if created && let Some(c) = validate_name(def, name) {
+            return Err(ApiError::invalid(&def.kind, &def.group, name, vec![c]));
         }
         match finish_write(server, def, version, ns, old, new, sub, ssa, ctx).await? {
-            Commit::Done(v) => return Ok((if created { 201 } else { 200 }, convert_version(def, version, &Arc::new(v)))),
+            Commit::Done(v) => {
+                return Ok((
+                    if created { 201 } else { 200 },
+                    convert_version(def, version, &Arc::new(v)),
+                ));
+            }
             Commit::Retry => continue,
         }
     }
@@ -1477,7 +1960,14 @@ fn delete_status(def: &ResourceDef, name: &str, uid: &str) -> Value {
 
 /// Deletes or marks for deletion under the lock. Returns the stored object
 /// when finalizers keep it, `None` when it is gone.
-fn delete_locked(server: &Server, store: &mut Store, def: &ResourceDef, ns: &str, name: &str, propagation: &str) -> Option<Arc<Value>> {
+fn delete_locked(
+    server: &Server,
+    store: &mut Store,
+    def: &ResourceDef,
+    ns: &str,
+    name: &str,
+    propagation: &str,
+) -> Option<Arc<Value>> {
     let res = ResKey::new(&def.group, &def.plural);
     let cur = store.get(&res, ns, name)?;
     let uid = meta_str(&cur, "uid").to_string();
@@ -1488,10 +1978,11 @@ fn delete_locked(server: &Server, store: &mut Store, def: &ResourceDef, ns: &str
         _ => None,
     };
     let has_dependents = store.dependents.get(&uid).is_some_and(|d| !d.is_empty());
-    if let Some(f) = extra {
-        if has_dependents && !fins.iter().any(|x| x == f) {
-            fins.push(f.to_string());
-        }
+    if let Some(f) = extra
+        && has_dependents
+        && !fins.iter().any(|x| x == f)
+    {
+        fins.push(f.to_string());
     }
     let ns_finalizers = def.group.is_empty() && def.plural == "namespaces";
     if fins.is_empty() && !ns_finalizers {
@@ -1516,29 +2007,74 @@ fn delete_locked(server: &Server, store: &mut Store, def: &ResourceDef, ns: &str
     }
     let stored = store.put(&res, o);
     if extra.is_some() {
-        server.gc_queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(uid);
+        server
+            .gc_queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(uid);
         server.gc_notify.notify_one();
     }
     Some(stored)
 }
 
-async fn delete(server: &Arc<Server>, def: &ResourceDef, ns: &str, name: &str, opts: &Value, q: &Query, ctx: &mut WriteCtx) -> ApiResult<(u16, Value)> {
+async fn delete(
+    server: &Arc<Server>,
+    def: &ResourceDef,
+    ns: &str,
+    name: &str,
+    opts: &Value,
+    q: &Query,
+    ctx: &mut WriteCtx,
+) -> ApiResult<(u16, Value)> {
     let res = ResKey::new(&def.group, &def.plural);
-    let cur = server.lock().get(&res, ns, name).ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+    let cur = server
+        .lock()
+        .get(&res, ns, name)
+        .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
     if let Some(pre) = opts.get("preconditions") {
-        if let Some(uid) = pre.get("uid").and_then(Value::as_str) {
-            if uid != meta_str(&cur, "uid") {
-                return Err(ApiError::conflict(&def.group, &def.plural, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&cur, "uid"))));
-            }
+        if let Some(uid) = pre.get("uid").and_then(Value::as_str)
+            && uid != meta_str(&cur, "uid")
+        {
+            return Err(ApiError::conflict(
+                &def.group,
+                &def.plural,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&cur, "uid")
+                ),
+            ));
         }
-        if let Some(rv) = pre.get("resourceVersion").and_then(Value::as_str) {
-            if rv != meta_str(&cur, "resourceVersion") {
-                return Err(ApiError::conflict(&def.group, &def.plural, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", meta_str(&cur, "resourceVersion"))));
-            }
+        if let Some(rv) = pre.get("resourceVersion").and_then(Value::as_str)
+            && rv != meta_str(&cur, "resourceVersion")
+        {
+            return Err(ApiError::conflict(
+                &def.group,
+                &def.plural,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    meta_str(&cur, "resourceVersion")
+                ),
+            ));
         }
     }
-    let dry = ctx.dry_run || opts.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All"));
-    admission::validate(server, def, def.storage_version(), None, AdmissionOp::Delete, &Value::Null, Some(&cur), ctx).await?;
+    let dry = ctx.dry_run
+        || opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|x| x == "All"));
+    admission::validate(
+        server,
+        def,
+        def.storage_version(),
+        None,
+        AdmissionOp::Delete,
+        &Value::Null,
+        Some(&cur),
+        ctx,
+    )
+    .await?;
     if dry {
         return Ok((200, (*cur).clone()));
     }
@@ -1560,11 +2096,18 @@ async fn delete(server: &Arc<Server>, def: &ResourceDef, ns: &str, name: &str, o
 
 fn orphan_dependents(server: &Server, owner_uid: &str) {
     let mut store = server.lock();
-    let deps: Vec<String> = store.dependents.get(owner_uid).map(|d| d.iter().cloned().collect()).unwrap_or_default();
+    let deps: Vec<String> = store
+        .dependents
+        .get(owner_uid)
+        .map(|d| d.iter().cloned().collect())
+        .unwrap_or_default();
     for d in deps {
         if let Some((res, obj)) = store.get_by_uid(&d) {
             let mut o = (*obj).clone();
-            if let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+            if let Some(refs) = o
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
                 refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid));
             }
             store.put(&res, o);
@@ -1572,7 +2115,14 @@ fn orphan_dependents(server: &Server, owner_uid: &str) {
     }
 }
 
-async fn delete_collection(server: &Arc<Server>, def: &ResourceDef, t: &Target, opts: &Value, q: &Query, ctx: &mut WriteCtx) -> ApiResult<(u16, Value)> {
+async fn delete_collection(
+    server: &Arc<Server>,
+    def: &ResourceDef,
+    t: &Target,
+    opts: &Value,
+    q: &Query,
+    ctx: &mut WriteCtx,
+) -> ApiResult<(u16, Value)> {
     let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or_default())?;
     let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default(), def.is_custom())?;
     let objs: Vec<Arc<Value>> = server
@@ -1583,40 +2133,110 @@ async fn delete_collection(server: &Arc<Server>, def: &ResourceDef, t: &Target, 
         .collect();
     let mut items = Vec::new();
     for o in objs {
-        let (_, v) = delete(server, def, meta_str(&o, "namespace"), meta_str(&o, "name"), opts, q, ctx).await?;
+        let (_, v) = delete(
+            server,
+            def,
+            meta_str(&o, "namespace"),
+            meta_str(&o, "name"),
+            opts,
+            q,
+            ctx,
+        )
+        .await?;
         if v.get("kind").and_then(Value::as_str) != Some("Status") {
             items.push(v);
         } else {
             items.push((*o).clone());
         }
     }
-    Ok((200, json!({"kind": def.list_kind, "apiVersion": def.api_version(&t.version), "metadata": {}, "items": items})))
+    Ok((
+        200,
+        json!({"kind": def.list_kind, "apiVersion": def.api_version(&t.version), "metadata": {}, "items": items}),
+    ))
 }
 
-fn access_review(server: &Server, def: &ResourceDef, user: &UserInfo, mut body: Value) -> ApiResult<Value> {
+fn access_review(
+    server: &Server,
+    def: &ResourceDef,
+    user: &UserInfo,
+    mut body: Value,
+) -> ApiResult<Value> {
     let spec = body.get("spec").cloned().unwrap_or(json!({}));
     let (subject, attrs_src) = if def.plural == "selfsubjectaccessreviews" {
         (user.clone(), spec.clone())
     } else {
         (
             UserInfo {
-                username: spec.get("user").and_then(Value::as_str).unwrap_or_default().into(),
-                uid: spec.get("uid").and_then(Value::as_str).unwrap_or_default().into(),
-                groups: spec.get("groups").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect()).unwrap_or_default(),
+                username: spec
+                    .get("user")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .into(),
+                uid: spec
+                    .get("uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .into(),
+                groups: spec
+                    .get("groups")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             },
             spec.clone(),
         )
     };
     let attrs = if let Some(r) = attrs_src.get("resourceAttributes") {
-        let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-        Attributes { verb: s("verb"), group: s("group"), resource: s("resource"), subresource: s("subresource"), name: s("name"), namespace: s("namespace"), path: None }
+        let s = |k: &str| {
+            r.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Attributes {
+            verb: s("verb"),
+            group: s("group"),
+            resource: s("resource"),
+            subresource: s("subresource"),
+            name: s("name"),
+            namespace: s("namespace"),
+            path: None,
+        }
     } else if let Some(n) = attrs_src.get("nonResourceAttributes") {
-        let s = |k: &str| n.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-        Attributes { verb: s("verb"), group: String::new(), resource: String::new(), subresource: String::new(), name: String::new(), namespace: String::new(), path: Some(s("path")) }
+        let s = |k: &str| {
+            n.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Attributes {
+            verb: s("verb"),
+            group: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            name: String::new(),
+            namespace: String::new(),
+            path: Some(s("path")),
+        }
     } else {
-        return Err(ApiError::invalid(&def.kind, &def.group, "", vec![Cause::new("spec.resourceAttributes", "FieldValueRequired", "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified")]));
+        return Err(ApiError::invalid(
+            &def.kind,
+            &def.group,
+            "",
+            vec![Cause::new(
+                "spec.resourceAttributes",
+                "FieldValueRequired",
+                "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            )],
+        ));
     };
-    let allowed = server.authorization == Authorization::AlwaysAllow || auth::authorize(&server.lock(), &subject, &attrs);
+    let allowed = server.authorization == Authorization::AlwaysAllow
+        || auth::authorize(&server.lock(), &subject, &attrs);
     body["status"] = json!({"allowed": allowed});
     if !allowed {
         body["status"]["reason"] = json!("no RBAC policy matched");
@@ -1639,10 +2259,22 @@ pub fn bootstrap(server: &Server) {
     }
     let rbac = "rbac.authorization.k8s.io";
     let roles = [
-        ("cluster-admin", json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}])),
-        ("view", json!([{"apiGroups": ["", "batch", "apps", "coordination.k8s.io", "events.k8s.io", "policy"], "resources": ["*"], "verbs": ["get", "list", "watch"]}])),
-        ("edit", json!([{"apiGroups": ["", "batch", "apps", "coordination.k8s.io", "events.k8s.io", "policy"], "resources": ["*"], "verbs": ["*"]}])),
-        ("admin", json!([{"apiGroups": ["", "batch", "apps", "coordination.k8s.io", "events.k8s.io", "policy", "rbac.authorization.k8s.io"], "resources": ["*"], "verbs": ["*"]}])),
+        (
+            "cluster-admin",
+            json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]),
+        ),
+        (
+            "view",
+            json!([{"apiGroups": ["", "batch", "apps", "coordination.k8s.io", "events.k8s.io", "policy"], "resources": ["*"], "verbs": ["get", "list", "watch"]}]),
+        ),
+        (
+            "edit",
+            json!([{"apiGroups": ["", "batch", "apps", "coordination.k8s.io", "events.k8s.io", "policy"], "resources": ["*"], "verbs": ["*"]}]),
+        ),
+        (
+            "admin",
+            json!([{"apiGroups": ["", "batch", "apps", "coordination.k8s.io", "events.k8s.io", "policy", "rbac.authorization.k8s.io"], "resources": ["*"], "verbs": ["*"]}]),
+        ),
     ];
     for (name, rules) in roles {
         let obj = json!({"apiVersion": format!("{rbac}/v1"), "kind": "ClusterRole", "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules});
@@ -1659,7 +2291,12 @@ pub async fn gc_loop(server: Arc<Server>) {
         // Real GC is asynchronous; a short delay keeps that visible to tests.
         tokio::time::sleep(Duration::from_millis(20)).await;
         loop {
-            let batch: Vec<String> = std::mem::take(&mut *server.gc_queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let batch: Vec<String> = std::mem::take(
+                &mut *server
+                    .gc_queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
             if batch.is_empty() {
                 break;
             }
@@ -1674,7 +2311,11 @@ fn gc_pass(server: &Arc<Server>, batch: Vec<String>) {
     let server: &Server = server;
     for owner in batch {
         let owner_exists = store.get_by_uid(&owner);
-        let deps: Vec<String> = store.dependents.get(&owner).map(|d| d.iter().cloned().collect()).unwrap_or_default();
+        let deps: Vec<String> = store
+            .dependents
+            .get(&owner)
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
         match owner_exists {
             Some((ores, oobj)) => {
                 // Foreground/orphan deletion in progress: finish it when dependents are gone.
@@ -1682,19 +2323,32 @@ fn gc_pass(server: &Arc<Server>, batch: Vec<String>) {
                 if oobj.pointer("/metadata/deletionTimestamp").is_some() {
                     if fins.iter().any(|f| f == "foregroundDeletion") {
                         for d in &deps {
-                            if let Some((dres, dobj)) = store.get_by_uid(d) {
-                                if let Some(ddef) = store.registry.get(&dres).cloned() {
-                                    delete_locked(server, &mut store, &ddef, meta_str(&dobj, "namespace"), meta_str(&dobj, "name"), "Background");
-                                }
+                            if let Some((dres, dobj)) = store.get_by_uid(d)
+                                && let Some(ddef) = store.registry.get(&dres).cloned()
+                            {
+                                delete_locked(
+                                    server,
+                                    &mut store,
+                                    &ddef,
+                                    meta_str(&dobj, "namespace"),
+                                    meta_str(&dobj, "name"),
+                                    "Background",
+                                );
                             }
                         }
                     }
                     let remaining = store.dependents.get(&owner).is_some_and(|d| !d.is_empty());
                     if !remaining || fins.iter().any(|f| f == "orphan") {
                         let mut o = (*oobj).clone();
-                        let left: Vec<String> = fins.into_iter().filter(|f| f != "foregroundDeletion" && f != "orphan").collect();
+                        let left: Vec<String> = fins
+                            .into_iter()
+                            .filter(|f| f != "foregroundDeletion" && f != "orphan")
+                            .collect();
                         if left.is_empty() {
-                            let (ns, name) = (meta_str(&o, "namespace").to_string(), meta_str(&o, "name").to_string());
+                            let (ns, name) = (
+                                meta_str(&o, "namespace").to_string(),
+                                meta_str(&o, "name").to_string(),
+                            );
                             store.remove(&ores, &ns, &name);
                             if let Some(odef) = store.registry.get(&ores).cloned() {
                                 after_removal(server, &mut store, &odef, &owner, &name);
@@ -1704,7 +2358,11 @@ fn gc_pass(server: &Arc<Server>, batch: Vec<String>) {
                             store.put(&ores, o);
                         }
                     } else {
-                        server.gc_queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(owner.clone());
+                        server
+                            .gc_queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(owner.clone());
                     }
                 }
             }
@@ -1716,12 +2374,23 @@ fn gc_pass(server: &Arc<Server>, batch: Vec<String>) {
                     let any_owner_left = dobj
                         .pointer("/metadata/ownerReferences")
                         .and_then(Value::as_array)
-                        .is_some_and(|refs| refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str)).any(|u| store.uid_exists(u)));
+                        .is_some_and(|refs| {
+                            refs.iter()
+                                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                                .any(|u| store.uid_exists(u))
+                        });
                     if any_owner_left {
                         continue;
                     }
                     if let Some(ddef) = store.registry.get(&dres).cloned() {
-                        delete_locked(server, &mut store, &ddef, meta_str(&dobj, "namespace"), meta_str(&dobj, "name"), "Background");
+                        delete_locked(
+                            server,
+                            &mut store,
+                            &ddef,
+                            meta_str(&dobj, "namespace"),
+                            meta_str(&dobj, "name"),
+                            "Background",
+                        );
                     }
                 }
             }
@@ -1743,22 +2412,37 @@ pub async fn namespace_loop(server: Arc<Server>) {
             .map(|n| meta_str(n, "name").to_string())
             .collect();
         for ns in terminating {
-            let defs: Vec<ResourceDef> = store.registry.resources.values().filter(|d| d.namespaced).cloned().collect();
+            let defs: Vec<ResourceDef> = store
+                .registry
+                .resources
+                .values()
+                .filter(|d| d.namespaced)
+                .cloned()
+                .collect();
             let mut remaining = 0;
             for def in defs {
                 let objs = store.list(&ResKey::new(&def.group, &def.plural), Some(&ns));
                 for o in objs {
-                    if delete_locked(&server, &mut store, &def, &ns, meta_str(&o, "name"), "Background").is_some() {
+                    if delete_locked(
+                        &server,
+                        &mut store,
+                        &def,
+                        &ns,
+                        meta_str(&o, "name"),
+                        "Background",
+                    )
+                    .is_some()
+                    {
                         remaining += 1;
                     }
                 }
             }
-            if remaining == 0 {
-                if let Some(n) = store.get(&ns_key, "", &ns) {
-                    let fins = finalizers(&n);
-                    if fins.is_empty() {
-                        store.remove(&ns_key, "", &ns);
-                    }
+            if remaining == 0
+                && let Some(n) = store.get(&ns_key, "", &ns)
+            {
+                let fins = finalizers(&n);
+                if fins.is_empty() {
+                    store.remove(&ns_key, "", &ns);
                 }
             }
         }

@@ -71,7 +71,12 @@ impl Tokens {
             }
             let groups = f
                 .get(3)
-                .map(|g| g.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                .map(|g| {
+                    g.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
                 .unwrap_or_default();
             map.insert(
                 f[0].trim().to_string(),
@@ -111,8 +116,10 @@ pub struct Attributes {
 }
 
 fn contains(list: Option<&Value>, want: &str) -> bool {
-    list.and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(want) || v.as_str() == Some("*")))
+    list.and_then(Value::as_array).is_some_and(|a| {
+        a.iter()
+            .any(|v| v.as_str() == Some(want) || v.as_str() == Some("*"))
+    })
 }
 
 fn rule_allows(rule: &Value, a: &Attributes) -> bool {
@@ -125,7 +132,9 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
             .and_then(Value::as_array)
             .is_some_and(|urls| {
                 urls.iter().filter_map(Value::as_str).any(|u| {
-                    u == "*" || u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p))
+                    u == "*"
+                        || u == path
+                        || u.strip_suffix('*').is_some_and(|p| path.starts_with(p))
                 })
             });
     }
@@ -137,18 +146,23 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
     } else {
         format!("{}/{}", a.resource, a.subresource)
     };
-    let res_ok = rule.get("resources").and_then(Value::as_array).is_some_and(|rs| {
-        rs.iter().filter_map(Value::as_str).any(|r| {
-            r == "*"
-                || r == combined
-                || (!a.subresource.is_empty() && r == format!("*/{}", a.subresource))
-        })
-    });
+    let res_ok = rule
+        .get("resources")
+        .and_then(Value::as_array)
+        .is_some_and(|rs| {
+            rs.iter().filter_map(Value::as_str).any(|r| {
+                r == "*"
+                    || r == combined
+                    || (!a.subresource.is_empty() && r == format!("*/{}", a.subresource))
+            })
+        });
     if !res_ok {
         return false;
     }
     match rule.get("resourceNames").and_then(Value::as_array) {
-        Some(names) if !names.is_empty() => names.iter().any(|n| n.as_str() == Some(a.name.as_str())),
+        Some(names) if !names.is_empty() => {
+            names.iter().any(|n| n.as_str() == Some(a.name.as_str()))
+        }
         _ => true,
     }
 }
@@ -159,7 +173,10 @@ fn subject_matches(s: &Value, user: &UserInfo, binding_ns: &str) -> bool {
         Some("User") => user.username == name,
         Some("Group") => user.groups.iter().any(|g| g == name),
         Some("ServiceAccount") => {
-            let ns = s.get("namespace").and_then(Value::as_str).unwrap_or(binding_ns);
+            let ns = s
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(binding_ns);
             user.username == format!("system:serviceaccount:{ns}:{name}")
         }
         _ => false,
@@ -167,10 +184,21 @@ fn subject_matches(s: &Value, user: &UserInfo, binding_ns: &str) -> bool {
 }
 
 fn role_rules(store: &Store, role_ref: &Value, binding_ns: &str) -> Vec<Value> {
-    let name = role_ref.get("name").and_then(Value::as_str).unwrap_or_default();
+    let name = role_ref
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let role = match role_ref.get("kind").and_then(Value::as_str) {
-        Some("ClusterRole") => store.get(&ResKey::new("rbac.authorization.k8s.io", "clusterroles"), "", name),
-        Some("Role") => store.get(&ResKey::new("rbac.authorization.k8s.io", "roles"), binding_ns, name),
+        Some("ClusterRole") => store.get(
+            &ResKey::new("rbac.authorization.k8s.io", "clusterroles"),
+            "",
+            name,
+        ),
+        Some("Role") => store.get(
+            &ResKey::new("rbac.authorization.k8s.io", "roles"),
+            binding_ns,
+            name,
+        ),
         _ => None,
     };
     role.and_then(|r| r.get("rules").and_then(Value::as_array).cloned())
@@ -192,7 +220,9 @@ fn always_allowed(a: &Attributes) -> bool {
                 || p == "/livez"
                 || p == "/readyz");
     }
-    a.group == "authorization.k8s.io" && a.resource == "selfsubjectaccessreviews" && a.verb == "create"
+    a.group == "authorization.k8s.io"
+        && a.resource == "selfsubjectaccessreviews"
+        && a.verb == "create"
 }
 
 /// RBAC decision: `Ok(())` or the reason it was denied.
@@ -200,29 +230,50 @@ pub fn authorize(store: &Store, user: &UserInfo, a: &Attributes) -> bool {
     if user.is_master() || always_allowed(a) {
         return true;
     }
-    let crbs = store.list(&ResKey::new("rbac.authorization.k8s.io", "clusterrolebindings"), None);
+    let crbs = store.list(
+        &ResKey::new("rbac.authorization.k8s.io", "clusterrolebindings"),
+        None,
+    );
     for b in &crbs {
-        let subjects = b.get("subjects").and_then(Value::as_array).cloned().unwrap_or_default();
+        let subjects = b
+            .get("subjects")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if !subjects.iter().any(|s| subject_matches(s, user, "")) {
             continue;
         }
-        if let Some(r) = b.get("roleRef") {
-            if role_rules(store, r, "").iter().any(|rule| rule_allows(rule, a)) {
-                return true;
-            }
+        if let Some(r) = b.get("roleRef")
+            && role_rules(store, r, "")
+                .iter()
+                .any(|rule| rule_allows(rule, a))
+        {
+            return true;
         }
     }
     if !a.namespace.is_empty() && a.path.is_none() {
-        let rbs = store.list(&ResKey::new("rbac.authorization.k8s.io", "rolebindings"), Some(&a.namespace));
+        let rbs = store.list(
+            &ResKey::new("rbac.authorization.k8s.io", "rolebindings"),
+            Some(&a.namespace),
+        );
         for b in &rbs {
-            let subjects = b.get("subjects").and_then(Value::as_array).cloned().unwrap_or_default();
-            if !subjects.iter().any(|s| subject_matches(s, user, &a.namespace)) {
+            let subjects = b
+                .get("subjects")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if !subjects
+                .iter()
+                .any(|s| subject_matches(s, user, &a.namespace))
+            {
                 continue;
             }
-            if let Some(r) = b.get("roleRef") {
-                if role_rules(store, r, &a.namespace).iter().any(|rule| rule_allows(rule, a)) {
-                    return true;
-                }
+            if let Some(r) = b.get("roleRef")
+                && role_rules(store, r, &a.namespace)
+                    .iter()
+                    .any(|rule| rule_allows(rule, a))
+            {
+                return true;
             }
         }
     }
@@ -232,7 +283,10 @@ pub fn authorize(store: &Store, user: &UserInfo, a: &Attributes) -> bool {
 /// The message of a 403, worded as kube-apiserver words it.
 pub fn forbidden_message(user: &UserInfo, a: &Attributes) -> String {
     if let Some(p) = &a.path {
-        return format!("forbidden: User \"{}\" cannot {} path \"{p}\"", user.username, a.verb);
+        return format!(
+            "forbidden: User \"{}\" cannot {} path \"{p}\"",
+            user.username, a.verb
+        );
     }
     let res = if a.subresource.is_empty() {
         a.resource.clone()
@@ -252,14 +306,21 @@ pub fn forbidden_message(user: &UserInfo, a: &Attributes) -> String {
     let named = if a.name.is_empty() {
         String::new()
     } else {
-        format!("{} \"{}\" is forbidden: ", qualified_res(&a.group, &a.resource), a.name)
+        format!(
+            "{} \"{}\" is forbidden: ",
+            qualified_res(&a.group, &a.resource),
+            a.name
+        )
     };
     let prefix = if named.is_empty() {
         format!("{} is forbidden: ", qualified_res(&a.group, &a.resource))
     } else {
         named
     };
-    format!("{prefix}User \"{}\" cannot {} {what} {scope}", user.username, a.verb)
+    format!(
+        "{prefix}User \"{}\" cannot {} {what} {scope}",
+        user.username, a.verb
+    )
 }
 
 fn qualified_res(group: &str, res: &str) -> String {

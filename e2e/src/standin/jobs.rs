@@ -73,11 +73,14 @@ fn runtime_of(job: &Value) -> Option<Duration> {
             .and_then(Value::as_str)
             .and_then(parse_duration)
     };
-    ann(job.pointer("/metadata/annotations")).or_else(|| ann(job.pointer("/spec/template/metadata/annotations")))
+    ann(job.pointer("/metadata/annotations"))
+        .or_else(|| ann(job.pointer("/spec/template/metadata/annotations")))
 }
 
 fn ts(t: jiff::Timestamp) -> String {
-    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+    jiff::Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .to_string()
 }
 
 fn condition(type_: &str, reason: &str, message: &str, at: &str) -> Value {
@@ -86,10 +89,24 @@ fn condition(type_: &str, reason: &str, message: &str, at: &str) -> Value {
 }
 
 /// One step of the simulated Job controller for one Job; `None` if unchanged.
-pub fn step(job: &Value, now: jiff::Timestamp, scale: f64, started_wall: &mut std::collections::HashMap<String, jiff::Timestamp>) -> Option<Value> {
+pub fn step(
+    job: &Value,
+    now: jiff::Timestamp,
+    scale: f64,
+    started_wall: &mut std::collections::HashMap<String, jiff::Timestamp>,
+) -> Option<Value> {
     let status = job.get("status").cloned().unwrap_or(json!({}));
-    let conds = status.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-    let has = |t: &str| conds.iter().any(|c| c.get("type").and_then(Value::as_str) == Some(t) && c.get("status").and_then(Value::as_str) == Some("True"));
+    let conds = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let has = |t: &str| {
+        conds.iter().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some(t)
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        })
+    };
     if has("Complete") || has("Failed") {
         return None;
     }
@@ -98,17 +115,34 @@ pub fn step(job: &Value, now: jiff::Timestamp, scale: f64, started_wall: &mut st
     }
     let uid = meta_str(job, "uid").to_string();
     let suspended = job.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true);
-    let parallelism = job.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1);
-    let completions = job.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);
+    let parallelism = job
+        .pointer("/spec/parallelism")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let completions = job
+        .pointer("/spec/completions")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let mut new = job.clone();
     let now_s = ts(now);
     if suspended {
-        let already = conds.iter().any(|c| c.get("type").and_then(Value::as_str) == Some("Suspended") && c.get("status").and_then(Value::as_str) == Some("True"));
+        let already = conds.iter().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some("Suspended")
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        });
         if already && status.get("active").and_then(Value::as_i64).unwrap_or(0) == 0 {
             return None;
         }
-        let mut cs: Vec<Value> = conds.into_iter().filter(|c| c.get("type").and_then(Value::as_str) != Some("Suspended")).collect();
-        cs.push(condition("Suspended", "JobSuspended", "Job suspended", &now_s));
+        let mut cs: Vec<Value> = conds
+            .into_iter()
+            .filter(|c| c.get("type").and_then(Value::as_str) != Some("Suspended"))
+            .collect();
+        cs.push(condition(
+            "Suspended",
+            "JobSuspended",
+            "Job suspended",
+            &now_s,
+        ));
         new["status"] = json!({"conditions": cs, "active": 0, "ready": 0, "terminating": 0, "uncountedTerminatedPods": {}});
         if let Some(st) = status.get("startTime") {
             new["status"]["startTime"] = st.clone();
@@ -116,8 +150,17 @@ pub fn step(job: &Value, now: jiff::Timestamp, scale: f64, started_wall: &mut st
         started_wall.remove(&uid);
         return Some(new);
     }
-    let start: jiff::Timestamp = match status.get("startTime").and_then(Value::as_str).and_then(|s| s.parse().ok()) {
-        Some(s) if started_wall.contains_key(&uid) || status.get("active").and_then(Value::as_i64).unwrap_or(0) > 0 => s,
+    let start: jiff::Timestamp = match status
+        .get("startTime")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+    {
+        Some(s)
+            if started_wall.contains_key(&uid)
+                || status.get("active").and_then(Value::as_i64).unwrap_or(0) > 0 =>
+        {
+            s
+        }
         _ => {
             // Start (or resume): the Job controller sets startTime and creates pods.
             let mut cs: Vec<Value> = conds
@@ -145,7 +188,10 @@ pub fn step(job: &Value, now: jiff::Timestamp, scale: f64, started_wall: &mut st
     let wall_start = *started_wall.entry(uid.clone()).or_insert(start);
     let elapsed_wall = (now.as_millisecond() - wall_start.as_millisecond()).max(0) as f64 / 1000.0;
     let simulated = elapsed_wall * scale;
-    let deadline = job.pointer("/spec/activeDeadlineSeconds").and_then(Value::as_i64).map(|d| d as f64);
+    let deadline = job
+        .pointer("/spec/activeDeadlineSeconds")
+        .and_then(Value::as_i64)
+        .map(|d| d as f64);
     let runtime = runtime_of(job).map(|d| d.as_secs_f64());
     let at = |secs: f64| ts(start + jiff::SignedDuration::from_secs_f64(secs));
     let finish_failed = deadline.is_some_and(|d| simulated >= d && runtime.is_none_or(|r| r > d));
@@ -165,25 +211,39 @@ pub fn step(job: &Value, now: jiff::Timestamp, scale: f64, started_wall: &mut st
         started_wall.remove(&uid);
         return Some(new);
     }
-    if let Some(r) = runtime {
-        if simulated >= r {
-            let when = at(r);
-            let mut cs = conds;
-            cs.push(condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods", &when));
-            cs.push(condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods", &when));
-            let mut st = json!({
-                "startTime": status.get("startTime").cloned().unwrap_or(json!(ts(start))),
-                "completionTime": when,
-                "active": 0, "ready": 0, "terminating": 0, "succeeded": completions,
-                "conditions": cs, "uncountedTerminatedPods": {},
+    if let Some(r) = runtime
+        && simulated >= r
+    {
+        let when = at(r);
+        let mut cs = conds;
+        cs.push(condition(
+            "SuccessCriteriaMet",
+            "CompletionsReached",
+            "Reached expected number of succeeded pods",
+            &when,
+        ));
+        cs.push(condition(
+            "Complete",
+            "CompletionsReached",
+            "Reached expected number of succeeded pods",
+            &when,
+        ));
+        let mut st = json!({
+            "startTime": status.get("startTime").cloned().unwrap_or(json!(ts(start))),
+            "completionTime": when,
+            "active": 0, "ready": 0, "terminating": 0, "succeeded": completions,
+            "conditions": cs, "uncountedTerminatedPods": {},
+        });
+        if job.pointer("/spec/completionMode").and_then(Value::as_str) == Some("Indexed") {
+            st["completedIndexes"] = json!(if completions == 1 {
+                "0".to_string()
+            } else {
+                format!("0-{}", completions - 1)
             });
-            if job.pointer("/spec/completionMode").and_then(Value::as_str) == Some("Indexed") {
-                st["completedIndexes"] = json!(if completions == 1 { "0".to_string() } else { format!("0-{}", completions - 1) });
-            }
-            new["status"] = st;
-            started_wall.remove(&uid);
-            return Some(new);
         }
+        new["status"] = st;
+        started_wall.remove(&uid);
+        return Some(new);
     }
     None
 }
@@ -206,7 +266,12 @@ pub async fn run(server: Arc<Server>) {
         let mut candidates: Vec<(String, String)> = std::mem::take(&mut running);
         let start = store.history.partition_point(|e| e.rv <= seen_rv);
         if seen_rv < store.compacted_rv {
-            candidates.extend(store.list(&key, None).iter().map(|j| (meta_str(j, "namespace").to_string(), meta_str(j, "name").to_string())));
+            candidates.extend(store.list(&key, None).iter().map(|j| {
+                (
+                    meta_str(j, "namespace").to_string(),
+                    meta_str(j, "name").to_string(),
+                )
+            }));
         } else {
             for e in store.history.range(start..) {
                 if e.res == key && e.type_ != super::store::EventType::Deleted {
@@ -233,7 +298,11 @@ pub async fn run(server: Arc<Server>) {
                     running.push((ns, name));
                 }
             } else {
-                let active = job.pointer("/status/active").and_then(Value::as_i64).unwrap_or(0) > 0;
+                let active = job
+                    .pointer("/status/active")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    > 0;
                 if active {
                     running.push((ns, name));
                 }

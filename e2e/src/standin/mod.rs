@@ -6,6 +6,10 @@
 //! admission webhooks), simulates Job lifecycles since no pods run, and can
 //! inject faults at runtime. `e2e/README.md` lists what it does not emulate.
 
+// `ApiError` carries a full `Status` (message, causes, details) and is only
+// built on the error path of a request; boxing it would buy nothing here.
+#![allow(clippy::result_large_err)]
+
 pub mod admission;
 pub mod api;
 pub mod auth;
@@ -109,13 +113,21 @@ pub struct Server {
     pub gc_queue: Mutex<Vec<String>>,
     pub gc_notify: tokio::sync::Notify,
     pub base_url: String,
+    /// Watch requests served (to observe client reconnects).
+    pub watch_requests: std::sync::atomic::AtomicU64,
+    /// Watch requests answered with 410 Gone.
+    pub watch_gone: std::sync::atomic::AtomicU64,
+    /// Bumped to close every open watch.
+    pub watch_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl Server {
     /// Locks the store; a poisoned lock (a panic while holding it) is recovered
     /// because every mutation leaves the store consistent before it can panic.
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn faults(&self) -> Faults {
@@ -182,7 +194,11 @@ impl StandIn {
             store: Mutex::new(Store::new(opts.history_limit.max(16))),
             tokens,
             authorization: opts.authorization,
-            time_scale: if opts.time_scale > 0.0 { opts.time_scale } else { 1.0 },
+            time_scale: if opts.time_scale > 0.0 {
+                opts.time_scale
+            } else {
+                1.0
+            },
             bookmark_interval: opts.bookmark_interval,
             webhook_services: opts.webhook_services.clone(),
             faults,
@@ -190,6 +206,9 @@ impl StandIn {
             gc_queue: Mutex::new(Vec::new()),
             gc_notify: tokio::sync::Notify::new(),
             base_url: base_url.clone(),
+            watch_requests: std::sync::atomic::AtomicU64::new(0),
+            watch_gone: std::sync::atomic::AtomicU64::new(0),
+            watch_epoch: tokio::sync::watch::channel(0).0,
         });
         api::bootstrap(&server);
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
@@ -268,6 +287,20 @@ impl StandIn {
         self.server.lock().rv
     }
 
+    /// Closes every open watch now (clients reconnect from their last resourceVersion).
+    pub fn close_watches(&self) {
+        self.server.watch_epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Watch requests served so far, and how many got 410 Gone.
+    pub fn watch_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.server.watch_requests.load(Relaxed),
+            self.server.watch_gone.load(Relaxed),
+        )
+    }
+
     /// Number of objects held.
     pub fn object_count(&self) -> usize {
         self.server.lock().count()
@@ -300,7 +333,12 @@ impl Drop for StandIn {
 }
 
 /// Writes a kubeconfig whose current context is the stand-in's cluster admin.
-pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> std::io::Result<()> {
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    token: &str,
+) -> std::io::Result<()> {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let doc = json!({
         "apiVersion": "v1",
@@ -311,10 +349,10 @@ pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) ->
         "current-context": "kube-standin",
         "preferences": {},
     });
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
     }
     // JSON is YAML; kubectl and kube-rs read it either way.
     let text = serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?;

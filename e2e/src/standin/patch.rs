@@ -127,7 +127,9 @@ fn set_path(obj: &mut Value, path: &[String], val: Value) {
         let Some(m) = cur.as_object_mut() else {
             return;
         };
-        cur = m.entry(k.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        cur = m
+            .entry(k.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
     if let Some(k) = last.strip_prefix("f:") {
         if !cur.is_object() {
@@ -140,10 +142,10 @@ fn set_path(obj: &mut Value, path: &[String], val: Value) {
         if !cur.is_array() {
             *cur = Value::Array(Vec::new());
         }
-        if let Some(a) = cur.as_array_mut() {
-            if !a.contains(&val) {
-                a.push(val);
-            }
+        if let Some(a) = cur.as_array_mut()
+            && !a.contains(&val)
+        {
+            a.push(val);
         }
     }
 }
@@ -166,10 +168,10 @@ fn remove_path(obj: &mut Value, path: &[String]) {
         if let Some(m) = cur.as_object_mut() {
             m.remove(k);
         }
-    } else if let Some(item) = last.strip_prefix("v:") {
-        if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(item), cur.as_array_mut()) {
-            a.retain(|x| *x != want);
-        }
+    } else if let Some(item) = last.strip_prefix("v:")
+        && let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(item), cur.as_array_mut())
+    {
+        a.retain(|x| *x != want);
     }
     // Drop maps emptied by the removal, as the real server does for applied maps.
     let parents_len = parents.len();
@@ -231,11 +233,31 @@ pub fn read_managed(obj: &Value) -> Vec<Managed> {
         .map(|a| {
             a.iter()
                 .map(|e| Managed {
-                    manager: e.get("manager").and_then(Value::as_str).unwrap_or_default().into(),
-                    operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").into(),
-                    api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or_default().into(),
-                    time: e.get("time").and_then(Value::as_str).unwrap_or_default().into(),
-                    subresource: e.get("subresource").and_then(Value::as_str).unwrap_or_default().into(),
+                    manager: e
+                        .get("manager")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                    operation: e
+                        .get("operation")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Update")
+                        .into(),
+                    api_version: e
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                    time: e
+                        .get("time")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                    subresource: e
+                        .get("subresource")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
                     fields: e.get("fieldsV1").map(json_to_fields).unwrap_or_default(),
                 })
                 .collect()
@@ -298,16 +320,17 @@ pub fn record_update(
     for m in &mut managed {
         m.fields.retain(|p| {
             !removed.iter().any(|r| overlaps(p, r))
-                && !(m.manager != manager || m.operation != "Update")
-                    .then(|| changed.iter().any(|c| overlaps(p, c)))
-                    .unwrap_or(false)
+                && !if m.manager != manager || m.operation != "Update" {
+                    changed.iter().any(|c| overlaps(p, c))
+                } else {
+                    false
+                }
         });
     }
     if !changed.is_empty() {
-        match managed
-            .iter_mut()
-            .find(|m| m.manager == manager && m.operation == "Update" && m.subresource == subresource)
-        {
+        match managed.iter_mut().find(|m| {
+            m.manager == manager && m.operation == "Update" && m.subresource == subresource
+        }) {
             Some(m) => {
                 m.fields.extend(changed);
                 m.time = now.to_string();
@@ -373,7 +396,10 @@ pub fn server_side_apply(
             })
             .collect();
         let text = if causes.len() == 1 {
-            format!("Apply failed with 1 conflict: {}: {}", causes[0].message, causes[0].field)
+            format!(
+                "Apply failed with 1 conflict: {}: {}",
+                causes[0].message, causes[0].field
+            )
         } else {
             let list = causes
                 .iter()
@@ -424,7 +450,9 @@ pub fn server_side_apply(
             set_path(&mut result, p, v.clone());
         }
     }
-    managed.retain(|m| !(m.manager == manager && m.operation == "Apply" && m.subresource == subresource));
+    managed.retain(|m| {
+        !(m.manager == manager && m.operation == "Apply" && m.subresource == subresource)
+    });
     managed.push(Managed {
         manager: manager.into(),
         operation: "Apply".into(),
@@ -457,7 +485,11 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> ApiResult<()> {
     let p: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
     json_patch::patch(target, &p).map_err(|e| {
-        ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("the server rejected our request due to an error in our request: {e}"),
+        )
     })
 }
 

@@ -108,6 +108,7 @@ struct Builtin {
     categories: &'static [&'static str],
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn b(
     group: &'static str,
     version: &'static str,
@@ -132,28 +133,181 @@ const fn b(
 }
 
 const BUILTINS: &[Builtin] = &[
-    b("", "v1", "namespaces", "Namespace", false, &["ns"], true, false),
-    b("", "v1", "configmaps", "ConfigMap", true, &["cm"], false, false),
+    b(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        false,
+        &["ns"],
+        true,
+        false,
+    ),
+    b(
+        "",
+        "v1",
+        "configmaps",
+        "ConfigMap",
+        true,
+        &["cm"],
+        false,
+        false,
+    ),
     b("", "v1", "secrets", "Secret", true, &[], false, false),
-    b("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, false),
+    b(
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        false,
+        false,
+    ),
     b("", "v1", "events", "Event", true, &["ev"], false, false),
     b("", "v1", "services", "Service", true, &["svc"], true, false),
     b("", "v1", "pods", "Pod", true, &["po"], true, false),
-    b("", "v1", "endpoints", "Endpoints", true, &["ep"], false, false),
-    b("apps", "v1", "deployments", "Deployment", true, &["deploy"], true, true),
+    b(
+        "",
+        "v1",
+        "endpoints",
+        "Endpoints",
+        true,
+        &["ep"],
+        false,
+        false,
+    ),
+    b(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        true,
+        &["deploy"],
+        true,
+        true,
+    ),
     b("batch", "v1", "jobs", "Job", true, &[], true, true),
-    b("events.k8s.io", "v1", "events", "Event", true, &["ev"], false, false),
-    b("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false, false),
-    b("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true, true),
-    b("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false, false),
-    b("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false, false),
-    b("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false, false),
-    b("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false, false),
-    b("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", "ValidatingWebhookConfiguration", false, &[], false, true),
-    b("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false, &[], false, true),
-    b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, &["crd", "crds"], true, true),
-    b("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", false, &[], false, false),
-    b("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", false, &[], false, false),
+    b(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "Event",
+        true,
+        &["ev"],
+        false,
+        false,
+    ),
+    b(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "Lease",
+        true,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        true,
+        &["pdb"],
+        true,
+        true,
+    ),
+    b(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "Role",
+        true,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "RoleBinding",
+        true,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "ClusterRole",
+        false,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        false,
+        &[],
+        false,
+        true,
+    ),
+    b(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        false,
+        &[],
+        false,
+        true,
+    ),
+    b(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+        &["crd", "crds"],
+        true,
+        true,
+    ),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        false,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+        false,
+        &[],
+        false,
+        false,
+    ),
 ];
 
 /// Built-in columns for a few kinds kubectl users look at.
@@ -191,11 +345,12 @@ impl Registry {
     pub fn with_builtins() -> Self {
         let mut resources = BTreeMap::new();
         for bi in BUILTINS {
-            let categories: Vec<String> = if matches!(bi.plural, "jobs" | "deployments" | "pods" | "services") {
-                vec!["all".into()]
-            } else {
-                bi.categories.iter().map(|s| s.to_string()).collect()
-            };
+            let categories: Vec<String> =
+                if matches!(bi.plural, "jobs" | "deployments" | "pods" | "services") {
+                    vec!["all".into()]
+                } else {
+                    bi.categories.iter().map(|s| s.to_string()).collect()
+                };
             let def = ResourceDef {
                 group: bi.group.into(),
                 plural: bi.plural.into(),
@@ -378,18 +533,39 @@ pub fn crd_to_resource(crd: &Value) -> Result<ResourceDef, Vec<Cause>> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     let spec = crd.get("spec").cloned().unwrap_or(Value::Null);
-    let group = spec.get("group").and_then(Value::as_str).unwrap_or_default();
+    let group = spec
+        .get("group")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let names = spec.get("names").cloned().unwrap_or(Value::Null);
-    let plural = names.get("plural").and_then(Value::as_str).unwrap_or_default();
-    let kind = names.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let plural = names
+        .get("plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = names
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if group.is_empty() {
-        causes.push(Cause::new("spec.group", "FieldValueRequired", "Required value"));
+        causes.push(Cause::new(
+            "spec.group",
+            "FieldValueRequired",
+            "Required value",
+        ));
     }
     if plural.is_empty() {
-        causes.push(Cause::new("spec.names.plural", "FieldValueRequired", "Required value"));
+        causes.push(Cause::new(
+            "spec.names.plural",
+            "FieldValueRequired",
+            "Required value",
+        ));
     }
     if kind.is_empty() {
-        causes.push(Cause::new("spec.names.kind", "FieldValueRequired", "Required value"));
+        causes.push(Cause::new(
+            "spec.names.kind",
+            "FieldValueRequired",
+            "Required value",
+        ));
     }
     if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
         causes.push(Cause::new(
@@ -398,12 +574,17 @@ pub fn crd_to_resource(crd: &Value) -> Result<ResourceDef, Vec<Cause>> {
             format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
         ));
     }
-    let scope = spec.get("scope").and_then(Value::as_str).unwrap_or_default();
+    let scope = spec
+        .get("scope")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if scope != "Namespaced" && scope != "Cluster" {
         causes.push(Cause::new(
             "spec.scope",
             "FieldValueNotSupported",
-            format!("Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""),
+            format!(
+                "Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""
+            ),
         ));
     }
     let versions = spec
@@ -468,16 +649,32 @@ pub fn crd_to_resource(crd: &Value) -> Result<ResourceDef, Vec<Cause>> {
             .map(|cols| {
                 cols.iter()
                     .map(|c| Column {
-                        name: c.get("name").and_then(Value::as_str).unwrap_or_default().into(),
-                        type_: c.get("type").and_then(Value::as_str).unwrap_or("string").into(),
-                        format: c.get("format").and_then(Value::as_str).unwrap_or_default().into(),
+                        name: c
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
+                        type_: c
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("string")
+                            .into(),
+                        format: c
+                            .get("format")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
                         description: c
                             .get("description")
                             .and_then(Value::as_str)
                             .unwrap_or_default()
                             .into(),
                         priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
-                        json_path: c.get("jsonPath").and_then(Value::as_str).unwrap_or_default().into(),
+                        json_path: c
+                            .get("jsonPath")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
                     })
                     .collect()
             })
@@ -508,7 +705,12 @@ pub fn crd_to_resource(crd: &Value) -> Result<ResourceDef, Vec<Cause>> {
         names
             .get(k)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     Ok(ResourceDef {
@@ -537,15 +739,15 @@ pub fn crd_to_resource(crd: &Value) -> Result<ResourceDef, Vec<Cause>> {
 pub fn crd_status(crd: &Value, now: &str) -> Value {
     let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
     let mut accepted = names.clone();
-    if accepted.get("singular").is_none() {
-        if let Some(k) = names.get("kind").and_then(Value::as_str) {
-            accepted["singular"] = json!(k.to_lowercase());
-        }
+    if accepted.get("singular").is_none()
+        && let Some(k) = names.get("kind").and_then(Value::as_str)
+    {
+        accepted["singular"] = json!(k.to_lowercase());
     }
-    if accepted.get("listKind").is_none() {
-        if let Some(k) = names.get("kind").and_then(Value::as_str) {
-            accepted["listKind"] = json!(format!("{k}List"));
-        }
+    if accepted.get("listKind").is_none()
+        && let Some(k) = names.get("kind").and_then(Value::as_str)
+    {
+        accepted["listKind"] = json!(format!("{k}List"));
     }
     let stored: Vec<Value> = crd
         .pointer("/spec/versions")
@@ -571,7 +773,12 @@ pub fn crd_status(crd: &Value, now: &str) -> Value {
 
 /// The error for a CRD the server refuses.
 pub fn crd_invalid(name: &str, causes: Vec<Cause>) -> ApiError {
-    ApiError::invalid("CustomResourceDefinition", "apiextensions.k8s.io", name, causes)
+    ApiError::invalid(
+        "CustomResourceDefinition",
+        "apiextensions.k8s.io",
+        name,
+        causes,
+    )
 }
 
 impl Registry {
@@ -588,8 +795,15 @@ impl Registry {
             }
         }
         for (g, v) in gvs {
-            let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
-            paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=standin")}));
+            let key = if g.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{g}/{v}")
+            };
+            paths.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=standin")}),
+            );
         }
         json!({"paths": paths})
     }
@@ -601,7 +815,11 @@ impl Registry {
     pub fn openapi_v3_gv(&self, group: &str, version: &str) -> Option<Value> {
         let mut paths = serde_json::Map::new();
         let mut schemas = serde_json::Map::new();
-        let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+        let prefix = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
         for def in self.resources.values().filter(|d| d.group == group) {
             if def.version(version).is_none() {
                 continue;
@@ -640,7 +858,16 @@ impl Registry {
             }
             paths.insert(item, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
             paths.insert(coll, json!({"get": op("list"), "post": op("post")}));
-            let schema_name = format!("{}.{}.{}", if group.is_empty() { "io.k8s.api.core" } else { group }, version, def.kind);
+            let schema_name = format!(
+                "{}.{}.{}",
+                if group.is_empty() {
+                    "io.k8s.api.core"
+                } else {
+                    group
+                },
+                version,
+                def.kind
+            );
             let mut schema = json!({"type": "object", "x-kubernetes-group-version-kind": [gvk]});
             if let Some(raw) = def.version(version).and_then(|v| v.raw_schema.clone()) {
                 schema = (*raw).clone();

@@ -70,7 +70,11 @@ pub fn structural_errors(schema: &Value, path: &str) -> Vec<Cause> {
 
 fn check_structural(s: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
     let Some(m) = s.as_object() else {
-        out.push(Cause::new(path, "FieldValueInvalid", "Invalid value: must be an object"));
+        out.push(Cause::new(
+            path,
+            "FieldValueInvalid",
+            "Invalid value: must be an object",
+        ));
         return;
     };
     let int_or_string = m.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true);
@@ -80,7 +84,11 @@ fn check_structural(s: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
         == Some(true);
     let type_ = m.get("type").and_then(Value::as_str).unwrap_or_default();
     if m.contains_key("$ref") {
-        out.push(Cause::new(format!("{path}.$ref"), "FieldValueForbidden", "Forbidden: $ref is not allowed"));
+        out.push(Cause::new(
+            format!("{path}.$ref"),
+            "FieldValueForbidden",
+            "Forbidden: $ref is not allowed",
+        ));
     }
     if type_.is_empty() && !int_or_string && !preserve {
         out.push(Cause::new(
@@ -103,7 +111,12 @@ fn check_structural(s: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
             format!("Invalid value: \"{type_}\": must be object at the root"),
         ));
     }
-    if m.contains_key("properties") && matches!(m.get("additionalProperties"), Some(Value::Object(_)) | Some(Value::Bool(true))) {
+    if m.contains_key("properties")
+        && matches!(
+            m.get("additionalProperties"),
+            Some(Value::Object(_)) | Some(Value::Bool(true))
+        )
+    {
         out.push(Cause::new(
             format!("{path}.additionalProperties"),
             "FieldValueForbidden",
@@ -124,38 +137,47 @@ fn check_structural(s: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
             _ => continue,
         };
         for (i, sub) in subs.iter().enumerate() {
-            for forbidden in ["type", "additionalProperties", "default", "nullable", "description", "title"] {
+            for forbidden in [
+                "type",
+                "additionalProperties",
+                "default",
+                "nullable",
+                "description",
+                "title",
+            ] {
                 if sub.get(forbidden).is_some() {
                     let at = if junctor == "not" {
                         format!("{path}.not.{forbidden}")
                     } else {
                         format!("{path}.{junctor}[{i}].{forbidden}")
                     };
-                    out.push(Cause::new(at, "FieldValueForbidden", "Forbidden: must be empty to be structural"));
+                    out.push(Cause::new(
+                        at,
+                        "FieldValueForbidden",
+                        "Forbidden: must be empty to be structural",
+                    ));
                 }
             }
         }
     }
-    if root {
-        if let Some(meta) = m.get("properties").and_then(|p| p.get("metadata")) {
-            if let Some(props) = meta.get("properties").and_then(Value::as_object) {
-                for k in props.keys() {
-                    if k != "name" && k != "generateName" {
-                        out.push(Cause::new(
-                            format!("{path}.properties[metadata].properties[{k}]"),
-                            "FieldValueForbidden",
-                            "Forbidden: must not be specified",
-                        ));
-                    }
+    if root && let Some(meta) = m.get("properties").and_then(|p| p.get("metadata")) {
+        if let Some(props) = meta.get("properties").and_then(Value::as_object) {
+            for k in props.keys() {
+                if k != "name" && k != "generateName" {
+                    out.push(Cause::new(
+                        format!("{path}.properties[metadata].properties[{k}]"),
+                        "FieldValueForbidden",
+                        "Forbidden: must not be specified",
+                    ));
                 }
             }
-            if meta.get("default").is_some() {
-                out.push(Cause::new(
-                    format!("{path}.properties[metadata].default"),
-                    "FieldValueForbidden",
-                    "Forbidden: must not be specified",
-                ));
-            }
+        }
+        if meta.get("default").is_some() {
+            out.push(Cause::new(
+                format!("{path}.properties[metadata].default"),
+                "FieldValueForbidden",
+                "Forbidden: must not be specified",
+            ));
         }
     }
     if let Some(props) = m.get("properties").and_then(Value::as_object) {
@@ -222,7 +244,11 @@ impl CompiledSchema {
         if let Value::Object(m) = obj {
             for req in &self.root.required {
                 if !m.contains_key(req) {
-                    out.push(Cause::new(req.clone(), "FieldValueRequired", "Required value"));
+                    out.push(Cause::new(
+                        req.clone(),
+                        "FieldValueRequired",
+                        "Required value",
+                    ));
                 }
             }
             for (k, v) in m {
@@ -260,11 +286,19 @@ fn compile_node(s: &Value, path: &str, errors: &mut Vec<Cause>) -> Node {
             .get("x-kubernetes-preserve-unknown-fields")
             .and_then(Value::as_bool)
             == Some(true),
-        embedded: m.get("x-kubernetes-embedded-resource").and_then(Value::as_bool) == Some(true),
+        embedded: m
+            .get("x-kubernetes-embedded-resource")
+            .and_then(Value::as_bool)
+            == Some(true),
         required: m
             .get("required")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default(),
         enum_: m.get("enum").and_then(Value::as_array).cloned(),
         minimum: num(m, "minimum"),
@@ -278,11 +312,19 @@ fn compile_node(s: &Value, path: &str, errors: &mut Vec<Cause>) -> Node {
         min_properties: unum(m, "minProperties"),
         max_properties: unum(m, "maxProperties"),
         default: m.get("default").cloned(),
-        list_type: m.get("x-kubernetes-list-type").and_then(Value::as_str).map(String::from),
+        list_type: m
+            .get("x-kubernetes-list-type")
+            .and_then(Value::as_str)
+            .map(String::from),
         list_map_keys: m
             .get("x-kubernetes-list-map-keys")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default(),
         ..Node::default()
     };
@@ -292,25 +334,37 @@ fn compile_node(s: &Value, path: &str, errors: &mut Vec<Cause>) -> Node {
             Err(e) => errors.push(Cause::new(
                 format!("{path}.pattern"),
                 "FieldValueInvalid",
-                format!("Invalid value: \"{p}\": must be a valid regular expression, but isn't: {e}"),
+                format!(
+                    "Invalid value: \"{p}\": must be a valid regular expression, but isn't: {e}"
+                ),
             )),
         }
     }
     if let Some(props) = m.get("properties").and_then(Value::as_object) {
         for (k, v) in props {
-            n.properties
-                .insert(k.clone(), compile_node(v, &format!("{path}.properties[{k}]"), errors));
+            n.properties.insert(
+                k.clone(),
+                compile_node(v, &format!("{path}.properties[{k}]"), errors),
+            );
         }
     }
     match m.get("additionalProperties") {
         Some(v @ Value::Object(_)) => {
-            n.additional = Some(Box::new(compile_node(v, &format!("{path}.additionalProperties"), errors)));
+            n.additional = Some(Box::new(compile_node(
+                v,
+                &format!("{path}.additionalProperties"),
+                errors,
+            )));
         }
         Some(Value::Bool(true)) => n.additional_any = true,
         _ => {}
     }
     if let Some(items) = m.get("items") {
-        n.items = Some(Box::new(compile_node(items, &format!("{path}.items"), errors)));
+        n.items = Some(Box::new(compile_node(
+            items,
+            &format!("{path}.items"),
+            errors,
+        )));
     }
     if let Some(rules) = m.get("x-kubernetes-validations").and_then(Value::as_array) {
         for (i, r) in rules.iter().enumerate() {
@@ -332,8 +386,16 @@ fn compile_node(s: &Value, path: &str, errors: &mut Vec<Cause>) -> Node {
                             .get("message")
                             .and_then(Value::as_str)
                             .map_or_else(|| format!("failed rule: {src}"), String::from),
-                        field_path: r.get("fieldPath").and_then(Value::as_str).unwrap_or_default().into(),
-                        reason: r.get("reason").and_then(Value::as_str).unwrap_or("FieldValueInvalid").into(),
+                        field_path: r
+                            .get("fieldPath")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .into(),
+                        reason: r
+                            .get("reason")
+                            .and_then(Value::as_str)
+                            .unwrap_or("FieldValueInvalid")
+                            .into(),
                         uses_old_self,
                     });
                 }
@@ -349,7 +411,11 @@ fn compile_node(s: &Value, path: &str, errors: &mut Vec<Cause>) -> Node {
 }
 
 fn prune(v: &mut Value, node: &Node, path: &str, unknown: &mut Vec<String>) {
-    if node.preserve_unknown && node.properties.is_empty() && node.items.is_none() && node.additional.is_none() {
+    if node.preserve_unknown
+        && node.properties.is_empty()
+        && node.items.is_none()
+        && node.additional.is_none()
+    {
         return;
     }
     match v {
@@ -365,7 +431,8 @@ fn prune(v: &mut Value, node: &Node, path: &str, unknown: &mut Vec<String>) {
                     prune(child, p, &sub, unknown);
                 } else if let Some(ap) = &node.additional {
                     prune(child, ap, &sub, unknown);
-                } else if node.embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                } else if node.embedded && matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                {
                 } else if !keep_all {
                     remove.push(k.clone());
                 }
@@ -451,14 +518,14 @@ fn shown(v: &Value) -> String {
 fn validate(v: &Value, old: Option<&Value>, node: &Node, path: &str, out: &mut Vec<Cause>) {
     let actual = type_name(v);
     if v.is_null() {
-        if !node.nullable {
-            if let Some(t) = &node.type_ {
-                out.push(Cause::new(
-                    path,
-                    "FieldValueTypeInvalid",
-                    format!("Invalid value: \"null\": {path} in body must be of type {t}: \"null\""),
-                ));
-            }
+        if !node.nullable
+            && let Some(t) = &node.type_
+        {
+            out.push(Cause::new(
+                path,
+                "FieldValueTypeInvalid",
+                format!("Invalid value: \"null\": {path} in body must be of type {t}: \"null\""),
+            ));
         }
         return;
     }
@@ -477,88 +544,120 @@ fn validate(v: &Value, old: Option<&Value>, node: &Node, path: &str, out: &mut V
             out.push(Cause::new(
                 path,
                 "FieldValueTypeInvalid",
-                format!("Invalid value: {}: {path} in body must be of type {t}: \"{actual}\"", shown(v)),
+                format!(
+                    "Invalid value: {}: {path} in body must be of type {t}: \"{actual}\"",
+                    shown(v)
+                ),
             ));
             return;
         }
     }
-    if let Some(e) = &node.enum_ {
-        if !e.contains(v) {
-            let supported = e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
-            out.push(Cause::new(
-                path,
-                "FieldValueNotSupported",
-                format!("Unsupported value: {}: supported values: {supported}", v),
-            ));
-        }
+    if let Some(e) = &node.enum_
+        && !e.contains(v)
+    {
+        let supported = e
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(Cause::new(
+            path,
+            "FieldValueNotSupported",
+            format!("Unsupported value: {}: supported values: {supported}", v),
+        ));
     }
     if let Some(x) = v.as_f64() {
-        if let Some(min) = node.minimum {
-            if x < min || (node.exclusive_minimum && x <= min) {
-                let rel = if node.exclusive_minimum { "greater than" } else { "greater than or equal to" };
-                out.push(Cause::new(
-                    path,
-                    "FieldValueInvalid",
-                    format!("Invalid value: {v}: {path} in body should be {rel} {min}"),
-                ));
-            }
+        if let Some(min) = node.minimum
+            && (x < min || (node.exclusive_minimum && x <= min))
+        {
+            let rel = if node.exclusive_minimum {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
+            out.push(Cause::new(
+                path,
+                "FieldValueInvalid",
+                format!("Invalid value: {v}: {path} in body should be {rel} {min}"),
+            ));
         }
-        if let Some(max) = node.maximum {
-            if x > max || (node.exclusive_maximum && x >= max) {
-                let rel = if node.exclusive_maximum { "less than" } else { "less than or equal to" };
-                out.push(Cause::new(
-                    path,
-                    "FieldValueInvalid",
-                    format!("Invalid value: {v}: {path} in body should be {rel} {max}"),
-                ));
-            }
+        if let Some(max) = node.maximum
+            && (x > max || (node.exclusive_maximum && x >= max))
+        {
+            let rel = if node.exclusive_maximum {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
+            out.push(Cause::new(
+                path,
+                "FieldValueInvalid",
+                format!("Invalid value: {v}: {path} in body should be {rel} {max}"),
+            ));
         }
     }
     if let Value::String(s) = v {
         let len = s.chars().count() as u64;
-        if let Some(min) = node.min_length {
-            if len < min {
-                out.push(Cause::new(
-                    path,
-                    "FieldValueInvalid",
-                    format!("Invalid value: {v}: {path} in body should be at least {min} chars long"),
-                ));
-            }
+        if let Some(min) = node.min_length
+            && len < min
+        {
+            out.push(Cause::new(
+                path,
+                "FieldValueInvalid",
+                format!("Invalid value: {v}: {path} in body should be at least {min} chars long"),
+            ));
         }
-        if let Some(max) = node.max_length {
-            if len > max {
-                out.push(Cause::new(
-                    path,
-                    "FieldValueTooLong",
-                    format!("Too long: may not be more than {max} bytes"),
-                ));
-            }
+        if let Some(max) = node.max_length
+            && len > max
+        {
+            out.push(Cause::new(
+                path,
+                "FieldValueTooLong",
+                format!("Too long: may not be more than {max} bytes"),
+            ));
         }
-        if let Some((p, re)) = &node.pattern {
-            if !node.int_or_string || actual == "string" {
-                if !re.is_match(s) {
-                    out.push(Cause::new(
-                        path,
-                        "FieldValueInvalid",
-                        format!("Invalid value: {v}: {path} in body should match '{p}'"),
-                    ));
-                }
-            }
+        if let Some((p, re)) = &node.pattern
+            && (!node.int_or_string || actual == "string")
+            && !re.is_match(s)
+        {
+            out.push(Cause::new(
+                path,
+                "FieldValueInvalid",
+                format!("Invalid value: {v}: {path} in body should match '{p}'"),
+            ));
         }
     }
     match v {
         Value::Object(m) => {
             for req in &node.required {
                 if !m.contains_key(req) {
-                    out.push(Cause::new(format!("{path}.{req}"), "FieldValueRequired", "Required value"));
+                    out.push(Cause::new(
+                        format!("{path}.{req}"),
+                        "FieldValueRequired",
+                        "Required value",
+                    ));
                 }
             }
             let count = m.len() as u64;
             if node.min_properties.is_some_and(|min| count < min) {
-                out.push(Cause::new(path, "FieldValueInvalid", format!("Invalid value: {count}: {path} in body should have at least {} properties", node.min_properties.unwrap_or(0))));
+                out.push(Cause::new(
+                    path,
+                    "FieldValueInvalid",
+                    format!(
+                        "Invalid value: {count}: {path} in body should have at least {} properties",
+                        node.min_properties.unwrap_or(0)
+                    ),
+                ));
             }
             if node.max_properties.is_some_and(|max| count > max) {
-                out.push(Cause::new(path, "FieldValueTooMany", format!("Too many: {count}: must have at most {} items", node.max_properties.unwrap_or(0))));
+                out.push(Cause::new(
+                    path,
+                    "FieldValueTooMany",
+                    format!(
+                        "Too many: {count}: must have at most {} items",
+                        node.max_properties.unwrap_or(0)
+                    ),
+                ));
             }
             for (k, child) in m {
                 let old_child = old.and_then(|o| o.get(k));
@@ -573,15 +672,33 @@ fn validate(v: &Value, old: Option<&Value>, node: &Node, path: &str, out: &mut V
         Value::Array(a) => {
             let count = a.len() as u64;
             if node.min_items.is_some_and(|min| count < min) {
-                out.push(Cause::new(path, "FieldValueInvalid", format!("Invalid value: {count}: {path} in body should have at least {} items", node.min_items.unwrap_or(0))));
+                out.push(Cause::new(
+                    path,
+                    "FieldValueInvalid",
+                    format!(
+                        "Invalid value: {count}: {path} in body should have at least {} items",
+                        node.min_items.unwrap_or(0)
+                    ),
+                ));
             }
             if node.max_items.is_some_and(|max| count > max) {
-                out.push(Cause::new(path, "FieldValueTooMany", format!("Too many: {count}: must have at most {} items", node.max_items.unwrap_or(0))));
+                out.push(Cause::new(
+                    path,
+                    "FieldValueTooMany",
+                    format!(
+                        "Too many: {count}: must have at most {} items",
+                        node.max_items.unwrap_or(0)
+                    ),
+                ));
             }
             if node.list_type.as_deref() == Some("set") {
                 for (i, x) in a.iter().enumerate() {
                     if a[..i].contains(x) {
-                        out.push(Cause::new(format!("{path}[{i}]"), "FieldValueDuplicate", format!("Duplicate value: {x}")));
+                        out.push(Cause::new(
+                            format!("{path}[{i}]"),
+                            "FieldValueDuplicate",
+                            format!("Duplicate value: {x}"),
+                        ));
                     }
                 }
             }
@@ -592,7 +709,11 @@ fn validate(v: &Value, old: Option<&Value>, node: &Node, path: &str, out: &mut V
                     .collect();
                 for i in 0..keys.len() {
                     if keys[..i].contains(&keys[i]) {
-                        out.push(Cause::new(format!("{path}[{i}]"), "FieldValueDuplicate", "Duplicate value: map key already present"));
+                        out.push(Cause::new(
+                            format!("{path}[{i}]"),
+                            "FieldValueDuplicate",
+                            "Duplicate value: map key already present",
+                        ));
                     }
                 }
             }
@@ -643,12 +764,20 @@ fn run_rules(v: &Value, old: Option<&Value>, node: &Node, path: &str, out: &mut 
             Ok(other) => out.push(Cause::new(
                 field,
                 "FieldValueInvalid",
-                format!("Invalid value: {}: rule {} evaluated to {other:?}, not a bool", shown(v), rule.source),
+                format!(
+                    "Invalid value: {}: rule {} evaluated to {other:?}, not a bool",
+                    shown(v),
+                    rule.source
+                ),
             )),
             Err(e) => out.push(Cause::new(
                 field,
                 "FieldValueInvalid",
-                format!("Invalid value: {}: rule {} failed to evaluate: {e}", shown(v), rule.source),
+                format!(
+                    "Invalid value: {}: rule {} failed to evaluate: {e}",
+                    shown(v),
+                    rule.source
+                ),
             )),
         }
     }

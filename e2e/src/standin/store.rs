@@ -52,6 +52,9 @@ impl Event {
 
 type ObjKey = (String, String);
 
+/// Backlog events and a receiver for what follows them.
+pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 /// The state behind the single lock.
 pub struct Store {
     pub rv: u64,
@@ -190,11 +193,24 @@ impl Store {
             m.insert("resourceVersion".into(), Value::String(self.rv.to_string()));
         }
         let last = Arc::new(last);
-        self.emit(res, ns.to_string(), EventType::Deleted, last.clone(), Some(prev));
+        self.emit(
+            res,
+            ns.to_string(),
+            EventType::Deleted,
+            last.clone(),
+            Some(prev),
+        );
         Some(last)
     }
 
-    fn emit(&mut self, res: &ResKey, ns: String, type_: EventType, obj: Arc<Value>, prev: Option<Arc<Value>>) {
+    fn emit(
+        &mut self,
+        res: &ResKey,
+        ns: String,
+        type_: EventType,
+        obj: Arc<Value>,
+        prev: Option<Arc<Value>>,
+    ) {
         let ev = Arc::new(Event {
             rv: self.rv,
             res: res.clone(),
@@ -222,11 +238,7 @@ impl Store {
 
     /// Events after `from` for `res` and a live receiver, or `None` if `from`
     /// is older than the compacted history (410 Gone).
-    pub fn subscribe_from(
-        &self,
-        res: &ResKey,
-        from: u64,
-    ) -> Option<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>)> {
+    pub fn subscribe_from(&self, res: &ResKey, from: u64) -> Option<Subscription> {
         if from < self.compacted_rv {
             return None;
         }

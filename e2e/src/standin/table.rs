@@ -22,9 +22,10 @@ pub fn eval_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
             if let Some(filter) = inner.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')) {
                 let (field, want) = filter.split_once("==")?;
                 let want = want.trim().trim_matches(|c| c == '"' || c == '\'');
-                cur = cur.as_array()?.iter().find(|x| {
-                    x.get(field.trim()).and_then(Value::as_str) == Some(want)
-                })?;
+                cur = cur
+                    .as_array()?
+                    .iter()
+                    .find(|x| x.get(field.trim()).and_then(Value::as_str) == Some(want))?;
             } else {
                 let i: usize = inner.trim().parse().ok()?;
                 cur = cur.as_array()?.get(i)?;
@@ -48,13 +49,21 @@ pub fn human_age(secs: i64) -> String {
     } else if s < 8 * 3600 {
         let h = s / 3600;
         let m = (s % 3600) / 60;
-        if m == 0 { format!("{h}h") } else { format!("{h}h{m}m") }
+        if m == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{m}m")
+        }
     } else if s < 48 * 3600 {
         format!("{}h", s / 3600)
     } else if s < 8 * 86400 {
         let d = s / 86400;
         let h = (s % 86400) / 3600;
-        if h == 0 { format!("{d}d") } else { format!("{d}d{h}h") }
+        if h == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{h}h")
+        }
     } else if s < 365 * 86400 {
         format!("{}d", s / 86400)
     } else {
@@ -74,7 +83,12 @@ fn job_cell(obj: &Value, which: &str) -> Value {
         status
             .get("conditions")
             .and_then(Value::as_array)
-            .is_some_and(|cs| cs.iter().any(|c| c.get("type").and_then(Value::as_str) == Some(t) && c.get("status").and_then(Value::as_str) == Some("True")))
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.get("type").and_then(Value::as_str) == Some(t)
+                        && c.get("status").and_then(Value::as_str) == Some("True")
+                })
+            })
     };
     match which {
         "@jobstatus" => {
@@ -93,11 +107,17 @@ fn job_cell(obj: &Value, which: &str) -> Value {
         }
         "@jobcompletions" => {
             let done = status.get("succeeded").and_then(Value::as_i64).unwrap_or(0);
-            let want = obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);
+            let want = obj
+                .pointer("/spec/completions")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             json!(format!("{done}/{want}"))
         }
         "@jobduration" => {
-            let start = status.get("startTime").and_then(Value::as_str).and_then(|s| s.parse::<jiff::Timestamp>().ok());
+            let start = status
+                .get("startTime")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<jiff::Timestamp>().ok());
             let end = status
                 .get("completionTime")
                 .and_then(Value::as_str)
@@ -120,7 +140,10 @@ fn cell(obj: &Value, col: &Column) -> Value {
         return Value::Null;
     };
     match col.type_.as_str() {
-        "date" => v.as_str().and_then(age_of).map_or(Value::Null, Value::String),
+        "date" => v
+            .as_str()
+            .and_then(age_of)
+            .map_or(Value::Null, Value::String),
         "integer" => v.as_i64().map_or_else(|| v.clone(), |i| json!(i)),
         "number" => v.as_f64().map_or_else(|| v.clone(), |f| json!(f)),
         "boolean" => v.as_bool().map_or_else(|| v.clone(), |b| json!(b)),
@@ -141,8 +164,13 @@ fn columns_for(def: &ResourceDef, version: &str) -> Vec<Column> {
         priority: 0,
         json_path: ".metadata.name".into(),
     }];
-    let declared = def.version(version).map(|v| v.columns.clone()).unwrap_or_default();
-    let has_age = declared.iter().any(|c| c.json_path == ".metadata.creationTimestamp");
+    let declared = def
+        .version(version)
+        .map(|v| v.columns.clone())
+        .unwrap_or_default();
+    let has_age = declared
+        .iter()
+        .any(|c| c.json_path == ".metadata.creationTimestamp");
     cols.extend(declared);
     if !def.is_custom() && !has_age {
         cols.push(Column {
@@ -166,7 +194,14 @@ fn partial_metadata(obj: &Value) -> Value {
 }
 
 /// A Table of `objs`; `include_object` is `None`, `Metadata` (default) or `Object`.
-pub fn table(def: &ResourceDef, version: &str, objs: &[&Value], rv: &str, cont: Option<&str>, include_object: &str) -> Value {
+pub fn table(
+    def: &ResourceDef,
+    version: &str,
+    objs: &[&Value],
+    rv: &str,
+    cont: Option<&str>,
+    include_object: &str,
+) -> Value {
     let cols = columns_for(def, version);
     let defs: Vec<Value> = cols
         .iter()

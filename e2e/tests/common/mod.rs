@@ -54,5 +54,10 @@ pub fn api_err<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> kube::core::Sta
 }
 
 pub fn rv(o: &DynamicObject) -> u64 {
-    o.metadata.resource_version.as_deref().unwrap().parse().unwrap()
+    o.metadata
+        .resource_version
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
 }

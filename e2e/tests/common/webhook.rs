@@ -38,33 +38,48 @@ pub async fn start(decide: Decide, delay: Duration) -> WebhookServer {
     let task = tokio::spawn(async move {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             let decide = decide.clone();
             let rv = rv.clone();
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let decide = decide.clone();
-                    let rv = rv.clone();
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let review: Value = serde_json::from_slice(&body).unwrap();
-                        rv.lock().unwrap().push(review.clone());
-                        tokio::time::sleep(delay).await;
-                        let mut resp = decide(&review["request"]);
-                        resp["uid"] = review["request"]["uid"].clone();
-                        let out = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp});
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(serde_json::to_vec(&out).unwrap()))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let decide = decide.clone();
+                        let rv = rv.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let review: Value = serde_json::from_slice(&body).unwrap();
+                            rv.lock().unwrap().push(review.clone());
+                            tokio::time::sleep(delay).await;
+                            let mut resp = decide(&review["request"]);
+                            resp["uid"] = review["request"]["uid"].clone();
+                            let out = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp});
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
+                                serde_json::to_vec(&out).unwrap(),
+                            ))))
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
             });
         }
     });
-    WebhookServer { addr, ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca.cert_pem()), reviews, task }
+    WebhookServer {
+        addr,
+        ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca.cert_pem()),
+        reviews,
+        task,
+    }
 }
 
 pub fn json_patch_b64(ops: Value) -> String {
