@@ -16,6 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -165,16 +166,53 @@ struct Usage {
     accelerators: u64,
 }
 
-/// Charges over time with prefix sums, for O(log n) rolling-window sums.
-#[derive(Clone, Debug, Default)]
+/// Charges over time with prefix sums. A rolling-window sum is the
+/// difference of two prefix sums; the window's start only moves forward with
+/// time, so each registered window keeps a cursor and finds its start in
+/// amortised O(1) instead of a binary search over the whole history.
+#[derive(Debug, Default)]
 struct ChargeSeries {
     /// (time in ms, cumulative FLOP including this charge)
     points: VecDeque<(i64, f64)>,
     /// Cumulative FLOP of points pruned from the front.
     pruned: f64,
+    /// Absolute index of `points[0]` (points pruned so far).
+    popped: usize,
+    /// Per window length (ms): absolute index of the first point after the
+    /// window start, as of the last query. Atomics keep `&self` queries
+    /// lock-free and the engine `Sync`.
+    cursors: Vec<(i64, AtomicUsize)>,
+}
+
+impl Clone for ChargeSeries {
+    fn clone(&self) -> Self {
+        ChargeSeries {
+            points: self.points.clone(),
+            pruned: self.pruned,
+            popped: self.popped,
+            cursors: self
+                .cursors
+                .iter()
+                .map(|(w, c)| (*w, AtomicUsize::new(c.load(AtomicOrdering::Relaxed))))
+                .collect(),
+        }
+    }
 }
 
 impl ChargeSeries {
+    fn with_windows(windows: &[i64]) -> ChargeSeries {
+        let mut s = ChargeSeries::default();
+        for w in windows {
+            s.register(*w);
+        }
+        s
+    }
+    fn register(&mut self, window_ms: i64) {
+        if !self.cursors.iter().any(|(w, _)| *w == window_ms) {
+            self.cursors
+                .push((window_ms, AtomicUsize::new(self.popped)));
+        }
+    }
     fn push(&mut self, t: i64, flop: f64) {
         let last = self.points.back().map_or(self.pruned, |p| p.1);
         self.points.push_back((t, last + flop));
@@ -182,18 +220,44 @@ impl ChargeSeries {
     fn total(&self) -> f64 {
         self.points.back().map_or(self.pruned, |p| p.1)
     }
-    /// Cumulative sum of charges at or before `t`.
-    fn cum_at(&self, t: i64) -> f64 {
-        let i = self.points.partition_point(|p| p.0 <= t);
+    fn cum_before(&self, i: usize) -> f64 {
         if i == 0 {
             self.pruned
         } else {
             self.points[i - 1].1
         }
     }
+    /// Cumulative sum of charges at or before `t`.
+    fn cum_at(&self, t: i64) -> f64 {
+        if self.points.back().is_none_or(|p| p.0 <= t) {
+            return self.total();
+        }
+        self.cum_before(self.points.partition_point(|p| p.0 <= t))
+    }
+    /// Cumulative sum at or before `t`, using the cursor of `window_ms`.
+    fn cum_at_window_start(&self, t: i64, window_ms: i64) -> f64 {
+        let Some((_, cursor)) = self.cursors.iter().find(|(w, _)| *w == window_ms) else {
+            return self.cum_at(t);
+        };
+        let len = self.points.len();
+        let mut i = cursor
+            .load(AtomicOrdering::Relaxed)
+            .saturating_sub(self.popped)
+            .min(len);
+        if i > 0 && self.points[i - 1].0 > t {
+            // Asked about the past: search instead of walking back.
+            i = self.points.partition_point(|p| p.0 <= t);
+        } else {
+            while i < len && self.points[i].0 <= t {
+                i += 1;
+            }
+        }
+        cursor.store(i + self.popped, AtomicOrdering::Relaxed);
+        self.cum_before(i)
+    }
     /// Sum of charges in (now - window, now].
     fn window_sum(&self, now: i64, window_ms: i64) -> f64 {
-        self.cum_at(now) - self.cum_at(now.saturating_sub(window_ms))
+        self.cum_at(now) - self.cum_at_window_start(now.saturating_sub(window_ms), window_ms)
     }
     /// Earliest time at which the window sum drops to `target` or below,
     /// assuming no new charges.
@@ -211,6 +275,7 @@ impl ChargeSeries {
             if pt < t && self.points.len() > 1 {
                 self.pruned = cum;
                 self.points.pop_front();
+                self.popped += 1;
             } else {
                 break;
             }
@@ -306,6 +371,8 @@ pub struct Engine {
     lineages: HashMap<String, LineageTotals>,
     /// Charge series per budget scope (Namespace, Model, Cluster), by scope key.
     windows: [HashMap<String, ChargeSeries>; 3],
+    /// Budget window lengths (ms) of all policies ever loaded, per scope.
+    window_lengths: [Vec<i64>; 3],
     cluster_usage: Usage,
     ns_usage: HashMap<String, Usage>,
     queue: BTreeMap<QueueKey, JobKey>,
@@ -346,6 +413,7 @@ impl Engine {
             ended: HashMap::new(),
             lineages: HashMap::new(),
             windows: Default::default(),
+            window_lengths: Default::default(),
             cluster_usage: Usage::default(),
             ns_usage: HashMap::new(),
             queue: BTreeMap::new(),
@@ -616,6 +684,24 @@ impl Engine {
         step
     }
 
+    /// The decision `req` would get if submitted at `now`, without changing
+    /// anything: what the admission webhook answers at `kubectl apply` time.
+    pub fn preview(&self, now: Timestamp, req: &JobRequest) -> Decision {
+        let job = JobState {
+            request: req.clone(),
+            phase: Phase::Pending,
+            submitted_at: now,
+            seq: self.next_seq,
+            decision: None,
+            approvals: Vec::new(),
+            admitted: None,
+            started_at: None,
+            throttled_on: Vec::new(),
+        };
+        let blocked = self.blocked_ahead(&job);
+        self.evaluate(now, &job, &blocked).decision
+    }
+
     /// Applies one event at `now`.
     pub fn apply(&mut self, now: Timestamp, event: Event) -> Result<Step, EngineError> {
         let mut step = Step::default();
@@ -643,6 +729,15 @@ impl Engine {
                     Arc::new(self.base_catalog.with_overrides(&p.spec.accelerators))
                 };
                 let hash = content_hash(&p.spec);
+                for b in &p.spec.budgets {
+                    let (i, w) = (scope_index(b.scope), b.window.as_millis());
+                    if !self.window_lengths[i].contains(&w) {
+                        self.window_lengths[i].push(w);
+                        for series in self.windows[i].values_mut() {
+                            series.register(w);
+                        }
+                    }
+                }
                 self.retention_ms = self.retention_ms.max(
                     p.spec
                         .budgets
@@ -1166,20 +1261,22 @@ impl Engine {
             }
         }
         let t = ms(now);
-        self.windows[scope_index(BudgetScope::Namespace)]
-            .entry(req.id.namespace.clone())
-            .or_default()
-            .push(t, flop.0);
-        for l in lineages {
-            self.windows[scope_index(BudgetScope::Model)]
-                .entry(l.clone())
-                .or_default()
-                .push(t, flop.0);
+        let cluster = String::new();
+        let keys = std::iter::once((BudgetScope::Namespace, &req.id.namespace))
+            .chain(lineages.iter().map(|l| (BudgetScope::Model, l)))
+            .chain(std::iter::once((BudgetScope::Cluster, &cluster)));
+        for (scope, key) in keys {
+            let i = scope_index(scope);
+            let lengths = &self.window_lengths[i];
+            match self.windows[i].get_mut(key.as_str()) {
+                Some(series) => series.push(t, flop.0),
+                None => {
+                    let mut series = ChargeSeries::with_windows(lengths);
+                    series.push(t, flop.0);
+                    self.windows[i].insert(key.clone(), series);
+                }
+            }
         }
-        self.windows[scope_index(BudgetScope::Cluster)]
-            .entry(String::new())
-            .or_default()
-            .push(t, flop.0);
     }
 
     fn record_crossings(&mut self, now: Timestamp, lineages: &[String], flop: Flop) {
@@ -1865,5 +1962,44 @@ fn policy_record(now: Timestamp, name: &str, hash: String) -> LedgerRecord {
             policy: name.to_string(),
             content_hash: hash,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChargeSeries;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Cursor-based window sums equal brute force, whatever the order of
+        /// queries (forward, backward) and pruning.
+        #[test]
+        fn window_sums_match_brute_force(
+            gaps in proptest::collection::vec((0i64..50, 1u32..100), 1..200),
+            queries in proptest::collection::vec((0i64..6000, 0usize..3), 1..60),
+            prune_at in proptest::option::of(0i64..3000),
+        ) {
+            let windows = [100i64, 500, 2000];
+            let mut s = ChargeSeries::with_windows(&windows);
+            let mut points = Vec::new();
+            let mut t = 0;
+            for (gap, flop) in gaps {
+                t += gap;
+                s.push(t, f64::from(flop));
+                points.push((t, f64::from(flop)));
+            }
+            if let Some(p) = prune_at {
+                s.prune_before(p);
+            }
+            for (now, w) in queries {
+                let w = windows[w];
+                let got = s.window_sum(now, w);
+                let want: f64 = points.iter().filter(|(pt, _)| *pt > now - w && *pt <= now).map(|p| p.1).sum();
+                // Pruned points are only those older than every query window here when prune_at is small.
+                if prune_at.is_none_or(|p| p <= now - w) {
+                    prop_assert!((got - want).abs() < 1e-6, "now {now} w {w}: {got} vs {want}");
+                }
+            }
+        }
     }
 }
