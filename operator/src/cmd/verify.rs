@@ -1,11 +1,132 @@
-//! `komptroller verify` (being built).
+//! `komptroller verify`: the auditor's offline check of a signed report,
+//! its ledger and its predecessor. Exit 0 only when every check holds;
+//! otherwise one sentence naming the first broken entry or field, and an
+//! exit code per failure class.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct VerifyArgs {}
+use komptroller_engine::report::{FailureClass, NamedInput, VerifyRequest, verify_report};
 
-pub fn run(_args: VerifyArgs) -> ExitCode {
-    eprintln!("komptroller verify: not implemented yet");
-    ExitCode::from(2)
+/// Verify a signed compute report offline.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Checks, in order: the report's canonical form and Ed25519 signature; \
+its link and consistency proof to the previous report; the ledger's hash chain; \
+the ledger's head hash and Merkle root against the report; every total, threshold crossing \
+and deadline recomputed from the entries; the inclusion proof of --entry.
+
+Exit codes:
+  0  every check holds
+  2  bad input: a file is missing or malformed (not JSON, not a PEM public key, ...)
+  3  signature: the report was altered, is not canonical, or was signed by another key
+  4  chain: a ledger entry was altered, deleted, inserted or reordered
+  5  ledger mismatch: the ledger is intact but is not the one the report signed
+  6  totals: a total, crossing or deadline differs from what the entries give
+  7  previous: the link or consistency proof to the previous report fails
+  8  inclusion: the entry's inclusion proof does not reach the signed root")]
+pub struct VerifyArgs {
+    /// The signed report (report.json).
+    #[arg(long, value_name = "FILE")]
+    pub report: PathBuf,
+    /// The signer's public key (SPKI PEM, public-key.pem).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The ledger (JSON Lines) from seq 0 to the report's last entry.
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
+    /// The previous report, to check the link and consistency.
+    #[arg(long, value_name = "FILE")]
+    pub previous: Option<PathBuf>,
+    /// Print and check the Merkle inclusion proof of the entry with this seq (needs --ledger).
+    #[arg(long, value_name = "SEQ")]
+    pub entry: Option<u64>,
+    /// Accept a ledger with entries after the report's range (they are chain-checked only).
+    #[arg(long)]
+    pub allow_longer_ledger: bool,
+    /// Print nothing on success.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn class_name(c: FailureClass) -> &'static str {
+    match c {
+        FailureClass::Input => "bad input",
+        FailureClass::Signature => "signature",
+        FailureClass::Chain => "chain",
+        FailureClass::LedgerMismatch => "ledger mismatch",
+        FailureClass::Totals => "totals",
+        FailureClass::Previous => "previous report",
+        FailureClass::Inclusion => "inclusion",
+    }
+}
+
+pub fn run(args: VerifyArgs) -> ExitCode {
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let load = |p: &Option<PathBuf>| p.as_ref().map(read).transpose();
+    let (report, key, ledger, previous) = match (|| {
+        Ok::<_, String>((
+            read(&args.report)?,
+            read(&args.key)?,
+            load(&args.ledger)?,
+            load(&args.previous)?,
+        ))
+    })() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("verify failed (exit 2, bad input): {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let names = (
+        args.report.display().to_string(),
+        args.key.display().to_string(),
+        args.ledger.as_ref().map(|p| p.display().to_string()),
+        args.previous.as_ref().map(|p| p.display().to_string()),
+    );
+    let req = VerifyRequest {
+        report: NamedInput {
+            name: &names.0,
+            bytes: &report,
+        },
+        public_key: NamedInput {
+            name: &names.1,
+            bytes: &key,
+        },
+        ledger: ledger.as_deref().map(|bytes| NamedInput {
+            name: names.2.as_deref().unwrap_or("ledger"),
+            bytes,
+        }),
+        previous: previous.as_deref().map(|bytes| NamedInput {
+            name: names.3.as_deref().unwrap_or("previous report"),
+            bytes,
+        }),
+        entry: args.entry,
+        allow_longer_ledger: args.allow_longer_ledger,
+    };
+    match verify_report(&req) {
+        Ok(v) => {
+            if !args.quiet {
+                for c in &v.checks {
+                    println!("ok  {c}");
+                }
+                if let Some(p) = &v.inclusion {
+                    match serde_json::to_string_pretty(p) {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => eprintln!("warning: cannot print the inclusion proof: {e}"),
+                    }
+                }
+                println!("verified: {} entries, report signed by key {}", v.report.report.range.to, v.report.key_id);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!(
+                "verify failed (exit {}, {}): {}",
+                f.class.exit_code(),
+                class_name(f.class),
+                f.message
+            );
+            ExitCode::from(f.class.exit_code())
+        }
+    }
 }
