@@ -687,19 +687,8 @@ impl Engine {
     /// The decision `req` would get if submitted at `now`, without changing
     /// anything: what the admission webhook answers at `kubectl apply` time.
     pub fn preview(&self, now: Timestamp, req: &JobRequest) -> Decision {
-        let job = JobState {
-            request: req.clone(),
-            phase: Phase::Pending,
-            submitted_at: now,
-            seq: self.next_seq,
-            decision: None,
-            approvals: Vec::new(),
-            admitted: None,
-            started_at: None,
-            throttled_on: Vec::new(),
-        };
-        let blocked = self.blocked_ahead(&job);
-        self.evaluate(now, &job, &blocked).decision
+        let blocked = self.blocked_ahead((Reverse(req.priority), now, self.next_seq));
+        self.evaluate(now, req, &[], &blocked).decision
     }
 
     /// Applies one event at `now`.
@@ -1111,7 +1100,7 @@ impl Engine {
                 self.queue.remove(&qk);
                 continue;
             };
-            let eval = self.evaluate(now, job, &blocked);
+            let eval = self.evaluate(now, &job.request, &job.approvals, &blocked);
             if eval.decision.verdict == Verdict::Throttle {
                 if eval.strict {
                     blocked.extend(eval.throttled_on.iter().cloned());
@@ -1136,15 +1125,15 @@ impl Engine {
         let Some(job) = self.jobs.get(key) else {
             return;
         };
-        let blocked = self.blocked_ahead(job);
-        let eval = self.evaluate(now, job, &blocked);
+        let blocked =
+            self.blocked_ahead((Reverse(job.request.priority), job.submitted_at, job.seq));
+        let eval = self.evaluate(now, &job.request, &job.approvals, &blocked);
         self.commit(now, key, eval, step, fresh);
     }
 
     /// Constraints blocked by queued jobs ahead of `job` (StrictFIFO).
-    fn blocked_ahead(&self, job: &JobState) -> HashSet<String> {
+    fn blocked_ahead(&self, qk: QueueKey) -> HashSet<String> {
         let mut out = HashSet::new();
-        let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
         for other in self.queue.range(..qk).map(|(_, k)| k) {
             if let Some(o) = self.jobs.get(other) {
                 out.extend(o.throttled_on.iter().cloned());
@@ -1319,8 +1308,13 @@ impl Engine {
     }
 
     /// Evaluates `job` against every selecting policy (pure: no mutation).
-    fn evaluate(&self, now: Timestamp, job: &JobState, blocked: &HashSet<String>) -> Evaluation {
-        let req = &job.request;
+    fn evaluate(
+        &self,
+        now: Timestamp,
+        req: &JobRequest,
+        approvals_given: &[Principal],
+        blocked: &HashSet<String>,
+    ) -> Evaluation {
         let policies = self.selecting(req);
         let lineage = req.lineage().to_string();
         let base = req.base_lineage().map(str::to_string);
@@ -1455,23 +1449,25 @@ impl Engine {
             {
                 tier_name = Some(t.name.clone());
                 let rule = format!("tier/{}", t.name);
-                let context = format!(
-                    "lineage {} would reach {} cumulative FLOP with this job's {}, above tier {} at {}",
-                    tier_lineage,
-                    sci(lineage_total.0),
-                    governing,
-                    t.name,
-                    sci(t.threshold.0)
-                );
+                let context = || {
+                    format!(
+                        "lineage {} would reach {} cumulative FLOP with this job's {}, above tier {} at {}",
+                        tier_lineage,
+                        sci(lineage_total.0),
+                        governing,
+                        t.name,
+                        sci(t.threshold.0)
+                    )
+                };
                 match t.action {
                     TierAction::Admit => {}
                     TierAction::Reject => {
-                        outcomes.push(reject(&rule, format!("Rejected: {context}.")))
+                        outcomes.push(reject(&rule, format!("Rejected: {}.", context())))
                     }
                     TierAction::Escalate => outcomes.push(RuleOutcome {
                         verdict: Verdict::Escalate,
                         rule,
-                        reason: format!("Awaiting approval: {context}."),
+                        reason: format!("Awaiting approval: {}.", context()),
                         approvals: t.approvals.clone(),
                         constraint: None,
                     }),
@@ -1612,7 +1608,7 @@ impl Engine {
                             required: 1,
                             groups: Vec::new(),
                         });
-                    approvals_satisfy(&job.approvals, req.submitter.as_ref(), &need)
+                    approvals_satisfy(approvals_given, req.submitter.as_ref(), &need)
                 })
             {
                 approvals_lifted = true;
@@ -1776,7 +1772,7 @@ impl Engine {
             decider.outcome.approvals.as_ref().map(|a| ApprovalNeed {
                 required: a.required,
                 groups: a.groups.clone(),
-                approved_by: job.approvals.iter().map(|p| p.user.clone()).collect(),
+                approved_by: approvals_given.iter().map(|p| p.user.clone()).collect(),
             })
         } else {
             None
