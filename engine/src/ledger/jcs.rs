@@ -93,9 +93,17 @@ fn write_f64(out: &mut Vec<u8>, v: f64) -> Result<(), JcsError> {
     Ok(())
 }
 
-fn write_int<I: itoa::Integer>(out: &mut Vec<u8>, v: I) {
-    let mut buf = itoa::Buffer::new();
-    out.extend_from_slice(buf.format(v).as_bytes());
+/// JSON numbers are IEEE 754 doubles (RFC 8785 §3.2.2.3): integers up to
+/// 2^53 print as their digits, larger ones as the double they round to.
+fn write_int<I: itoa::Integer + Into<i128>>(out: &mut Vec<u8>, v: I) {
+    let wide: i128 = v.into();
+    if wide.unsigned_abs() <= 1 << 53 {
+        let mut buf = itoa::Buffer::new();
+        out.extend_from_slice(buf.format(wide).as_bytes());
+    } else {
+        // Finite by construction, so this cannot fail.
+        let _ = write_f64(out, wide as f64);
+    }
 }
 
 /// Orders member names by UTF-16 code units (RFC 8785 §3.2.3).
@@ -302,8 +310,7 @@ impl<'s, 'a> ser::Serializer for &'s mut Jcs<'a> {
         Ok(())
     }
     fn serialize_u128(self, v: u128) -> Result<(), JcsError> {
-        write_int(self.out, v);
-        Ok(())
+        write_f64(self.out, v as f64)
     }
     fn serialize_f32(self, v: f32) -> Result<(), JcsError> {
         write_f64(self.out, f64::from(v))

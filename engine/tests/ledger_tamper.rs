@@ -1,0 +1,262 @@
+//! Tamper evidence over generated ledgers: every single-byte change to any
+//! entry or report, any reordering, deletion or insertion of entries, a
+//! report signed by another key and a previous report that does not match
+//! are all detected by the verifier.
+
+use komptroller_engine::ledger::{Ledger, LedgerEntry, sample::sample_records, write_jsonl};
+use komptroller_engine::policy::Policy;
+use komptroller_engine::report::{
+    FailureClass, NamedInput, Period, SignedReport, VerifyFailure, VerifyRequest, build_report,
+    verify_report,
+};
+use komptroller_engine::signing::{Ed25519SigningKey, public_key_pem, signing_key_from_seed};
+use proptest::prelude::*;
+
+fn policies() -> Vec<Policy> {
+    let yaml = r#"
+- name: eu-ai-act
+  spec:
+    tiers:
+      - name: gpai
+        threshold: 1e22
+        action: Admit
+        reporting: {regulation: "EU AI Act Art. 53", notifyWithin: 14d}
+      - name: systemic
+        threshold: 1e24
+        action: Escalate
+        reporting: {regulation: "EU AI Act Art. 52(1)", notifyWithin: 336h}
+"#;
+    serde_saphyr::from_str(yaml).expect("policies")
+}
+
+struct Case {
+    key: Ed25519SigningKey,
+    entries: Vec<LedgerEntry>,
+    ledger: Vec<u8>,
+    report: SignedReport,
+    report_bytes: Vec<u8>,
+    pem: String,
+}
+
+fn case(n: usize, seed: u64) -> Case {
+    let key = signing_key_from_seed(&[seed as u8; 32]);
+    let mut l = Ledger::new();
+    for r in sample_records(n, seed, "2026-02-01T00:00:00Z".parse().expect("time")) {
+        l.append(r).expect("append");
+    }
+    let entries = l.into_entries();
+    let mut ledger = Vec::new();
+    write_jsonl(&entries, &mut ledger).expect("write");
+    let report = build_report(&entries, &policies(), Period::covering(&entries), None)
+        .expect("build")
+        .sign(&key)
+        .expect("sign");
+    let report_bytes = report.canonical_bytes().expect("bytes");
+    let pem = public_key_pem(&key.verifying_key()).expect("pem");
+    Case {
+        key,
+        entries,
+        ledger,
+        report,
+        report_bytes,
+        pem,
+    }
+}
+
+fn check(c: &Case, report: &[u8], ledger: &[u8], previous: Option<&[u8]>) -> Result<(), VerifyFailure> {
+    verify_report(&VerifyRequest {
+        report: NamedInput {
+            name: "report.json",
+            bytes: report,
+        },
+        public_key: NamedInput {
+            name: "public-key.pem",
+            bytes: c.pem.as_bytes(),
+        },
+        ledger: Some(NamedInput {
+            name: "ledger.jsonl",
+            bytes: ledger,
+        }),
+        previous: previous.map(|b| NamedInput {
+            name: "previous.json",
+            bytes: b,
+        }),
+        entry: None,
+        allow_longer_ledger: false,
+    })
+    .map(|_| ())
+}
+
+fn jsonl(entries: &[LedgerEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_jsonl(entries, &mut out).expect("write");
+    out
+}
+
+#[test]
+fn an_untouched_ledger_and_report_verify() {
+    for seed in 0..5 {
+        let c = case(30 + seed as usize, seed);
+        check(&c, &c.report_bytes, &c.ledger, None).expect("verifies");
+        assert!(!c.report.report.threshold_crossings.is_empty());
+    }
+}
+
+/// Exhaustive over a small ledger: every byte position, several replacement values.
+#[test]
+fn every_single_byte_change_anywhere_is_detected() {
+    let c = case(6, 3);
+    let replacements = |b: u8| [b ^ 0x01, b ^ 0x20, b'0', b' ', b'\n', b'"', b'}', 0x80];
+    let mut tried = 0;
+    for i in 0..c.ledger.len() {
+        for r in replacements(c.ledger[i]) {
+            if r == c.ledger[i] {
+                continue;
+            }
+            let mut l = c.ledger.clone();
+            l[i] = r;
+            tried += 1;
+            assert!(
+                check(&c, &c.report_bytes, &l, None).is_err(),
+                "ledger byte {i} changed from {:?} to {:?} went undetected",
+                c.ledger[i] as char,
+                r as char
+            );
+        }
+    }
+    for i in 0..c.report_bytes.len() {
+        for r in replacements(c.report_bytes[i]) {
+            if r == c.report_bytes[i] {
+                continue;
+            }
+            let mut b = c.report_bytes.clone();
+            b[i] = r;
+            tried += 1;
+            assert!(
+                check(&c, &b, &c.ledger, None).is_err(),
+                "report byte {i} changed from {:?} to {:?} went undetected",
+                c.report_bytes[i] as char,
+                r as char
+            );
+        }
+    }
+    assert!(tried > 20_000, "only {tried} mutations tried");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn any_byte_change_to_the_ledger_is_detected(
+        n in 1usize..40, seed in any::<u64>(), pos in any::<prop::sample::Index>(), byte in any::<u8>(),
+    ) {
+        let c = case(n, seed);
+        let i = pos.index(c.ledger.len());
+        prop_assume!(c.ledger[i] != byte);
+        let mut l = c.ledger.clone();
+        l[i] = byte;
+        prop_assert!(check(&c, &c.report_bytes, &l, None).is_err());
+    }
+
+    #[test]
+    fn any_byte_change_to_the_report_is_detected(
+        n in 1usize..40, seed in any::<u64>(), pos in any::<prop::sample::Index>(), byte in any::<u8>(),
+    ) {
+        let c = case(n, seed);
+        let i = pos.index(c.report_bytes.len());
+        prop_assume!(c.report_bytes[i] != byte);
+        let mut b = c.report_bytes.clone();
+        b[i] = byte;
+        let err = check(&c, &b, &c.ledger, None).expect_err("detected");
+        prop_assert!(matches!(err.class, FailureClass::Input | FailureClass::Signature), "{:?}", err);
+    }
+
+    #[test]
+    fn reordering_deleting_or_inserting_entries_is_detected(
+        n in 2usize..40, seed in any::<u64>(), a in any::<prop::sample::Index>(), b in any::<prop::sample::Index>(),
+        op in 0u8..5,
+    ) {
+        let c = case(n, seed);
+        let mut e = c.entries.clone();
+        let (i, j) = (a.index(n), b.index(n));
+        match op {
+            // Swap two entries.
+            0 => { prop_assume!(i != j); e.swap(i, j); }
+            // Delete one.
+            1 => { e.remove(i); }
+            // Duplicate one.
+            2 => { let x = e[i].clone(); e.insert(j, x); }
+            // Delete one and re-chain everything after it (a forger without the signing key).
+            3 => {
+                e.remove(i);
+                let mut l = Ledger::new();
+                for x in e.drain(..) { l.append(x.record).expect("append"); }
+                e = l.into_entries();
+            }
+            // Insert a forged entry, re-chained from there on.
+            _ => {
+                let mut forged = e[i].record.clone();
+                forged.actor = "mallory".into();
+                e.insert(j, LedgerEntry { seq: 0, prev_hash: Default::default(), hash: Default::default(), record: forged });
+                let mut l = Ledger::new();
+                for x in e.drain(..) { l.append(x.record).expect("append"); }
+                e = l.into_entries();
+            }
+        }
+        let err = check(&c, &c.report_bytes, &jsonl(&e), None).expect_err("detected");
+        // Removing the last entry leaves an intact but shorter chain, which
+        // no longer matches the signed size, head hash and root.
+        let want = if op >= 3 || (op == 1 && i == n - 1) {
+            FailureClass::LedgerMismatch
+        } else {
+            FailureClass::Chain
+        };
+        prop_assert_eq!(err.class, want, "{}", err.message);
+    }
+
+    #[test]
+    fn a_report_signed_by_another_key_is_detected(n in 1usize..30, seed in any::<u64>(), other in any::<[u8; 32]>()) {
+        let c = case(n, seed);
+        let k2 = signing_key_from_seed(&other);
+        prop_assume!(k2.verifying_key() != c.key.verifying_key());
+        let forged = c.report.report.clone().sign(&k2).expect("sign");
+        let err = check(&c, &forged.canonical_bytes().expect("bytes"), &c.ledger, None).expect_err("detected");
+        prop_assert_eq!(err.class, FailureClass::Signature);
+        // Even with the key id rewritten to ours, the signature does not hold.
+        let mut relabelled = forged.clone();
+        relabelled.key_id = c.report.key_id;
+        let err = check(&c, &relabelled.canonical_bytes().expect("bytes"), &c.ledger, None).expect_err("detected");
+        prop_assert_eq!(err.class, FailureClass::Signature);
+    }
+
+    #[test]
+    fn a_previous_report_that_does_not_match_is_detected(n in 4usize..40, seed in any::<u64>(), cut in any::<prop::sample::Index>()) {
+        let c = case(n, seed);
+        let m = 1 + cut.index(n - 2);
+        let first = &c.entries[..m];
+        let prev = build_report(first, &policies(), Period::covering(first), None).expect("build").sign(&c.key).expect("sign");
+        let next = build_report(&c.entries, &policies(), Period::covering(&c.entries[m..]), Some(&prev))
+            .expect("build").sign(&c.key).expect("sign");
+        let next_bytes = next.canonical_bytes().expect("bytes");
+        let prev_bytes = prev.canonical_bytes().expect("bytes");
+        check(&c, &next_bytes, &c.ledger, Some(&prev_bytes)).expect("the true predecessor verifies");
+        // A different (validly signed) predecessor: one entry shorter or longer.
+        let other_m = if m > 1 { m - 1 } else { m + 1 };
+        let other_entries = &c.entries[..other_m];
+        let other = build_report(other_entries, &policies(), Period::covering(other_entries), None)
+            .expect("build").sign(&c.key).expect("sign");
+        let err = check(&c, &next_bytes, &c.ledger, Some(&other.canonical_bytes().expect("bytes"))).expect_err("detected");
+        prop_assert_eq!(err.class, FailureClass::Previous, "{}", err.message);
+        // A predecessor over a rewritten history with the same size.
+        let mut l = Ledger::new();
+        for (k, x) in c.entries[..m].iter().enumerate() {
+            let mut r = x.record.clone();
+            if k == 0 { r.actor.push('!'); }
+            l.append(r).expect("append");
+        }
+        let rewritten = build_report(l.entries(), &policies(), Period::covering(l.entries()), None)
+            .expect("build").sign(&c.key).expect("sign");
+        let err = check(&c, &next_bytes, &c.ledger, Some(&rewritten.canonical_bytes().expect("bytes"))).expect_err("detected");
+        prop_assert_eq!(err.class, FailureClass::Previous, "{}", err.message);
+    }
+}
