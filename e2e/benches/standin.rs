@@ -18,13 +18,21 @@ use serde_json::json;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -46,13 +54,24 @@ async fn main() {
     let watchers = arg("--watchers", 5);
     let concurrency = arg("--concurrency", 64);
     let namespaces = 50u64;
-    let standin = StandIn::start(Options { history_limit: 200_000, ..Options::default() }).unwrap();
+    let standin = StandIn::start(Options {
+        history_limit: 200_000,
+        ..Options::default()
+    })
+    .unwrap();
     let client = client_from_kubeconfig(&standin.kubeconfig).await.unwrap();
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     for n in 0..namespaces {
-        nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": format!("bench-{n}")}})).unwrap()).await.unwrap();
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": format!("bench-{n}")}})).unwrap(),
+        )
+        .await
+        .unwrap();
     }
-    println!("kube-standin load benchmark: {objects} objects, target {rate} writes/s for {seconds}s, {watchers} watchers, concurrency {concurrency}");
+    println!(
+        "kube-standin load benchmark: {objects} objects, target {rate} writes/s for {seconds}s, {watchers} watchers, concurrency {concurrency}"
+    );
     // Phase 1: load.
     let t0 = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -85,14 +104,19 @@ async fn main() {
     );
     // Phase 2: watchers from the current resourceVersion, then paced writes.
     let start_rv = standin.resource_version().to_string();
-    let received: Vec<Arc<AtomicU64>> = (0..watchers).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let received: Vec<Arc<AtomicU64>> =
+        (0..watchers).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let mut watch_tasks = Vec::new();
     for counter in &received {
         let api: Api<ConfigMap> = Api::all(client.clone());
         let counter = counter.clone();
         let rv = start_rv.clone();
         watch_tasks.push(tokio::spawn(async move {
-            let mut s = api.watch(&WatchParams::default().timeout(290), &rv).await.unwrap().boxed();
+            let mut s = api
+                .watch(&WatchParams::default().timeout(290), &rv)
+                .await
+                .unwrap()
+                .boxed();
             while let Ok(Some(ev)) = s.try_next().await {
                 if matches!(ev, WatchEvent::Modified(_)) {
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -122,9 +146,16 @@ async fn main() {
                 let due = t1 + Duration::from_secs_f64(k as f64 / rate as f64);
                 tokio::time::sleep_until(due.into()).await;
                 let i = (k * 7919) % objects;
-                let api: Api<ConfigMap> = Api::namespaced(client.clone(), &format!("bench-{}", i % namespaces));
+                let api: Api<ConfigMap> =
+                    Api::namespaced(client.clone(), &format!("bench-{}", i % namespaces));
                 let s = Instant::now();
-                let r = api.patch(&format!("cm-{i}"), &PatchParams::default(), &Patch::Merge(json!({"data": {"k": k.to_string()}}))).await;
+                let r = api
+                    .patch(
+                        &format!("cm-{i}"),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"data": {"k": k.to_string()}})),
+                    )
+                    .await;
                 let ms = s.elapsed().as_secs_f64() * 1000.0;
                 if r.is_err() {
                     failed.fetch_add(1, Ordering::Relaxed);
@@ -139,7 +170,9 @@ async fn main() {
     let write_time = t1.elapsed();
     // Wait for watchers to drain.
     let drain_deadline = Instant::now() + Duration::from_secs(30);
-    while received.iter().any(|c| c.load(Ordering::Relaxed) < total) && Instant::now() < drain_deadline {
+    while received.iter().any(|c| c.load(Ordering::Relaxed) < total)
+        && Instant::now() < drain_deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drained = t1.elapsed();
@@ -156,8 +189,16 @@ async fn main() {
         lat.last().copied().unwrap_or(0.0)
     );
     let counts: Vec<u64> = received.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-    println!("watchers: MODIFIED events received per watcher {counts:?} (expected {total} each); all delivered {:.2}s after the first write", drained.as_secs_f64());
-    println!("final: objects {}, resourceVersion {}, RSS {:.0} MiB", standin.object_count(), standin.resource_version(), rss_mib());
+    println!(
+        "watchers: MODIFIED events received per watcher {counts:?} (expected {total} each); all delivered {:.2}s after the first write",
+        drained.as_secs_f64()
+    );
+    println!(
+        "final: objects {}, resourceVersion {}, RSS {:.0} MiB",
+        standin.object_count(),
+        standin.resource_version(),
+        rss_mib()
+    );
     for t in watch_tasks {
         t.abort();
     }

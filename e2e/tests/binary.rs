@@ -15,43 +15,99 @@ async fn binary_serves_until_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     let tokens = dir.path().join("tokens.csv");
-    std::fs::write(&tokens, "tok-viewer,viewer,uid-v,\"viewers\"\ntok-admin2,admin2,uid-a,\"system:masters\"\n").unwrap();
+    std::fs::write(
+        &tokens,
+        "tok-viewer,viewer,uid-v,\"viewers\"\ntok-admin2,admin2,uid-a,\"system:masters\"\n",
+    )
+    .unwrap();
     let bin = Path::new(env!("CARGO_BIN_EXE_kube-standin"));
     let t0 = std::time::Instant::now();
     let mut p = Process::start(
         bin,
-        &["--kubeconfig", kubeconfig.to_str().unwrap(), "--tokens", tokens.to_str().unwrap(), "--authorization", "RBAC", "--time-scale", "10"],
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--authorization",
+            "RBAC",
+            "--time-scale",
+            "10",
+        ],
         None,
         &[],
     )
     .unwrap();
-    let line = p.wait_for_line("ready", Duration::from_secs(10)).await.unwrap();
+    let line = p
+        .wait_for_line("ready", Duration::from_secs(10))
+        .await
+        .unwrap();
     eprintln!("started in {:?}: {line}", t0.elapsed());
-    assert!(t0.elapsed() < Duration::from_secs(2), "starts well under a second (plus process spawn)");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "starts well under a second (plus process spawn)"
+    );
     // The kubeconfig's default user is a cluster admin.
     let admin = client_from_kubeconfig(&kubeconfig).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap()).await.unwrap();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     // Token-file users are authorized by RBAC (viewer has no bindings).
     let text = std::fs::read_to_string(&kubeconfig).unwrap();
-    let admin_token = serde_json::from_str::<serde_json::Value>(&text).unwrap()["users"][0]["user"]["token"].as_str().unwrap().to_string();
+    let admin_token = serde_json::from_str::<serde_json::Value>(&text).unwrap()["users"][0]["user"]
+        ["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for (token, allowed) in [("tok-viewer", false), ("tok-admin2", true)] {
         let kc = dir.path().join(format!("kc-{token}"));
         std::fs::write(&kc, text.replace(&admin_token, token)).unwrap();
         let client = client_from_kubeconfig(&kc).await.unwrap();
-        let r = Api::<ConfigMap>::namespaced(client, "default").list(&ListParams::default()).await;
+        let r = Api::<ConfigMap>::namespaced(client, "default")
+            .list(&ListParams::default())
+            .await;
         assert_eq!(r.is_ok(), allowed, "{token}: {r:?}");
     }
     // The admin endpoint switches faults at runtime.
-    let req = http::Request::put("/_standin/faults").header("Content-Type", "application/json").body(serde_json::to_vec(&json!({"writeError500": 1.0})).unwrap()).unwrap();
+    let req = http::Request::put("/_standin/faults")
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&json!({"writeError500": 1.0})).unwrap())
+        .unwrap();
     admin.request_text(req).await.unwrap();
-    let e = cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "y"}})).unwrap()).await.unwrap_err();
-    assert!(matches!(e, kube::Error::Api(ref s) if s.code == 500), "{e:?}");
-    let req = http::Request::put("/_standin/faults").header("Content-Type", "application/json").body(b"{}".to_vec()).unwrap();
+    let e = cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "y"}})).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, kube::Error::Api(ref s) if s.code == 500),
+        "{e:?}"
+    );
+    let req = http::Request::put("/_standin/faults")
+        .header("Content-Type", "application/json")
+        .body(b"{}".to_vec())
+        .unwrap();
     admin.request_text(req).await.unwrap();
-    let stats = admin.request_text(http::Request::get("/_standin/stats").body(Vec::new()).unwrap()).await.unwrap();
+    let stats = admin
+        .request_text(
+            http::Request::get("/_standin/stats")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert!(stats.contains("\"objects\""), "{stats}");
-    let status = p.terminate(Duration::from_secs(5)).await.unwrap().expect("exits on SIGTERM");
+    let status = p
+        .terminate(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("exits on SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 
@@ -59,9 +115,20 @@ async fn binary_serves_until_sigterm() {
 async fn binary_rejects_bad_arguments() {
     let bin = Path::new(env!("CARGO_BIN_EXE_kube-standin"));
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin).args(["--kubeconfig", dir.path().join("k").to_str().unwrap(), "--tokens", "/nonexistent"]).output().unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "--kubeconfig",
+            dir.path().join("k").to_str().unwrap(),
+            "--tokens",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read tokens"));
-    let out = std::process::Command::new(bin).args(["--kubeconfig", "k", "--authorization", "Webhook"]).output().unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["--kubeconfig", "k", "--authorization", "Webhook"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

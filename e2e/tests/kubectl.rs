@@ -221,6 +221,83 @@ async fn apply_crds_then_get_with_printer_columns() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn generators_send_protobuf() {
+    let c = setup(Options::default()).await;
+    let name = format!("gen-{}", std::process::id());
+    assert!(kubectl(&c, &["create", "namespace", &name]).ok);
+    assert!(
+        kubectl(
+            &c,
+            &[
+                "-n",
+                &name,
+                "create",
+                "configmap",
+                "c",
+                "--from-literal=a=b"
+            ]
+        )
+        .ok
+    );
+    assert!(
+        kubectl(
+            &c,
+            &[
+                "-n",
+                &name,
+                "create",
+                "secret",
+                "generic",
+                "s",
+                "--from-literal=p=q"
+            ]
+        )
+        .ok
+    );
+    assert!(kubectl(&c, &["-n", &name, "create", "serviceaccount", "bot"]).ok);
+    assert_eq!(
+        kubectl(
+            &c,
+            &["-n", &name, "get", "cm", "c", "-o", "jsonpath={.data.a}"]
+        )
+        .stdout,
+        "b"
+    );
+    assert_eq!(
+        kubectl(
+            &c,
+            &[
+                "-n",
+                &name,
+                "get",
+                "secret",
+                "s",
+                "-o",
+                "jsonpath={.data.p}"
+            ]
+        )
+        .stdout,
+        "cQ=="
+    );
+    let o = kubectl(
+        &c,
+        &["-n", &name, "create", "deployment", "d", "--image=busybox"],
+    );
+    assert!(
+        !o.ok && o.stderr.contains("not supported by the stand-in"),
+        "unsupported protobuf kinds fail loudly: {}",
+        o.stderr
+    );
+    assert!(
+        kubectl(
+            &c,
+            &["delete", "namespace", &name, "--wait=true", "--timeout=20s"]
+        )
+        .ok
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn server_side_apply_with_conflicts() {
     let c = setup(Options::default()).await;
     let ns = c.temp_namespace("kssa").await.unwrap();
@@ -548,8 +625,34 @@ async fn auth_can_i_with_rbac_and_impersonation() {
         n = ns.name
     );
     assert!(kubectl_in(&c, &["apply", "-f", "-"], &rbac).ok);
-    // `kubectl auth can-i` sends protobuf (unsupported, see README); the same
-    // SelfSubjectAccessReview as JSON through impersonation:
+    // `kubectl auth can-i` sends a protobuf SelfSubjectAccessReview.
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "auth",
+            "can-i",
+            "list",
+            "configmaps",
+            "--as=alice",
+        ],
+    );
+    assert_eq!(o.stdout.trim(), "yes");
+    let o = kubectl(
+        &c,
+        &[
+            "-n",
+            &ns.name,
+            "auth",
+            "can-i",
+            "delete",
+            "configmaps",
+            "--as=alice",
+        ],
+    );
+    assert_eq!(o.stdout.trim(), "no");
+    // The same review as JSON.
     let ssar = |verb: &str| {
         format!(
             "apiVersion: authorization.k8s.io/v1\nkind: SelfSubjectAccessReview\nspec:\n  resourceAttributes: {{namespace: {}, verb: {verb}, resource: configmaps}}\n",

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod jobs;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod schema;
 pub mod select;
