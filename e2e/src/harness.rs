@@ -44,6 +44,18 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The repository root (the workspace holding `e2e/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
+
+/// The product's generated CRDs (`crds/` at the repository root).
+pub fn crds_dir() -> PathBuf {
+    repo_root().join("crds")
+}
+
 /// Which cluster a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
