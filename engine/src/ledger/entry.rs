@@ -516,11 +516,19 @@ fn split_lines(bytes: &[u8]) -> Vec<&[u8]> {
 /// linked. Uses all available cores for the per-line work; the error is
 /// always the first broken entry in file order.
 pub fn verify_jsonl(bytes: &[u8]) -> Result<Vec<LedgerEntry>, ChainError> {
-    let lines = split_lines(bytes);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8);
+        .unwrap_or(1);
+    verify_jsonl_with_threads(bytes, threads)
+}
+
+/// [`verify_jsonl`] on at most `threads` threads (1 = on the calling thread).
+pub fn verify_jsonl_with_threads(
+    bytes: &[u8],
+    threads: usize,
+) -> Result<Vec<LedgerEntry>, ChainError> {
+    let lines = split_lines(bytes);
+    let threads = threads.clamp(1, 16);
     let chunk = lines.len().div_ceil(threads).max(1024);
     let results: Vec<(Vec<LedgerEntry>, Option<ChainError>)> = if lines.len() <= chunk {
         vec![check_chunk(0, &lines)]

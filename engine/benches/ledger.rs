@@ -1,0 +1,148 @@
+//! Ledger benchmarks (a bench binary; timings never gate tests):
+//!
+//! 1. append latency: every `Ledger::append` timed on its own; median and tails;
+//! 2. verifying a 1,000,000-entry ledger (`verify_report` with the ledger:
+//!    chain, canonical form, Merkle root, totals, signature — what
+//!    `komptroller verify --ledger` does) against `sha256sum` over the same
+//!    canonical bytes (`ledger.jsonl` in a temp file), measured alternately
+//!    in one run.
+//!
+//! Run: `cargo bench -p komptroller-engine --bench ledger`
+//! (`KOMPTROLLER_BENCH_ENTRIES=N` to change the size, `KOMPTROLLER_BENCH_ROUNDS=R`.)
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use komptroller_engine::ledger::{Ledger, sample::sample_records, verify_jsonl_with_threads};
+use komptroller_engine::report::{NamedInput, Period, VerifyRequest, build_report, verify_report};
+use komptroller_engine::signing::{public_key_pem, signing_key_from_seed};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let n = env_usize("KOMPTROLLER_BENCH_ENTRIES", 1_000_000);
+    let rounds = env_usize("KOMPTROLLER_BENCH_ROUNDS", 5);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("ledger benchmark: {n} entries, {rounds} rounds, {threads} hardware threads");
+
+    let records = sample_records(n, 2026, "2026-01-01T00:00:00Z".parse().unwrap_or_default());
+    let mut ledger = Ledger::new();
+    let mut lat = Vec::with_capacity(n);
+    let t_all = Instant::now();
+    for r in records {
+        let t = Instant::now();
+        let e = ledger.append(r);
+        lat.push(t.elapsed());
+        if e.is_err() {
+            eprintln!("append failed");
+            return;
+        }
+    }
+    let total = t_all.elapsed();
+    lat.sort();
+    println!(
+        "append: median {:?}, p90 {:?}, p99 {:?}, max {:?}; {:.2} µs/entry overall",
+        pct(&lat, 0.5),
+        pct(&lat, 0.9),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0),
+        total.as_secs_f64() * 1e6 / n as f64
+    );
+
+    let key = signing_key_from_seed(&[7; 32]);
+    let entries = ledger.entries();
+    let Ok(body) = build_report(entries, &[], Period::covering(entries), None) else {
+        eprintln!("build_report failed");
+        return;
+    };
+    let Ok(report) = body.sign(&key) else {
+        eprintln!("sign failed");
+        return;
+    };
+    let Ok(report_bytes) = report.canonical_bytes() else {
+        return;
+    };
+    let Ok(pem) = public_key_pem(&key.verifying_key()) else {
+        return;
+    };
+    let mut bytes = Vec::with_capacity(n * 700);
+    if ledger.write_jsonl(&mut bytes).is_err() {
+        return;
+    }
+    let mb = bytes.len() as f64 / 1e6;
+    println!(
+        "ledger.jsonl: {:.1} MB, {} bytes/entry",
+        mb,
+        bytes.len() / n.max(1)
+    );
+    let dir = std::env::temp_dir().join(format!("komptroller-ledger-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join("ledger.jsonl");
+    if std::fs::write(&file, &bytes).is_err() {
+        eprintln!("cannot write {}", file.display());
+        return;
+    }
+    drop(ledger);
+
+    let (mut sha, mut full, mut chain1) = (vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let out = Command::new("sha256sum").arg(&file).output();
+        let s = t.elapsed().as_secs_f64();
+        match out {
+            Ok(o) if o.status.success() => sha.push(mb / s),
+            _ => {
+                println!("sha256sum is not available: no baseline");
+            }
+        }
+        let req = VerifyRequest {
+            report: NamedInput { name: "report.json", bytes: &report_bytes },
+            public_key: NamedInput { name: "public-key.pem", bytes: pem.as_bytes() },
+            ledger: Some(NamedInput { name: "ledger.jsonl", bytes: &bytes }),
+            previous: None,
+            entry: None,
+            allow_longer_ledger: false,
+        };
+        let t = Instant::now();
+        let ok = verify_report(&req).is_ok();
+        let s = t.elapsed().as_secs_f64();
+        assert!(ok, "the benchmark ledger must verify");
+        full.push(mb / s);
+        // Single-threaded, for comparison with single-threaded sha256sum.
+        let t = Instant::now();
+        let ok = verify_jsonl_with_threads(&bytes, 1).is_ok();
+        let s = t.elapsed().as_secs_f64();
+        assert!(ok);
+        chain1.push(mb / s);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let full_m = median(&mut full);
+    let chain1_m = median(&mut chain1);
+    println!("verify (komptroller verify --ledger path, {threads} threads): median {full_m:.0} MB/s, {:.2} s per million entries", mb / full_m * 1e6 / n as f64);
+    println!("chain check only, 1 thread:                     median {chain1_m:.0} MB/s");
+    if !sha.is_empty() {
+        let sha_m = median(&mut sha);
+        println!("sha256sum over the same bytes:                   median {sha_m:.0} MB/s");
+        println!(
+            "ratio verify / sha256sum: {:.2} (target >= 0.5); chain-only 1 thread / sha256sum: {:.2}",
+            full_m / sha_m,
+            chain1_m / sha_m
+        );
+    }
+}
