@@ -520,15 +520,24 @@ fn spawn_reader<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     });
 }
 
-/// Path of a binary built in this workspace's target directory
-/// (`CARGO_BIN_EXE_*` is only set for the test's own package).
-pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
+/// Path of a binary built in this workspace's target directory, next to the
+/// running test executable (`CARGO_BIN_EXE_*` only covers the test's own
+/// package). Build it first, e.g. `cargo build -p komptroller`.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    dir.join(name)
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Manifest(format!(
+            "binary {} not found; build it first (cargo build --bin {name}) with the same CARGO_TARGET_DIR",
+            path.display()
+        )))
+    }
 }

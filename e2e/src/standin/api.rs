@@ -1850,7 +1850,9 @@ async fn patch(
                 }
                 check_type(def, version, &body)?;
                 let bn = meta_str(&body, "name");
-                if bn != name {
+                // kube-apiserver merges an apply configuration without a name
+                // into the existing object (kube-lease-manager relies on it).
+                if bn != name && !(bn.is_empty() && old.is_some()) {
                     return Err(ApiError::bad_request(format!(
                         "the name of the object ({bn}) does not match the name on the URL ({name})"
                     )));

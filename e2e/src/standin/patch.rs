@@ -581,3 +581,83 @@ pub fn strategic_merge(target: &mut Value, patch: &Value, key_hint: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn leaves_and_fields_round_trip() {
+        let o = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n", "labels": {"a": "1"}, "finalizers": ["f1", "f2"]},
+                       "spec": {"a": 1, "b": {"c": [1, 2]}, "e": {}}, "status": {"s": 1}});
+        let l = leaves(&o, Scope::Main);
+        let dotted_all: Vec<String> = l.iter().map(dotted).collect();
+        assert_eq!(
+            dotted_all,
+            vec![
+                ".metadata.finalizers[\"f1\"]",
+                ".metadata.finalizers[\"f2\"]",
+                ".metadata.labels.a",
+                ".spec.a",
+                ".spec.b.c",
+                ".spec.e"
+            ]
+        );
+        assert_eq!(json_to_fields(&fields_to_json(&l)), l);
+        assert_eq!(
+            leaves(&o, Scope::Status)
+                .iter()
+                .map(dotted)
+                .collect::<Vec<_>>(),
+            vec![".status.s"]
+        );
+    }
+
+    #[test]
+    fn strategic_merge_by_key() {
+        let mut t = json!({"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "1"}]}, "metadata": {"finalizers": ["x"]}});
+        strategic_merge(
+            &mut t,
+            &json!({"spec": {"containers": [{"name": "b", "image": "2"}, {"name": "a", "$patch": "delete"}]}, "metadata": {"finalizers": ["y"]}}),
+            "",
+        );
+        assert_eq!(
+            t["spec"]["containers"],
+            json!([{"name": "b", "image": "2"}])
+        );
+        assert_eq!(t["metadata"]["finalizers"], json!(["x", "y"]));
+        strategic_merge(
+            &mut t,
+            &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}}),
+            "",
+        );
+        assert_eq!(t["metadata"]["finalizers"], json!(["y"]));
+    }
+
+    #[test]
+    fn apply_removes_only_unshared_fields() {
+        let now = "2026-01-01T00:00:00Z";
+        let a1 = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 1, "b": 2}});
+        let o = server_side_apply(None, &a1, "m1", "v1", "", Scope::All, false, now).unwrap();
+        let b =
+            json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"b": 2}});
+        let o = server_side_apply(Some(&o), &b, "m2", "v1", "", Scope::All, false, now).unwrap();
+        let a2 =
+            json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 1}});
+        let o = server_side_apply(Some(&o), &a2, "m1", "v1", "", Scope::All, false, now).unwrap();
+        assert_eq!(o["spec"], json!({"a": 1, "b": 2}), "b is still owned by m2");
+        let none = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}});
+        let o = server_side_apply(Some(&o), &none, "m2", "v1", "", Scope::All, false, now).unwrap();
+        assert_eq!(o["spec"], json!({"a": 1}));
+        let conflict =
+            json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 5}});
+        let e = server_side_apply(Some(&o), &conflict, "m3", "v1", "", Scope::All, false, now)
+            .unwrap_err();
+        assert_eq!(e.code, 409);
+        assert_eq!(
+            e.message,
+            "Apply failed with 1 conflict: conflict with \"m1\" using v1: .spec.a"
+        );
+    }
+}

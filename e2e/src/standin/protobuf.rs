@@ -239,3 +239,27 @@ pub fn decode(bytes: &[u8]) -> Result<Value, String> {
     obj.entry("metadata").or_insert_with(|| json!({}));
     Ok(Value::Object(obj))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn decodes_what_kubectl_sends() {
+        // `kubectl create namespace foo`, as captured with -v=9.
+        let bytes: &[u8] = &[
+            0x6b, 0x38, 0x73, 0x00, 0x0a, 0x0f, 0x0a, 0x02, 0x76, 0x31, 0x12, 0x09, 0x4e, 0x61,
+            0x6d, 0x65, 0x73, 0x70, 0x61, 0x63, 0x65, 0x12, 0x1b, 0x0a, 0x13, 0x0a, 0x03, 0x66,
+            0x6f, 0x6f, 0x12, 0x00, 0x1a, 0x00, 0x22, 0x00, 0x2a, 0x00, 0x32, 0x00, 0x38, 0x00,
+            0x42, 0x00, 0x12, 0x00, 0x1a, 0x02, 0x0a, 0x00, 0x1a, 0x00, 0x22, 0x00,
+        ];
+        let v = decode(bytes).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "foo"}})
+        );
+        assert!(decode(b"nope").is_err());
+        assert!(decode(b"k8s\0\x0a\x05").is_err(), "truncated");
+    }
+}

@@ -53,6 +53,7 @@ pub struct Node {
     pub rules: Vec<Rule>,
     pub list_type: Option<String>,
     pub list_map_keys: Vec<String>,
+    pub format: Option<String>,
 }
 
 /// A compiled root schema.
@@ -312,6 +313,7 @@ fn compile_node(s: &Value, path: &str, errors: &mut Vec<Cause>) -> Node {
         min_properties: unum(m, "minProperties"),
         max_properties: unum(m, "maxProperties"),
         default: m.get("default").cloned(),
+        format: m.get("format").and_then(Value::as_str).map(String::from),
         list_type: m
             .get("x-kubernetes-list-type")
             .and_then(Value::as_str)
@@ -616,6 +618,15 @@ fn validate(v: &Value, old: Option<&Value>, node: &Node, path: &str, out: &mut V
                 format!("Too long: may not be more than {max} bytes"),
             ));
         }
+        if let Some(f) = &node.format
+            && !format_ok(f, s)
+        {
+            out.push(Cause::new(
+                path,
+                "FieldValueInvalid",
+                format!("Invalid value: {v}: {path} in body must be of type {f}: {v}"),
+            ));
+        }
         if let Some((p, re)) = &node.pattern
             && (!node.int_or_string || actual == "string")
             && !re.is_match(s)
@@ -801,5 +812,105 @@ pub fn to_cel(v: &Value) -> cel::Value {
                 .collect();
             cel::Value::Map(cel::objects::Map { map: Arc::new(map) })
         }
+    }
+}
+
+/// String formats validated by the real server (a subset: the ones CRDs
+/// commonly use). Unknown formats, and formats of non-strings, are not checked.
+fn format_ok(format: &str, s: &str) -> bool {
+    match format {
+        "date-time" | "datetime" => s.parse::<jiff::Timestamp>().is_ok(),
+        "date" => s.parse::<jiff::civil::Date>().is_ok(),
+        "uuid" => uuid::Uuid::parse_str(s).is_ok(),
+        "byte" => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(s).is_ok()
+        }
+        "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
+        "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn formats() {
+        assert!(format_ok("date-time", "2026-01-02T03:04:05Z"));
+        assert!(!format_ok("date-time", "yesterday"));
+        assert!(format_ok("date", "2026-01-02"));
+        assert!(!format_ok("uuid", "nope"));
+        assert!(format_ok("int", "anything"));
+    }
+
+    #[test]
+    fn structural_rules() {
+        let ok = json!({"type": "object", "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}, "port": {"x-kubernetes-int-or-string": true}}});
+        assert!(structural_errors(&ok, "s").is_empty());
+        let both = json!({"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}, "additionalProperties": {"type": "string"}}}});
+        assert_eq!(
+            structural_errors(&both, "s")[0].field,
+            "s.properties[a].additionalProperties"
+        );
+        let junctor = json!({"type": "object", "anyOf": [{"type": "string"}]});
+        assert_eq!(structural_errors(&junctor, "s")[0].field, "s.anyOf[0].type");
+        let meta = json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}}});
+        assert_eq!(
+            structural_errors(&meta, "s")[0].field,
+            "s.properties[metadata].properties[labels]"
+        );
+        let array = json!({"type": "object", "properties": {"a": {"type": "array"}}});
+        assert_eq!(
+            structural_errors(&array, "s")[0].field,
+            "s.properties[a].items"
+        );
+    }
+
+    #[test]
+    fn prune_default_validate_order() {
+        let schema = CompiledSchema::compile(&json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "a": {"type": "integer", "default": 3},
+            "t": {"type": "string", "format": "date-time"},
+            "n": {"type": "object", "default": {}, "properties": {"x": {"type": "string", "default": "d"}}}
+        }}}})).unwrap();
+        let mut obj = json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "n"}, "spec": {"zzz": 1, "t": "bad"}});
+        let unknown = schema.prune_and_default(&mut obj);
+        assert_eq!(unknown, vec!["spec.zzz"]);
+        assert_eq!(obj["spec"]["a"], 3);
+        assert_eq!(
+            obj["spec"]["n"]["x"], "d",
+            "defaults inside defaulted objects"
+        );
+        let causes = schema.validate(&obj, None);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.t");
+    }
+
+    #[test]
+    fn cel_integers_maps_and_macros() {
+        let schema = CompiledSchema::compile(&json!({"type": "object", "properties": {"spec": {"type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.items.all(i, i.n > 0)", "message": "positive"},
+                {"rule": "has(self.name) && self.name.startsWith('a')", "message": "starts with a"},
+                {"rule": "size(self.items) <= 2", "message": "at most two"}
+            ],
+            "properties": {"name": {"type": "string"}, "items": {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}}}}}}}})).unwrap();
+        let ok = json!({"spec": {"name": "abc", "items": [{"n": 1}, {"n": 2}]}});
+        assert!(
+            schema.validate(&ok, None).is_empty(),
+            "{:?}",
+            schema.validate(&ok, None)
+        );
+        let bad = json!({"spec": {"name": "xyz", "items": [{"n": 0}, {"n": 2}, {"n": 3}]}});
+        let msgs: Vec<String> = schema
+            .validate(&bad, None)
+            .into_iter()
+            .map(|c| c.message)
+            .collect();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
     }
 }

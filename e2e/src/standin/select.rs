@@ -194,3 +194,55 @@ impl FieldSelector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn label_selectors() {
+        let o = json!({"metadata": {"labels": {"app": "a", "tier": "web"}}});
+        for (s, want) in [
+            ("app=a", true),
+            ("app==a,tier=web", true),
+            ("app!=a", false),
+            ("tier in (web, db)", true),
+            ("tier notin (web)", false),
+            ("app", true),
+            ("!app", false),
+            ("!missing", true),
+            ("", true),
+        ] {
+            assert_eq!(LabelSelector::parse(s).unwrap().matches(&o), want, "{s}");
+        }
+        assert!(LabelSelector::parse("a in b").is_err());
+        let sel = LabelSelector::from_object(
+            &json!({"matchLabels": {"app": "a"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["web"]}]}),
+        );
+        assert!(sel.matches(&o));
+    }
+
+    #[test]
+    fn field_selectors() {
+        let o =
+            json!({"metadata": {"name": "n", "namespace": "ns"}, "status": {"phase": "Running"}});
+        assert!(
+            FieldSelector::parse("metadata.name=n", true)
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.name!=n", true)
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(
+            FieldSelector::parse("status.phase=Running", false)
+                .unwrap()
+                .matches(&o)
+        );
+        assert!(FieldSelector::parse("status.phase=Running", true).is_err());
+    }
+}
