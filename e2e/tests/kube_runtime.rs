@@ -258,3 +258,55 @@ async fn controller_converges_through_faults() {
     assert!(ctx.reconciles.load(Ordering::SeqCst) >= 30);
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watcher_and_event_recorder() {
+    use kube::Resource;
+    use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+    let c = cluster_with_crds(Options::default()).await;
+    let ns = c.temp_namespace("stream").await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.client(), &ns.name);
+    for i in 0..3 {
+        cms.create(&PostParams::default(), &cm(&format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    // sendInitialEvents + the initial-events-end bookmark.
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let stream = watcher::watcher(cms.clone(), watcher::Config::default().streaming_lists())
+        .reflect(writer)
+        .applied_objects();
+    let task = tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream);
+        while s.next().await.is_some() {}
+    });
+    tokio::time::timeout(T, reader.wait_until_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reader.state().len(), 3);
+    task.abort();
+    // kube-runtime's Recorder: create, then a merge patch for the series.
+    let obj = cms.get("s0").await.unwrap();
+    let recorder = Recorder::new(
+        c.client(),
+        Reporter {
+            controller: "e2e-test".into(),
+            instance: Some("e2e-0".into()),
+        },
+    );
+    let ev = KEvent {
+        type_: EventType::Normal,
+        reason: "Tested".into(),
+        note: Some("hello".into()),
+        action: "Test".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &obj.object_ref(&())).await.unwrap();
+    recorder.publish(&ev, &obj.object_ref(&())).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client(), &ns.name);
+    let list = events.list(&Default::default()).await.unwrap().items;
+    assert_eq!(list.len(), 1, "the second publish patches the same event");
+    assert_eq!(list[0].reason.as_deref(), Some("Tested"));
+    assert_eq!(list[0].series.as_ref().map(|s| s.count), Some(2));
+}

@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator: controller, leader election, metrics, reports, webhook.
+    Run(Box<cmd::run::RunArgs>),
     /// Project one TrainingJob's compute and decide it offline.
     Project(cmd::project::ProjectArgs),
     /// Replay a trace of submissions through the engine on a virtual clock.
@@ -35,6 +37,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(a) => cmd::run::run(*a),
         Command::Project(a) => cmd::project::run(a),
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Verify(a) => cmd::verify::run(a),

@@ -1,0 +1,212 @@
+//! `komptroller run`: the operator. Finds its cluster as kubectl does
+//! (`KUBECONFIG`, then in-cluster); configured by flags and environment.
+//! Bad configuration fails at start, naming the flag (exit code 2).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use komptroller_engine::GoDuration;
+
+use crate::telemetry::LogFormat;
+
+/// Run the operator.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Serves /metrics, /healthz, /readyz and /reports (HOST:PORT).
+    #[arg(long, env = "KOMPTROLLER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Namespace of the operator's own Lease, key Secret and public-key ConfigMap
+    /// (default: POD_NAMESPACE, else the kubeconfig context's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(long, env = "KOMPTROLLER_LEASE_NAME", default_value = "komptroller-leader")]
+    pub lease_name: String,
+
+    /// How long a lease is valid without renewal; a standby takes over within it.
+    #[arg(long, env = "KOMPTROLLER_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: GoDuration,
+
+    /// The leader renews this long before the lease expires (less than --lease-duration).
+    #[arg(long, env = "KOMPTROLLER_LEASE_GRACE", default_value = "5s")]
+    pub lease_grace: GoDuration,
+
+    /// This replica's identity in the Lease (default: POD_NAME, else hostname plus a random suffix).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// How often a signed ComputeReport is written (when the ledger grew).
+    #[arg(long, env = "KOMPTROLLER_REPORT_INTERVAL", default_value = "1h")]
+    pub report_interval: GoDuration,
+
+    /// Secret (in --namespace) holding the Ed25519 report signing key; generated when absent.
+    #[arg(long, env = "KOMPTROLLER_KEY_SECRET", default_value = "komptroller-signing-key")]
+    pub key_secret: String,
+
+    /// Log format: text for a terminal, json for the cluster.
+    #[arg(long, env = "KOMPTROLLER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Maximum concurrent reconciles (0: unbounded).
+    #[arg(long, env = "KOMPTROLLER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: u16,
+
+}
+
+/// The webhook hook (issue 6): every replica serves the admission webhooks.
+fn webhook_starter() -> Option<crate::run::WebhookStarter> {
+    // webhook hook (issue 6): filled in once operator/src/webhook lands.
+    None
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub metrics_addr: SocketAddr,
+    pub namespace: Option<String>,
+    pub lease_name: String,
+    pub lease_duration_secs: u64,
+    pub lease_grace_secs: u64,
+    pub identity: String,
+    pub report_interval: Duration,
+    pub key_secret: String,
+    pub concurrency: u16,
+}
+
+impl RunArgs {
+    /// Checks the flags; the error names the flag and says what is wrong.
+    pub fn validate(&self) -> Result<RunConfig, String> {
+        let whole_secs = |flag: &str, d: GoDuration| -> Result<u64, String> {
+            let s = d.0.as_secs();
+            if s == 0 || d.0.subsec_nanos() != 0 {
+                return Err(format!(
+                    "{flag} {d}: must be a whole number of seconds, at least 1s"
+                ));
+            }
+            Ok(s)
+        };
+        let duration = whole_secs("--lease-duration", self.lease_duration)?;
+        let grace = whole_secs("--lease-grace", self.lease_grace)?;
+        if grace >= duration {
+            return Err(format!(
+                "--lease-grace {}: must be shorter than --lease-duration {}",
+                self.lease_grace, self.lease_duration
+            ));
+        }
+        if self.report_interval.0 < Duration::from_secs(1) {
+            return Err(format!(
+                "--report-interval {}: must be at least 1s",
+                self.report_interval
+            ));
+        }
+        let dns_name = |flag: &str, v: &str| -> Result<(), String> {
+            let ok = !v.is_empty()
+                && v.len() <= 253
+                && v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && !v.starts_with(['-', '.'])
+                && !v.ends_with(['-', '.']);
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{flag} {v:?}: must be a Kubernetes object name (lowercase letters, digits, '-' and '.')"
+                ))
+            }
+        };
+        dns_name("--lease-name", &self.lease_name)?;
+        dns_name("--key-secret", &self.key_secret)?;
+        if let Some(ns) = &self.namespace {
+            dns_name("--namespace (or POD_NAMESPACE)", ns)?;
+        }
+        let identity = match &self.identity {
+            Some(i) if !i.is_empty() => i.clone(),
+            _ => {
+                let host = std::env::var("HOSTNAME")
+                    .ok()
+                    .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "komptroller".into());
+                let mut r = [0u8; 4];
+                let _ = getrandom::fill(&mut r);
+                format!("{host}-{}", hex::encode(r))
+            }
+        };
+        Ok(RunConfig {
+            metrics_addr: self.metrics_addr,
+            namespace: self.namespace.clone().filter(|n| !n.is_empty()),
+            lease_name: self.lease_name.clone(),
+            lease_duration_secs: duration,
+            lease_grace_secs: grace,
+            identity,
+            report_interval: self.report_interval.0,
+            key_secret: self.key_secret.clone(),
+            concurrency: self.concurrency,
+        })
+    }
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    crate::telemetry::init(args.log_format);
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(e) => return super::fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return super::fail(&format!("starting the async runtime: {e}")),
+    };
+    match runtime.block_on(crate::run::run(config, webhook_starter())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(crate::error::Error::Config(m)) => super::fail(&m),
+        Err(e) => {
+            tracing::error!(error = %e, "komptroller stopped");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunConfig, String> {
+        let mut v = vec!["komptroller"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v)
+            .map_err(|e| e.to_string())?
+            .run
+            .validate()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.lease_duration_secs, 15);
+        assert_eq!(c.lease_grace_secs, 5);
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        assert!(parse(&["--lease-grace", "20s"]).unwrap_err().contains("--lease-grace"));
+        assert!(parse(&["--report-interval", "0s"]).unwrap_err().contains("--report-interval"));
+        assert!(parse(&["--lease-name", "Bad_Name"]).unwrap_err().contains("--lease-name"));
+        assert!(parse(&["--metrics-addr", "nope"]).unwrap_err().contains("--metrics-addr"));
+        assert!(parse(&["--log-format", "xml"]).unwrap_err().contains("--log-format"));
+    }
+}

@@ -1,0 +1,238 @@
+//! The ledger in the cluster: one immutable, cluster-scoped
+//! `ComputeLedgerEntry` per entry, named `ledger-<seq, 12 digits>`.
+//!
+//! Entries are sealed (sequenced and chained) under the engine lock, so the
+//! ledger order is the engine's order, and handed to one writer task that
+//! creates them strictly in sequence. A reconcile waits until its entries
+//! are persisted before it writes status or creates a Job (write-ahead): a
+//! crash loses at most a tail of sealed-but-unwritten entries whose effects
+//! never reached the cluster, so a restart decides those jobs afresh and
+//! nothing is duplicated.
+//!
+//! A create that finds the name taken reads the existing object: the same
+//! canonical line means an earlier attempt of ours succeeded (idempotent);
+//! a different one means another writer — the writer stops for good, counts
+//! `komptroller_ledger_conflicts_total`, and the operator exits so it can
+//! rebuild from the cluster. It never overwrites.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use komptroller_engine::ledger::{LedgerEntry, verify_entries};
+use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+
+use crate::crd::{ComputeLedgerEntry, ComputeLedgerEntrySpec};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// Object name of the entry with sequence `seq`.
+pub fn entry_name(seq: u64) -> String {
+    format!("ledger-{seq:012}")
+}
+
+/// The object that stores `entry`.
+pub fn entry_object(entry: &LedgerEntry) -> Result<ComputeLedgerEntry> {
+    let line = entry
+        .canonical_line()
+        .map_err(|e| Error::Ledger(e.to_string()))?;
+    let line = String::from_utf8(line).map_err(|e| Error::Ledger(e.to_string()))?;
+    let r = &entry.record;
+    Ok(ComputeLedgerEntry {
+        metadata: ObjectMeta {
+            name: Some(entry_name(entry.seq)),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "komptroller".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: ComputeLedgerEntrySpec {
+            sequence: entry.seq,
+            kind: r.event.kind().to_string(),
+            time: r.time.to_string(),
+            job: r.job.as_ref().map(|j| j.to_string()),
+            lineage: r.lineage.clone(),
+            prev_hash: entry.prev_hash.to_hex(),
+            hash: entry.hash.to_hex(),
+            entry: line,
+        },
+    })
+}
+
+/// Reads every ledger entry from the cluster, in sequence order, and
+/// verifies the chain (a broken chain stops the operator with the entry named).
+pub async fn load(client: &Client) -> Result<Vec<LedgerEntry>> {
+    let api: Api<ComputeLedgerEntry> = Api::all(client.clone());
+    let mut objects = Vec::new();
+    let mut lp = ListParams::default().limit(2000);
+    loop {
+        let page = api.list(&lp).await?;
+        let next = page.metadata.continue_.clone();
+        objects.extend(page.items);
+        match next {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    parse_objects(objects)
+}
+
+/// Parses and verifies stored entries (sorted by sequence).
+pub fn parse_objects(mut objects: Vec<ComputeLedgerEntry>) -> Result<Vec<LedgerEntry>> {
+    objects.sort_by_key(|o| o.spec.sequence);
+    let mut entries = Vec::with_capacity(objects.len());
+    for o in objects {
+        let e: LedgerEntry = serde_json::from_str(&o.spec.entry).map_err(|e| {
+            Error::Ledger(format!(
+                "{}: spec.entry is not a ledger entry: {e}",
+                entry_name(o.spec.sequence)
+            ))
+        })?;
+        if e.seq != o.spec.sequence {
+            return Err(Error::Ledger(format!(
+                "{}: spec.sequence {} differs from the entry's seq {}",
+                entry_name(o.spec.sequence),
+                o.spec.sequence,
+                e.seq
+            )));
+        }
+        entries.push(e);
+    }
+    verify_entries(&entries).map_err(|e| Error::Ledger(format!("stored ledger: {e}")))?;
+    Ok(entries)
+}
+
+/// Handle to the writer task.
+#[derive(Clone)]
+pub struct LedgerWriter {
+    tx: mpsc::UnboundedSender<LedgerEntry>,
+    /// Next sequence number not yet persisted (all below it are in the cluster).
+    persisted: watch::Receiver<u64>,
+    /// Set when another writer was detected.
+    conflict: watch::Receiver<Option<String>>,
+}
+
+impl LedgerWriter {
+    /// Starts the writer; `next_seq` is the first sequence number it will write.
+    pub fn spawn(
+        client: Client,
+        metrics: Arc<Metrics>,
+        next_seq: u64,
+    ) -> (LedgerWriter, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (persisted_tx, persisted) = watch::channel(next_seq);
+        let (conflict_tx, conflict) = watch::channel(None);
+        let handle = tokio::spawn(write_loop(client, metrics, rx, persisted_tx, conflict_tx));
+        (
+            LedgerWriter {
+                tx,
+                persisted,
+                conflict,
+            },
+            handle,
+        )
+    }
+
+    /// Queues sealed entries (call in sealing order, under the engine lock).
+    pub fn enqueue(&self, entries: impl IntoIterator<Item = LedgerEntry>) {
+        for e in entries {
+            let _ = self.tx.send(e);
+        }
+    }
+
+    /// Waits until every entry below `next_seq` is persisted.
+    pub async fn wait_persisted(&self, next_seq: u64) -> Result<()> {
+        let mut persisted = self.persisted.clone();
+        let mut conflict = self.conflict.clone();
+        loop {
+            if let Some(name) = conflict.borrow().clone() {
+                return Err(Error::LedgerConflict { name });
+            }
+            if *persisted.borrow() >= next_seq {
+                return Ok(());
+            }
+            tokio::select! {
+                r = persisted.changed() => if r.is_err() { return Err(Error::NotLeader) },
+                r = conflict.changed() => if r.is_err() { return Err(Error::NotLeader) },
+            }
+        }
+    }
+
+    /// Resolves when another writer is detected.
+    pub async fn conflicted(&self) -> String {
+        let mut conflict = self.conflict.clone();
+        loop {
+            if let Some(name) = conflict.borrow().clone() {
+                return name;
+            }
+            if conflict.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Next sequence number not yet persisted.
+    pub fn persisted(&self) -> u64 {
+        *self.persisted.borrow()
+    }
+}
+
+async fn write_loop(
+    client: Client,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::UnboundedReceiver<LedgerEntry>,
+    persisted: watch::Sender<u64>,
+    conflict: watch::Sender<Option<String>>,
+) {
+    let api: Api<ComputeLedgerEntry> = Api::all(client);
+    while let Some(entry) = rx.recv().await {
+        let obj = match entry_object(&entry) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(seq = entry.seq, error = %e, "cannot encode ledger entry; ledger writes stop");
+                let _ = conflict.send(Some(entry_name(entry.seq)));
+                return;
+            }
+        };
+        let name = entry_name(entry.seq);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match write_one(&api, &obj).await {
+                Ok(()) => break,
+                Err(Error::LedgerConflict { name }) => {
+                    metrics.ledger_conflicts.inc();
+                    tracing::error!(entry = %name, "ledger entry already exists with different content: another writer; stopping ledger writes");
+                    let _ = conflict.send(Some(name));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(entry = %name, error = %e, retry_in = ?backoff, "writing ledger entry failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        metrics.observe_entry(&entry);
+        let _ = persisted.send(entry.seq + 1);
+    }
+}
+
+/// Creates one entry; a taken name is fine only with identical content.
+async fn write_one(api: &Api<ComputeLedgerEntry>, obj: &ComputeLedgerEntry) -> Result<()> {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+            Some(existing) if existing.spec.entry == obj.spec.entry => Ok(()),
+            Some(_) => Err(Error::LedgerConflict { name }),
+            // An injected or transient conflict with nothing there: retry.
+            None => Err(Error::Ledger(format!("{name}: 409 but absent"))),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
