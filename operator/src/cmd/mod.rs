@@ -12,9 +12,9 @@ pub mod crd;
 pub mod keygen;
 pub mod project;
 pub mod report;
-pub mod run;
 pub mod simulate;
 pub mod verify;
+pub mod webhook;
 
 /// Output formats of the offline commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

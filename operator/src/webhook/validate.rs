@@ -1,0 +1,881 @@
+//! Pure admission decisions: what the CRD schemas cannot say, because it
+//! needs the catalog, the policies, the requester's identity or the object's
+//! previous state.
+//!
+//! Every function here is a plain function of its arguments (objects, the
+//! authenticated requester, the current policies, `now`): no I/O, no clock,
+//! no Kubernetes client, so each is unit-tested on fixture AdmissionReviews.
+//! Every denial names the field, the value and the rule broken.
+//!
+//! What is mutable in a TrainingJob's spec: everything while the job has not
+//! been admitted (phases Pending, Queued, AwaitingApproval) — the job is
+//! decided again and approvals bound to the old spec hash lapse; nothing once
+//! admitted (Admitted, Running) or finished (Succeeded, Failed, Rejected,
+//! Stopped): delete and resubmit. Metadata (labels, annotations other than
+//! `komptroller.dev/submitted-by`, finalizers) stays mutable throughout, so
+//! the operator can always remove its finalizer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::Timestamp;
+use k8s_openapi::api::authentication::v1::UserInfo;
+use komptroller_engine::GoDuration;
+use komptroller_engine::catalog::{Catalog, Precision};
+use komptroller_engine::decision::{ApprovalNeed, Verdict};
+use komptroller_engine::engine::{Engine, Event, Phase};
+use komptroller_engine::job::{AcceleratorSpec, JobId, JobRequest, ModelSpec, Principal};
+use komptroller_engine::manifest::{accelerators_per_pod, spec_hash};
+use komptroller_engine::policy::{ComputePolicySpec, Mode, Policy};
+use kube::api::DynamicObject;
+use kube::core::admission::Operation;
+use serde_json::Value;
+
+use crate::crd::{ComputeApprovalSpec, SUBMITTED_BY, TrainingJobSpec};
+
+/// The authenticated user of an admission request (`request.userInfo`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requester {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl Requester {
+    pub fn from_user_info(u: &UserInfo) -> Requester {
+        Requester {
+            user: u.username.clone().unwrap_or_default(),
+            groups: u.groups.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The principal the mutating webhook stamps.
+    pub fn principal(&self) -> Principal {
+        Principal {
+            user: self.user.clone(),
+            groups: self.groups.clone(),
+        }
+    }
+}
+
+/// Why a request is refused: the field, the value found and the rule broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// JSON path of the field, e.g. `spec.accelerator.type`.
+    pub field: String,
+    /// The value found, as the user wrote it (JSON-quoted strings).
+    pub value: String,
+    /// The rule broken and what would be right.
+    pub rule: String,
+    /// The full sentence sent back to `kubectl`.
+    pub message: String,
+}
+
+impl Denial {
+    /// A denial about one field: "`field` `value`: `rule`".
+    pub fn field(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        rule: impl Into<String>,
+    ) -> Denial {
+        let (field, value, rule) = (field.into(), value.into(), rule.into());
+        let message = if value.is_empty() {
+            format!("{field}: {rule}")
+        } else {
+            format!("{field} {value}: {rule}")
+        };
+        Denial {
+            field,
+            value,
+            rule,
+            message,
+        }
+    }
+
+    /// A denial carrying the engine's own sentence (the one the status would
+    /// carry), followed by the deciding policy and rule.
+    pub fn decision(reason: &str, policy: &str, rule: &str, governing: &str) -> Denial {
+        Denial {
+            field: "spec".into(),
+            value: governing.to_string(),
+            rule: format!("ComputePolicy {policy}, rule {rule}"),
+            message: format!("{reason} (ComputePolicy {policy}, rule {rule})"),
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Denial {}
+
+/// Allowed, with warnings for the requester (`kubectl` prints them).
+pub type Verdictless = Result<Vec<String>, Denial>;
+
+/// Quotes a value for a message.
+fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| s.to_string())
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 120 {
+        let mut end = 117;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    } else {
+        s
+    }
+}
+
+/// The path of the first difference between two JSON values (`spec.replicas`,
+/// `spec.template.spec.containers[0].image`), or `None` when equal.
+pub fn first_difference(prefix: &str, a: &Value, b: &Value) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let null = Value::Null;
+                let (va, vb) = (x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null));
+                if let Some(p) = first_difference(&format!("{prefix}.{k}"), va, vb) {
+                    return Some(p);
+                }
+            }
+            Some(prefix.to_string())
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                if let Some(p) = first_difference(&format!("{prefix}[{i}]"), va, vb) {
+                    return Some(p);
+                }
+            }
+            Some(prefix.to_string())
+        }
+        _ => Some(prefix.to_string()),
+    }
+}
+
+fn pointer_of(path: &str) -> String {
+    // "spec.a[0].b" → "/spec/a/0/b" (keys with dots are rare in specs; good enough for values in messages)
+    let mut out = String::new();
+    for part in path.split('.') {
+        let (key, idx) = match part.find('[') {
+            Some(i) => (&part[..i], Some(&part[i..])),
+            None => (part, None),
+        };
+        out.push('/');
+        out.push_str(&key.replace('~', "~0").replace('/', "~1"));
+        if let Some(idx) = idx {
+            for i in idx.split(['[', ']']).filter(|s| !s.is_empty()) {
+                out.push('/');
+                out.push_str(i);
+            }
+        }
+    }
+    out
+}
+
+fn value_at<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
+    obj.pointer(&pointer_of(path))
+}
+
+fn annotation<'a>(o: &'a DynamicObject, key: &str) -> Option<&'a str> {
+    o.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn spec_of(o: &DynamicObject) -> &Value {
+    o.data.get("spec").unwrap_or(&Value::Null)
+}
+
+/// The phase recorded in an object's status, if any.
+pub fn phase_of(o: &DynamicObject) -> Option<Phase> {
+    o.data
+        .pointer("/status/phase")
+        .cloned()
+        .and_then(|p| serde_json::from_value(p).ok())
+}
+
+/// Parses the `komptroller.dev/submitted-by` stamp.
+pub fn submitter_of(o: &DynamicObject) -> Option<Principal> {
+    annotation(o, SUBMITTED_BY).and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// The canonical spec hash approvals bind to: SHA-256 of the RFC 8785 JSON of
+/// the spec as the typed [`TrainingJobSpec`] serializes it (defaults filled
+/// in, so `kubectl apply` with or without `priority: 0` hashes alike).
+pub fn canonical_spec_hash(spec: &Value) -> Option<String> {
+    let typed: TrainingJobSpec = serde_json::from_value(spec.clone()).ok()?;
+    let v = serde_json::to_value(&typed).ok()?;
+    Some(spec_hash(&v))
+}
+
+/// The hashes an approval of this job may carry: the canonical hash of the
+/// current spec, the hash of the spec exactly as stored, and the status's
+/// `specHash` when the status describes the current generation.
+pub fn acceptable_spec_hashes(job: &DynamicObject) -> Vec<String> {
+    let spec = spec_of(job);
+    let mut out = Vec::new();
+    if let Some(h) = canonical_spec_hash(spec) {
+        out.push(h);
+    }
+    let raw = spec_hash(spec);
+    if !out.contains(&raw) {
+        out.push(raw);
+    }
+    let observed = job
+        .data
+        .pointer("/status/observedGeneration")
+        .and_then(Value::as_i64);
+    if let Some(h) = job.data.pointer("/status/specHash").and_then(Value::as_str)
+        && observed.is_some()
+        && observed == job.metadata.generation
+        && !out.iter().any(|x| x == h)
+    {
+        out.push(h.to_string());
+    }
+    out
+}
+
+/// What the TrainingJob validator needs to know of the cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyView<'a> {
+    /// Every ComputePolicy (invalid ones are ignored, as the operator ignores them).
+    pub policies: &'a [Policy],
+    /// Labels of the job's namespace, for the policies' namespaceSelector.
+    pub namespace_labels: &'a BTreeMap<String, String>,
+}
+
+/// Rules whose Reject verdict, found on an empty ledger, holds whatever the
+/// ledger holds: the job alone breaks them, so it can never run.
+const NEVER_RUNS: [&str; 4] = ["tier/", "capacity/", "budget/", "validation/"];
+
+/// Validates a TrainingJob create or update.
+///
+/// CREATE: the submitter stamp matches the requester; the accelerator type
+/// and precision are known; the template requests the accelerator by its own
+/// resource name; replicas × limit > 0; maxDuration > 0; in Enforce mode a job
+/// that can never run is refused with the engine's sentence; Warn-mode
+/// verdicts and escalations come back as warnings.
+/// UPDATE: the stamp is unchanged; a changed spec is allowed only before
+/// admission (and is then checked as on create).
+pub fn training_job(
+    operation: &Operation,
+    object: &DynamicObject,
+    old: Option<&DynamicObject>,
+    requester: &Requester,
+    view: PolicyView<'_>,
+    now: Timestamp,
+) -> Verdictless {
+    let mut warnings = Vec::new();
+    match operation {
+        Operation::Create => {
+            match annotation(object, SUBMITTED_BY) {
+                Some(raw) => {
+                    let stamped: Option<Principal> = serde_json::from_str(raw).ok();
+                    if stamped.as_ref().map(|p| (&p.user, &p.groups))
+                        != Some((&requester.user, &requester.groups))
+                    {
+                        return Err(Denial::field(
+                            format!("metadata.annotations[{SUBMITTED_BY}]"),
+                            q(raw),
+                            format!(
+                                "must be the authenticated requester {}, as komptroller's mutating webhook stamps it; remove the annotation",
+                                q(&requester.user)
+                            ),
+                        ));
+                    }
+                }
+                None => warnings.push(format!(
+                    "komptroller: the {SUBMITTED_BY} stamp is missing (mutating webhook unavailable?); nobody can approve this job until it is resubmitted"
+                )),
+            }
+        }
+        Operation::Update => {
+            let Some(old) = old else {
+                return Err(Denial::field(
+                    "oldObject",
+                    "null",
+                    "an UPDATE review must carry the previous object",
+                ));
+            };
+            let (before, after) = (annotation(old, SUBMITTED_BY), annotation(object, SUBMITTED_BY));
+            if before != after {
+                return Err(Denial::field(
+                    format!("metadata.annotations[{SUBMITTED_BY}]"),
+                    after.map_or_else(|| "(removed)".to_string(), q),
+                    format!(
+                        "is stamped by komptroller at creation ({}) and cannot be changed",
+                        before.map_or_else(|| "absent".to_string(), q)
+                    ),
+                ));
+            }
+            let (old_spec, new_spec) = (spec_of(old), spec_of(object));
+            let Some(path) = first_difference("spec", old_spec, new_spec) else {
+                return Ok(warnings); // metadata only: finalizers, labels, annotations
+            };
+            let phase = phase_of(old);
+            if let Some(p) = phase
+                && !matches!(p, Phase::Pending | Phase::Queued | Phase::AwaitingApproval)
+            {
+                return Err(Denial::field(
+                    path.clone(),
+                    value_at(&object.data, &path).map_or_else(|| "(removed)".to_string(), short),
+                    format!(
+                        "the spec of a TrainingJob is immutable once admitted (phase {p:?}; was {}); delete it and submit a new one",
+                        value_at(&old.data, &path).map_or_else(|| "absent".to_string(), short)
+                    ),
+                ));
+            }
+            if phase == Some(Phase::AwaitingApproval) {
+                warnings.push(format!(
+                    "komptroller: {path} changed while awaiting approval; approvals of the previous spec no longer count"
+                ));
+            }
+        }
+        Operation::Delete | Operation::Connect => return Ok(warnings),
+    }
+    let request = job_request(object, requester, view)?;
+    warnings.extend(decide_at_submit(&request, view, now)?);
+    Ok(warnings)
+}
+
+/// Reads the spec into the engine's [`JobRequest`], denying what the engine
+/// would reject for a malformed field.
+fn job_request(
+    object: &DynamicObject,
+    requester: &Requester,
+    view: PolicyView<'_>,
+) -> Result<JobRequest, Denial> {
+    let spec = spec_of(object);
+    if !spec.is_object() {
+        return Err(Denial::field("spec", short(spec), "must be an object"));
+    }
+    // Precision first: its serde error would not list the choices.
+    let precision = match spec.pointer("/accelerator/precision") {
+        None | Some(Value::Null) => Precision::default(),
+        Some(Value::String(s)) => Precision::parse(s).ok_or_else(|| {
+            Denial::field(
+                "spec.accelerator.precision",
+                q(s),
+                format!(
+                    "unknown precision; use one of {}",
+                    Precision::ALL.map(Precision::as_str).join(", ")
+                ),
+            )
+        })?,
+        Some(v) => {
+            return Err(Denial::field(
+                "spec.accelerator.precision",
+                short(v),
+                "must be a string such as bf16",
+            ));
+        }
+    };
+    let kind = match spec.pointer("/accelerator/type") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        other => {
+            return Err(Denial::field(
+                "spec.accelerator.type",
+                other.map_or_else(|| "(missing)".to_string(), short),
+                "must name an accelerator of the catalog, e.g. nvidia-h100-sxm",
+            ));
+        }
+    };
+    let catalog = catalog_for(view);
+    let entry = catalog.get(&kind).ok_or_else(|| {
+        Denial::field(
+            "spec.accelerator.type",
+            q(&kind),
+            format!(
+                "unknown accelerator; the closest catalog keys are {} (a ComputePolicy's spec.accelerators can add one)",
+                catalog.closest(&kind, 3).join(", ")
+            ),
+        )
+    })?;
+    if entry.peak(precision).is_none() {
+        return Err(Denial::field(
+            "spec.accelerator.precision",
+            q(precision.as_str()),
+            format!(
+                "{} has no published dense peak at {precision}; it supports {}",
+                entry.name,
+                entry
+                    .supported()
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let replicas = match spec.get("replicas") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                Denial::field(
+                    "spec.replicas",
+                    short(v),
+                    "must be a whole number from 1 to 4294967295",
+                )
+            })?,
+    };
+    let max_duration = match spec.get("maxDuration") {
+        Some(Value::String(s)) => s.parse::<GoDuration>().map_err(|e| {
+            Denial::field(
+                "spec.maxDuration",
+                q(s),
+                format!("{e}; use a Go duration such as 72h"),
+            )
+        })?,
+        other => {
+            return Err(Denial::field(
+                "spec.maxDuration",
+                other.map_or_else(|| "(missing)".to_string(), short),
+                "must be a Go duration such as 72h",
+            ));
+        }
+    };
+    if max_duration.is_zero() {
+        return Err(Denial::field(
+            "spec.maxDuration",
+            q(&max_duration.to_string()),
+            "must be longer than 0s, e.g. 72h",
+        ));
+    }
+    let model: ModelSpec = match spec.get("model") {
+        None | Some(Value::Null) => ModelSpec::default(),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| Denial::field("spec.model", short(v), e.to_string()))?,
+    };
+    let priority = match spec.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| Denial::field("spec.priority", short(v), "must be a 32-bit integer"))?,
+    };
+    let template = spec.get("template").unwrap_or(&Value::Null);
+    let per_pod = accelerators_per_pod(template, &entry.resource_name, &catalog.resource_names())
+        .map_err(|m| {
+        let (field, rule) = m.split_once(": ").unwrap_or(("spec.template", m.as_str()));
+        Denial::field(field, "", rule)
+    })?;
+    let count = u64::from(replicas).saturating_mul(per_pod);
+    if count == 0 {
+        return Err(Denial::field(
+            format!(
+                "spec.replicas × spec.template limits[{}]",
+                q(&entry.resource_name)
+            ),
+            format!("{replicas} × {per_pod} = 0"),
+            format!(
+                "a training job needs at least one accelerator; set resources.limits[{}] on a container",
+                q(&entry.resource_name)
+            ),
+        ));
+    }
+    let count = u32::try_from(count).map_err(|_| {
+        Denial::field(
+            format!(
+                "spec.replicas × spec.template limits[{}]",
+                q(&entry.resource_name)
+            ),
+            format!("{replicas} × {per_pod} = {count}"),
+            "is more accelerators than komptroller counts (at most 4294967295)",
+        )
+    })?;
+    let name = object.metadata.name.clone().unwrap_or_default();
+    Ok(JobRequest {
+        id: JobId {
+            namespace: object.metadata.namespace.clone().unwrap_or_default(),
+            name,
+            uid: object.metadata.uid.clone().unwrap_or_default(),
+        },
+        namespace_labels: view.namespace_labels.clone(),
+        model,
+        accelerator: AcceleratorSpec { kind, precision },
+        count,
+        max_duration,
+        priority,
+        submitter: Some(requester.principal()),
+        spec_hash: canonical_spec_hash(spec).unwrap_or_else(|| spec_hash(spec)),
+    })
+}
+
+/// The built-in catalog with the additions of every policy selecting the namespace.
+fn catalog_for(view: PolicyView<'_>) -> Catalog {
+    let mut catalog = Catalog::builtin();
+    for p in selecting(view) {
+        for a in &p.spec.accelerators {
+            catalog.upsert(a.clone());
+        }
+    }
+    catalog
+}
+
+fn selecting(view: PolicyView<'_>) -> impl Iterator<Item = &Policy> {
+    view.policies.iter().filter(move |p| {
+        p.spec.problems().is_empty() && p.spec.namespace_selector.matches(view.namespace_labels)
+    })
+}
+
+/// Runs the job through a scratch engine holding the current policies and an
+/// empty ledger. A Reject there (from a tier, a budget or a cap the job alone
+/// exceeds) holds whatever the ledger holds, so in Enforce mode the request
+/// is denied with the very sentence the status would carry. Warn-mode
+/// verdicts and escalations are returned as warnings.
+fn decide_at_submit(
+    request: &JobRequest,
+    view: PolicyView<'_>,
+    now: Timestamp,
+) -> Result<Vec<String>, Denial> {
+    let mut engine = Engine::new(Catalog::builtin());
+    let mut any = false;
+    for p in selecting(view) {
+        if engine.apply(now, Event::UpsertPolicy(p.clone())).is_ok() {
+            any = true;
+        }
+    }
+    if !any {
+        return Ok(Vec::new());
+    }
+    let id = request.id.clone();
+    if engine.apply(now, Event::Submit(request.clone())).is_err() {
+        return Ok(Vec::new());
+    }
+    let Some(d) = engine.decision(&id) else {
+        return Ok(Vec::new());
+    };
+    let rule = d.rule.clone().unwrap_or_default();
+    let policy = d.policy.clone().unwrap_or_default();
+    if d.verdict == Verdict::Reject && NEVER_RUNS.iter().any(|p| rule.starts_with(p)) {
+        return Err(Denial::decision(
+            &d.reason,
+            &policy,
+            &rule,
+            &d.governing.to_string(),
+        ));
+    }
+    let mut warnings: Vec<String> = d
+        .warnings
+        .iter()
+        .map(|w| format!("komptroller: {w}"))
+        .collect();
+    if d.verdict == Verdict::Escalate {
+        let who = d.approvals.as_ref().map_or_else(String::new, approvers);
+        warnings.push(format!("komptroller: {}{who}", d.reason));
+    }
+    if d.mode == Mode::Warn && warnings.is_empty() && d.enforced_verdict != Verdict::Admit {
+        warnings.push(format!("komptroller: {}", d.reason));
+    }
+    Ok(warnings)
+}
+
+fn approvers(need: &ApprovalNeed) -> String {
+    if need.groups.is_empty() {
+        format!(
+            " It needs {} approval(s) by anyone but the submitter.",
+            need.required
+        )
+    } else {
+        format!(
+            " It needs {} approval(s) by members of {}.",
+            need.required,
+            need.groups.join(", ")
+        )
+    }
+}
+
+/// Validates a ComputePolicy: the spec parses (each wrong field named with
+/// its path) and the engine finds no problem — tiers sorted and distinct,
+/// windows and limits positive, selectors valid, approvals for escalations —
+/// and entries of `spec.accelerators` are named unambiguously.
+pub fn compute_policy(operation: &Operation, object: &DynamicObject) -> Verdictless {
+    if matches!(operation, Operation::Delete | Operation::Connect) {
+        return Ok(Vec::new());
+    }
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let spec = spec_of(object);
+    let parsed: ComputePolicySpec = serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{path}")
+        };
+        let value = value_at(object.data.get("spec").unwrap_or(&Value::Null), &path)
+            .map_or_else(String::new, short);
+        Denial::field(field, value, e.into_inner().to_string())
+    })?;
+    let mut problems: Vec<(String, String)> = parsed
+        .problems()
+        .into_iter()
+        .map(|p| (p.field, p.message))
+        .collect();
+    let builtin = Catalog::builtin();
+    for (i, a) in parsed.accelerators.iter().enumerate() {
+        if let Some(e) = builtin.get(&a.name)
+            && e.name != a.name
+        {
+            problems.push((
+                format!("spec.accelerators[{i}].name"),
+                format!(
+                    "{} is an alias of the built-in {}; use {} to override it, or a new name to add an accelerator",
+                    q(&a.name),
+                    q(&e.name),
+                    q(&e.name)
+                ),
+            ));
+        }
+        if !a.resource_name.contains('/') || a.resource_name.trim() != a.resource_name {
+            problems.push((
+                format!("spec.accelerators[{i}].resourceName"),
+                format!(
+                    "{} is not an extended resource name such as nvidia.com/gpu",
+                    q(&a.resource_name)
+                ),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (field, first) = problems[0].clone();
+    let all = problems
+        .iter()
+        .map(|(f, m)| format!("{f}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(Denial {
+        value: value_at(&object.data, &field).map_or_else(String::new, short),
+        field,
+        rule: first,
+        message: format!("ComputePolicy {} is invalid: {all}", q(&name)),
+    })
+}
+
+/// The TrainingJob an approval names, if the spec says.
+pub fn approval_target(object: &DynamicObject) -> Option<String> {
+    spec_of(object)
+        .get("trainingJobName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// Validates a ComputeApproval.
+///
+/// CREATE: the approver is the authenticated requester (the mutating webhook
+/// stamps it; anything else is forged); the job exists, carries a submitter
+/// stamp, and was not submitted by the requester; the spec hash is the job's
+/// current one; the job awaits approval and the requester is in one of the
+/// groups its escalation requires and has not approved it already; `expires`,
+/// if set, is RFC 3339 and in the future.
+/// UPDATE: the spec is immutable.
+pub fn compute_approval(
+    operation: &Operation,
+    object: &DynamicObject,
+    old: Option<&DynamicObject>,
+    requester: &Requester,
+    job: Option<&DynamicObject>,
+    now: Timestamp,
+) -> Verdictless {
+    match operation {
+        Operation::Create => {}
+        Operation::Update => {
+            let old_spec = old.map_or(&Value::Null, spec_of);
+            return match first_difference("spec", old_spec, spec_of(object)) {
+                None => Ok(Vec::new()),
+                Some(path) => Err(Denial::field(
+                    path.clone(),
+                    value_at(&object.data, &path).map_or_else(|| "(removed)".to_string(), short),
+                    "a ComputeApproval is immutable; delete it and create another",
+                )),
+            };
+        }
+        Operation::Delete | Operation::Connect => return Ok(Vec::new()),
+    }
+    let spec_value = spec_of(object);
+    let spec: ComputeApprovalSpec = serde_path_to_error::deserialize(spec_value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{path}")
+        };
+        Denial::field(field, "", e.into_inner().to_string())
+    })?;
+    match &spec.approver {
+        Some(a) if *a == requester.user => {}
+        Some(a) => {
+            return Err(Denial::field(
+                "spec.approver",
+                q(a),
+                format!(
+                    "forged: the approver is the authenticated requester {}; leave spec.approver empty and komptroller stamps it",
+                    q(&requester.user)
+                ),
+            ));
+        }
+        None => {
+            return Err(Denial::field(
+                "spec.approver",
+                "(missing)",
+                format!(
+                    "must be the authenticated requester {}, stamped by komptroller's mutating webhook",
+                    q(&requester.user)
+                ),
+            ));
+        }
+    }
+    let mut stamped_groups = spec.approver_groups.clone();
+    stamped_groups.sort();
+    let mut groups = requester.groups.clone();
+    groups.sort();
+    if stamped_groups != groups {
+        return Err(Denial::field(
+            "spec.approverGroups",
+            short(&serde_json::json!(spec.approver_groups)),
+            format!(
+                "forged: must be the requester's groups {}",
+                short(&serde_json::json!(requester.groups))
+            ),
+        ));
+    }
+    if let Some(expires) = &spec.expires {
+        let t: Timestamp = expires.parse().map_err(|e| {
+            Denial::field(
+                "spec.expires",
+                q(expires),
+                format!("not an RFC 3339 time: {e}"),
+            )
+        })?;
+        if t <= now {
+            return Err(Denial::field(
+                "spec.expires",
+                q(expires),
+                format!("is not in the future (now {now})"),
+            ));
+        }
+    }
+    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+    let Some(job) = job else {
+        return Err(Denial::field(
+            "spec.trainingJobName",
+            q(&spec.training_job_name),
+            format!("no such TrainingJob in namespace {}", q(&namespace)),
+        ));
+    };
+    let Some(submitter) = submitter_of(job) else {
+        return Err(Denial::field(
+            "spec.trainingJobName",
+            q(&spec.training_job_name),
+            format!(
+                "the job carries no valid {SUBMITTED_BY} stamp, so separation of duties cannot be checked; resubmit the job while komptroller's webhook runs"
+            ),
+        ));
+    };
+    if submitter.user == requester.user {
+        return Err(Denial::field(
+            "spec.approver",
+            q(&requester.user),
+            format!(
+                "submitted TrainingJob {} and cannot approve it (separation of duties)",
+                q(&spec.training_job_name)
+            ),
+        ));
+    }
+    let acceptable = acceptable_spec_hashes(job);
+    if !acceptable.contains(&spec.spec_hash) {
+        return Err(Denial::field(
+            "spec.specHash",
+            q(&spec.spec_hash),
+            format!(
+                "does not match the current spec of TrainingJob {} ({}); the spec changed after it was reviewed — review it again",
+                q(&spec.training_job_name),
+                acceptable.first().map_or("unknown", String::as_str)
+            ),
+        ));
+    }
+    let phase = phase_of(job);
+    let need: Option<ApprovalNeed> = job
+        .data
+        .pointer("/status/decision/approvals")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok());
+    let Some(need) = need.filter(|_| phase == Some(Phase::AwaitingApproval)) else {
+        return Err(Denial::field(
+            "spec.trainingJobName",
+            q(&spec.training_job_name),
+            format!(
+                "the job is not awaiting approval (phase {}); approve it once its status shows AwaitingApproval",
+                phase.map_or_else(|| "not yet decided".to_string(), |p| format!("{p:?}"))
+            ),
+        ));
+    };
+    if !need.groups.is_empty() && !requester.groups.iter().any(|g| need.groups.contains(g)) {
+        return Err(Denial::field(
+            "spec.approver",
+            q(&requester.user),
+            format!(
+                "is in none of the groups this escalation requires ({}); the requester's groups are {}",
+                need.groups.join(", "),
+                if requester.groups.is_empty() {
+                    "none".to_string()
+                } else {
+                    requester.groups.join(", ")
+                }
+            ),
+        ));
+    }
+    if need.approved_by.contains(&requester.user) {
+        return Err(Denial::field(
+            "spec.approver",
+            q(&requester.user),
+            "has already approved this spec; approvals count distinct approvers",
+        ));
+    }
+    Ok(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn first_difference_names_the_path() {
+        let a = json!({"a": {"b": [1, {"c": 2}]}});
+        let b = json!({"a": {"b": [1, {"c": 3}]}});
+        assert_eq!(
+            first_difference("spec", &a, &b).as_deref(),
+            Some("spec.a.b[1].c")
+        );
+        assert_eq!(first_difference("spec", &a, &a), None);
+        assert_eq!(
+            value_at(&json!({"spec": b}), "spec.a.b[1].c"),
+            Some(&json!(3))
+        );
+    }
+
+    #[test]
+    fn denial_message_names_field_value_rule() {
+        let d = Denial::field("spec.replicas", "0", "must be at least 1");
+        assert_eq!(d.to_string(), "spec.replicas 0: must be at least 1");
+    }
+}
