@@ -146,6 +146,32 @@ async fn errors_are_status_objects_with_real_codes() {
             .await,
     );
     assert_eq!((e.code, e.reason.as_str()), (404, "NotFound"));
+    // Label and annotation rules every kind gets.
+    let mut bad = cm("bad-label", json!({}));
+    bad.metadata.labels = Some([("model".to_string(), "org/llama".to_string())].into());
+    let e = api_err(cms.create(&PostParams::default(), &bad).await);
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    assert!(
+        e.message
+            .contains("metadata.labels: Invalid value: \"org/llama\""),
+        "{}",
+        e.message
+    );
+    let mut long = cm("long-label", json!({}));
+    long.metadata.labels = Some([("x".to_string(), "a".repeat(64))].into());
+    assert_eq!(
+        api_err(cms.create(&PostParams::default(), &long).await).code,
+        422
+    );
+    let mut huge = cm("huge-annotation", json!({}));
+    huge.metadata.annotations = Some([("big".to_string(), "x".repeat(262_145))].into());
+    let e = api_err(cms.create(&PostParams::default(), &huge).await);
+    assert!(
+        e.message
+            .contains("Too long: may not be more than 262144 bytes"),
+        "{}",
+        e.message
+    );
     // Invalid name.
     let e = api_err(
         cms.create(&PostParams::default(), &cm("Not_Valid", json!({})))

@@ -696,3 +696,67 @@ async fn auth_can_i_with_rbac_and_impersonation() {
     );
     assert!(kubectl(&c, &["-n", &ns.name, "get", "configmaps", "--as=alice"]).ok);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn product_crds_with_kubectl_apply_and_get() {
+    let c = setup(Options::default()).await;
+    let crds = e2e::harness::crds_dir();
+    let o = kubectl(&c, &["apply", "-f", crds.to_str().unwrap()]);
+    assert!(
+        o.ok,
+        "kubectl apply -f crds/ (client-side apply: the last-applied annotation must fit 256 KiB)"
+    );
+    assert!(o.stdout.contains("trainingjobs.komptroller.dev"));
+    assert!(
+        kubectl(
+            &c,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/trainingjobs.komptroller.dev",
+                "--timeout=20s"
+            ]
+        )
+        .ok
+    );
+    let ns = c.temp_namespace("ktj").await.unwrap();
+    let example =
+        std::fs::read_to_string(e2e::harness::repo_root().join("examples/trainingjob.yaml"))
+            .unwrap();
+    let example: String = example
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("namespace:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], &example);
+    assert!(o.ok);
+    let o = kubectl(&c, &["-n", &ns.name, "get", "tj"]);
+    let header: Vec<&str> = o
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header.first(), Some(&"NAME"));
+    assert!(
+        header.contains(&"PHASE") && header.contains(&"AGE"),
+        "{header:?}"
+    );
+    // Too large for client-side apply's annotation, as on a real server.
+    let big = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata: {{x: \"{}\"}}\n",
+        "y".repeat(300_000)
+    );
+    let o = kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], &big);
+    assert!(!o.ok && o.stderr.contains("Too long"), "{}", o.stderr);
+    assert!(
+        kubectl_in(
+            &c,
+            &["-n", &ns.name, "apply", "--server-side", "-f", "-"],
+            &big
+        )
+        .ok,
+        "server-side apply has no annotation"
+    );
+}

@@ -1107,6 +1107,77 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// A label value or the name part of a label key (`[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`).
+fn qualified_name_part_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+fn dns_subdomain_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn qualified_key_ok(k: &str) -> bool {
+    match k.split_once('/') {
+        Some((prefix, name)) => dns_subdomain_ok(prefix) && qualified_name_part_ok(name),
+        None => qualified_name_part_ok(k),
+    }
+}
+
+/// ObjectMeta rules every kind gets: label keys and values, annotation keys,
+/// and the 256 KiB limit on all annotations together.
+fn validate_object_meta(obj: &Value) -> Vec<Cause> {
+    let mut out = Vec::new();
+    if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            if !qualified_key_ok(k) {
+                out.push(Cause::new("metadata.labels", "FieldValueInvalid", format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (63 characters at most), with an optional DNS subdomain prefix and '/'")));
+            }
+            let val = v.as_str().unwrap_or_default();
+            if !val.is_empty() && !qualified_name_part_ok(val) {
+                out.push(Cause::new("metadata.labels", "FieldValueInvalid", format!("Invalid value: \"{val}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character, and be at most 63 characters")));
+            }
+        }
+    }
+    if let Some(ann) = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        let mut total = 0usize;
+        for (k, v) in ann {
+            total += k.len() + v.as_str().map_or(0, str::len);
+            if !qualified_key_ok(&k.to_lowercase()) {
+                out.push(Cause::new(
+                    "metadata.annotations",
+                    "FieldValueInvalid",
+                    format!("Invalid value: \"{k}\": annotation keys must be qualified names"),
+                ));
+            }
+        }
+        if total > 262_144 {
+            out.push(Cause::new(
+                "metadata.annotations",
+                "FieldValueTooLong",
+                "Too long: may not be more than 262144 bytes",
+            ));
+        }
+    }
+    out
+}
+
 fn validate_name(def: &ResourceDef, name: &str) -> Option<Cause> {
     let label = def.plural == "namespaces" && def.group.is_empty();
     let max = if label { 63 } else { 253 };
@@ -1592,6 +1663,15 @@ async fn finish_write(
         } else {
             builtin_rules(def, &mut new, old.as_deref())?;
         }
+    }
+    let meta_causes = validate_object_meta(&new);
+    if !meta_causes.is_empty() {
+        return Err(ApiError::invalid(
+            &def.kind,
+            &def.group,
+            meta_str(&new, "name"),
+            meta_causes,
+        ));
     }
     if let Some(o) = &old {
         if def.has_generation && spec_changed(def, o, &new) {
