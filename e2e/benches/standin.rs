@@ -54,8 +54,10 @@ async fn main() {
     let watchers = arg("--watchers", 5);
     let concurrency = arg("--concurrency", 64);
     let namespaces = 50u64;
+    let jobs = arg("--jobs", if full { 15_000 } else { 100 });
     let standin = StandIn::start(Options {
         history_limit: 200_000,
+        time_scale: 60.0,
         ..Options::default()
     })
     .unwrap();
@@ -202,7 +204,69 @@ async fn main() {
     for t in watch_tasks {
         t.abort();
     }
-    let ok = counts.iter().all(|c| *c == total) && failed.load(Ordering::Relaxed) == 0;
+    // Phase 3: the Job simulator with many Jobs (runtime 2m at 60x = 2s each),
+    // completions counted by a watch.
+    let all_jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::all(client.clone());
+    let jobs_rv = standin.resource_version().to_string();
+    let completed = Arc::new(AtomicU64::new(0));
+    let completed2 = completed.clone();
+    let job_watch = tokio::spawn(async move {
+        let mut s = all_jobs
+            .watch(&WatchParams::default().timeout(290), &jobs_rv)
+            .await
+            .unwrap()
+            .boxed();
+        while let Ok(Some(ev)) = s.try_next().await {
+            if let WatchEvent::Modified(j) = ev {
+                if j.status.as_ref().and_then(|s| s.succeeded) == Some(1) {
+                    completed2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    let t2 = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= jobs {
+                    break;
+                }
+                let api: Api<k8s_openapi::api::batch::v1::Job> =
+                    Api::namespaced(client.clone(), &format!("bench-{}", i % namespaces));
+                let job = serde_json::from_value(json!({
+                    "metadata": {"name": format!("job-{i}"), "annotations": {"e2e.komptroller.dev/runtime": "2m"}},
+                    "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}
+                }))
+                .unwrap();
+                api.create(&PostParams::default(), &job).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let created = t2.elapsed();
+    let done_deadline = Instant::now() + Duration::from_secs(120);
+    while completed.load(Ordering::Relaxed) < jobs && Instant::now() < done_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let complete = completed.load(Ordering::Relaxed);
+    job_watch.abort();
+    println!(
+        "jobs: {jobs} Jobs created in {:.1}s; {complete} Complete {:.1}s after the first create (runtime 2m at time scale 60 = 2s each); objects {}, RSS {:.0} MiB",
+        created.as_secs_f64(),
+        t2.elapsed().as_secs_f64(),
+        standin.object_count(),
+        rss_mib()
+    );
+    let ok = counts.iter().all(|c| *c == total)
+        && failed.load(Ordering::Relaxed) == 0
+        && complete == jobs;
     if !ok {
         eprintln!("FAILED: events lost or writes failed");
         std::process::exit(1);

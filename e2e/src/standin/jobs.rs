@@ -15,7 +15,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::Server;
-use super::api::now_rfc3339;
 use super::resources::ResKey;
 use super::store::meta_str;
 
@@ -248,13 +247,32 @@ pub fn step(
     None
 }
 
-/// Runs the simulator until the runtime stops.
+/// When (wall clock) a started Job next needs a look: its runtime or its
+/// deadline, whichever comes first in simulated time; `None`: never.
+fn due_at(job: &Value, wall_start: jiff::Timestamp, scale: f64) -> Option<jiff::Timestamp> {
+    let deadline = job
+        .pointer("/spec/activeDeadlineSeconds")
+        .and_then(Value::as_i64)
+        .map(|d| d as f64);
+    let runtime = runtime_of(job).map(|d| d.as_secs_f64());
+    let first = match (deadline, runtime) {
+        (Some(d), Some(r)) => d.min(r),
+        (Some(x), None) | (None, Some(x)) => x,
+        (None, None) => return None,
+    };
+    Some(wall_start + jiff::SignedDuration::from_secs_f64(first / scale))
+}
+
+/// Runs the simulator until the runtime stops. Each tick looks only at Jobs
+/// changed since the previous tick and at started Jobs whose runtime or
+/// deadline has come, so thousands of running Jobs cost nothing between events.
 pub async fn run(server: Arc<Server>) {
     let mut tick = tokio::time::interval(Duration::from_millis(25));
     let mut started_wall = std::collections::HashMap::new();
     let key = ResKey::new("batch", "jobs");
     let mut seen_rv = 0u64;
-    let mut running: Vec<(String, String)> = Vec::new();
+    let mut running: std::collections::HashMap<(String, String), Option<jiff::Timestamp>> =
+        std::collections::HashMap::new();
     loop {
         tick.tick().await;
         if server.faults().paused {
@@ -262,9 +280,11 @@ pub async fn run(server: Arc<Server>) {
         }
         let now = jiff::Timestamp::now();
         let mut store = server.lock();
-        // Only Jobs changed since the last tick, or still running, need a look.
-        let mut candidates: Vec<(String, String)> = std::mem::take(&mut running);
-        let start = store.history.partition_point(|e| e.rv <= seen_rv);
+        let mut candidates: Vec<(String, String)> = running
+            .iter()
+            .filter(|(_, due)| due.is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
         if seen_rv < store.compacted_rv {
             candidates.extend(store.list(&key, None).iter().map(|j| {
                 (
@@ -273,8 +293,9 @@ pub async fn run(server: Arc<Server>) {
                 )
             }));
         } else {
+            let start = store.history.partition_point(|e| e.rv <= seen_rv);
             for e in store.history.range(start..) {
-                if e.res == key && e.type_ != super::store::EventType::Deleted {
+                if e.res == key {
                     candidates.push((e.ns.clone(), meta_str(&e.obj, "name").to_string()));
                 }
             }
@@ -282,29 +303,27 @@ pub async fn run(server: Arc<Server>) {
         candidates.sort();
         candidates.dedup();
         for (ns, name) in candidates {
-            let Some(job) = store.get(&key, &ns, &name) else {
+            let id = (ns, name);
+            let Some(job) = store.get(&key, &id.0, &id.1) else {
+                running.remove(&id);
                 continue;
             };
-            if let Some(mut updated) = step(&job, now, server.time_scale, &mut started_wall) {
-                let changed_to_terminal = updated.pointer("/status/completionTime").is_some()
-                    || updated.pointer("/status/failed").is_some();
-                let mf_time = now_rfc3339();
-                let _ = mf_time;
-                if let Some(m) = updated.get_mut("metadata").and_then(Value::as_object_mut) {
-                    m.remove("resourceVersion");
+            let current = match step(&job, now, server.time_scale, &mut started_wall) {
+                Some(mut updated) => {
+                    if let Some(m) = updated.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("resourceVersion");
+                    }
+                    store.put(&key, updated)
                 }
-                store.put(&key, updated);
-                if !changed_to_terminal {
-                    running.push((ns, name));
+                None => job,
+            };
+            let uid = meta_str(&current, "uid");
+            match started_wall.get(uid) {
+                Some(wall_start) => {
+                    running.insert(id, due_at(&current, *wall_start, server.time_scale));
                 }
-            } else {
-                let active = job
-                    .pointer("/status/active")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-                    > 0;
-                if active {
-                    running.push((ns, name));
+                None => {
+                    running.remove(&id);
                 }
             }
         }
