@@ -14,7 +14,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use komptroller_engine::ledger::{Ledger, sample::sample_records, verify_jsonl_with_threads};
-use komptroller_engine::report::{NamedInput, Period, VerifyRequest, build_report, verify_report};
+use komptroller_engine::merkle;
+use komptroller_engine::report::{
+    NamedInput, Period, VerifyRequest, build_report, compute_body, leaf_hashes, verify_report,
+};
 use komptroller_engine::signing::{public_key_pem, signing_key_from_seed};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -132,6 +135,27 @@ fn main() {
         chain1.push(mb / s);
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // Where the time of one full verification goes.
+    let t = Instant::now();
+    let parsed = verify_jsonl_with_threads(&bytes, threads);
+    let t_chain = t.elapsed();
+    if let Ok(parsed) = parsed {
+        let t = Instant::now();
+        let leaves = leaf_hashes(&parsed);
+        let root = merkle::root(&leaves);
+        let t_merkle = t.elapsed();
+        let t = Instant::now();
+        let body = compute_body(&parsed, &leaves, report.report.period, vec![], vec![], None);
+        let t_totals = t.elapsed();
+        let t = Instant::now();
+        drop(parsed);
+        let t_drop = t.elapsed();
+        println!(
+            "breakdown: chain {t_chain:?} ({threads} threads), Merkle {t_merkle:?}, totals {t_totals:?}, free {t_drop:?} (root ok: {}, body ok: {})",
+            root == report.report.merkle_root,
+            body.is_ok()
+        );
+    }
     let full_m = median(&mut full);
     let chain1_m = median(&mut chain1);
     println!("verify (komptroller verify --ledger path, {threads} threads): median {full_m:.0} MB/s, {:.2} s per million entries", mb / full_m * 1e6 / n as f64);

@@ -93,3 +93,63 @@ fn rfc8785_examples() {
     let got = String::from_utf8(canonical_json(&m).expect("encode")).expect("utf8");
     assert_eq!(got, "{\"\\r\":2,\"1\":4,\"\u{80}\":6,\"\u{f6}\":7,\"\u{20ac}\":1,\"\u{1f600}\":5,\"\u{fb33}\":3}");
 }
+
+mod validator {
+    use super::*;
+    use komptroller_engine::ledger::is_canonical_json;
+
+    /// The definition: bytes are canonical iff they parse and re-encode to themselves.
+    fn by_definition(b: &[u8]) -> bool {
+        match serde_json::from_slice::<Value>(b) {
+            Ok(v) => reference_canonical_json(&v).is_ok_and(|c| c == b),
+            Err(_) => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn canonical_encodings_are_accepted(v in json_value()) {
+            let c = canonical_json(&v).expect("encode");
+            prop_assert!(is_canonical_json(&c), "{}", String::from_utf8_lossy(&c));
+        }
+
+        #[test]
+        fn any_single_byte_change_is_judged_like_the_definition(
+            v in json_value(), pos in any::<prop::sample::Index>(), byte in any::<u8>(),
+        ) {
+            let mut c = canonical_json(&v).expect("encode");
+            let i = pos.index(c.len());
+            c[i] = byte;
+            // serde_json tolerates duplicate keys (keeps the last) and so does
+            // not re-encode them identically; both agree then as well.
+            prop_assert_eq!(is_canonical_json(&c), by_definition(&c), "{}", String::from_utf8_lossy(&c));
+        }
+    }
+
+    #[test]
+    fn non_canonical_spellings_are_refused() {
+        for bad in [
+            &b"{\"b\":1,\"a\":2}"[..],
+            b"{\"a\":1,\"a\":1}",
+            b"{ \"a\":1}",
+            b"[1.0]",
+            b"[1e25]",
+            b"[1E+25]",
+            b"[-0]",
+            b"[\"\\u0041\"]",
+            b"[\"\\/\"]",
+            b"[\"\\u000a\"]",
+            b"[\"\\u001F\"]",
+            b"[01]",
+            b"[1]\n",
+            b"",
+        ] {
+            assert!(!is_canonical_json(bad), "{}", String::from_utf8_lossy(bad));
+        }
+        for good in [&b"{\"a\":1,\"b\":[true,false,null]}"[..], b"[1e+25]", b"[\"\\u001f\\n\"]", b"\"\xc3\xa9\""] {
+            assert!(is_canonical_json(good), "{}", String::from_utf8_lossy(good));
+        }
+    }
+}

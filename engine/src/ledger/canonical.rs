@@ -39,3 +39,10 @@ pub fn canonical_json_into<T: Serialize + ?Sized>(
 pub fn reference_canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
     serde_json_canonicalizer::to_vec(value)
 }
+
+/// Whether `bytes` are exactly the RFC 8785 canonical encoding of some JSON
+/// value (`canonical(parse(bytes)) == bytes`), checked in one pass without
+/// building the value.
+pub fn is_canonical_json(bytes: &[u8]) -> bool {
+    jcs::is_canonical(bytes)
+}

@@ -26,7 +26,19 @@ impl Sha256Digest {
 
     /// 64 lowercase hexadecimal characters.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let buf = self.hex_bytes();
+        // Hex digits are ASCII.
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    fn hex_bytes(&self) -> [u8; 64] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+        }
+        out
     }
 
     /// Writes the 64 hexadecimal characters into `out` without allocating.
@@ -56,11 +68,22 @@ impl FromStr for Sha256Digest {
         };
         // Lowercase only: the canonical form must be unique, so `AB..` and
         // `ab..` cannot both verify.
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let b = s.as_bytes();
+        if b.len() != 64 {
             return Err(err());
         }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| err())?;
+        for (i, o) in out.iter_mut().enumerate() {
+            match (nibble(b[2 * i]), nibble(b[2 * i + 1])) {
+                (Some(h), Some(l)) => *o = (h << 4) | l,
+                _ => return Err(err()),
+            }
+        }
         Ok(Sha256Digest(out))
     }
 }
@@ -79,7 +102,8 @@ impl fmt::Debug for Sha256Digest {
 
 impl Serialize for Sha256Digest {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        let buf = self.hex_bytes();
+        s.serialize_str(std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?)
     }
 }
 

@@ -20,7 +20,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::canonical::{CanonicalError, canonical_json_into};
+use super::canonical::{CanonicalError, canonical_json_into, is_canonical_json};
 use super::digest::Sha256Digest;
 use super::record::{AcceleratorUse, LedgerEvent, LedgerRecord};
 use crate::job::JobId;
@@ -101,25 +101,6 @@ impl<'a> EntryOut<'a> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct EntryIn {
-    seq: u64,
-    prev_hash: Sha256Digest,
-    hash: Sha256Digest,
-    time: Timestamp,
-    #[serde(default)]
-    job: Option<JobId>,
-    #[serde(default)]
-    lineage: Option<String>,
-    #[serde(default)]
-    base_lineage: Option<String>,
-    #[serde(default)]
-    accelerator: Option<AcceleratorUse>,
-    actor: String,
-    event: LedgerEvent,
-}
-
 impl Serialize for LedgerEntry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         EntryOut::new(self.seq, &self.prev_hash, Some(&self.hash), &self.record).serialize(s)
@@ -128,21 +109,7 @@ impl Serialize for LedgerEntry {
 
 impl<'de> Deserialize<'de> for LedgerEntry {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let e = EntryIn::deserialize(d)?;
-        Ok(LedgerEntry {
-            seq: e.seq,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
-            record: LedgerRecord {
-                time: e.time,
-                job: e.job,
-                lineage: e.lineage,
-                base_lineage: e.base_lineage,
-                accelerator: e.accelerator,
-                actor: e.actor,
-                event: e.event,
-            },
-        })
+        super::wire::EntryIn::deserialize(d)?.into_entry()
     }
 }
 
@@ -450,46 +417,48 @@ fn check_link(line: usize, e: &LedgerEntry, expected: &LedgerHead) -> Result<(),
 
 /// Parses one line and checks it on its own: valid entry, canonical bytes,
 /// hash over its content. Linking to neighbours is checked by the caller.
-fn check_line(line_no: usize, line: &[u8], buf: &mut Vec<u8>) -> Result<LedgerEntry, ChainError> {
-    let entry: LedgerEntry =
-        serde_json::from_slice(line).map_err(|e| ChainError::Malformed {
-            line: line_no,
-            message: e.to_string(),
-        })?;
-    buf.clear();
-    canonical_json_into(&entry, buf).map_err(|e| ChainError::Unencodable {
+///
+/// The hashed bytes are the canonical line without its `"hash":"<hex>",`
+/// member, so once the line is known to be canonical the hash is computed
+/// over the line itself, with no re-encoding.
+fn check_line(
+    line_no: usize,
+    line: &[u8],
+    hash_member: &memchr::memmem::Finder<'_>,
+) -> Result<LedgerEntry, ChainError> {
+    let entry = super::wire::entry_from_slice(line).map_err(|e| ChainError::Malformed {
         line: line_no,
-        seq: entry.seq,
         message: e.to_string(),
     })?;
-    if buf.as_slice() != line {
+    if !is_canonical_json(line) {
         return Err(ChainError::NotCanonical {
             line: line_no,
             seq: entry.seq,
         });
     }
-    // The hashed bytes are the canonical line without its `"hash":"<hex>",`
-    // member. `hash` is never the last member (`seq` and `time` always
-    // follow it), so it is followed by a comma. The needle contains two
-    // unescaped quotes, so it cannot occur inside a string value.
-    let mut needle = Vec::with_capacity(76);
-    needle.extend_from_slice(b"\"hash\":\"");
-    entry.hash.write_hex(&mut needle);
-    needle.extend_from_slice(b"\",");
-    let computed = match memchr::memmem::find(buf, &needle) {
-        Some(at) => {
-            let mut h = Sha256::new();
-            h.update(&buf[..at]);
-            h.update(&buf[at + needle.len()..]);
-            Sha256Digest(h.finalize().into())
-        }
-        // Unreachable for a canonical line; recompute the slow way to be safe.
-        None => entry.compute_hash().map_err(|e| ChainError::Unencodable {
+    // `hash` is never the last member (`seq` and `time` always follow it),
+    // so it is followed by a comma. The needle contains unescaped quotes, so
+    // it cannot occur inside a string value, and `hash` is the only member of
+    // that name at the top level of a canonical line.
+    let mut member = Vec::with_capacity(73);
+    member.extend_from_slice(b"\"hash\":\"");
+    entry.hash.write_hex(&mut member);
+    member.push(b'"');
+    // `,"hash":"` first occurs at the top-level member (see above); it must
+    // hold this entry's hash and be followed by a comma.
+    let at = hash_member.find(line).map(|i| i + 1);
+    let Some(at) = at.filter(|&i| {
+        line.get(i..i + member.len()) == Some(&member[..]) && line.get(i + member.len()) == Some(&b',')
+    }) else {
+        return Err(ChainError::NotCanonical {
             line: line_no,
             seq: entry.seq,
-            message: e.to_string(),
-        })?,
+        });
     };
+    let mut h = Sha256::new();
+    h.update(&line[..at]);
+    h.update(&line[at + member.len() + 1..]);
+    let computed = Sha256Digest(h.finalize().into());
     if computed != entry.hash {
         return Err(ChainError::HashMismatch {
             line: line_no,
@@ -572,9 +541,9 @@ pub fn verify_jsonl_with_threads(
 
 fn check_chunk(first: usize, lines: &[&[u8]]) -> (Vec<LedgerEntry>, Option<ChainError>) {
     let mut out = Vec::with_capacity(lines.len());
-    let mut buf = Vec::with_capacity(1024);
+    let finder = memchr::memmem::Finder::new(b",\"hash\":\"");
     for (i, line) in lines.iter().enumerate() {
-        match check_line(first + i + 1, line, &mut buf) {
+        match check_line(first + i + 1, line, &finder) {
             Ok(e) => out.push(e),
             Err(err) => return (out, Some(err)),
         }

@@ -10,6 +10,7 @@ mod digest;
 mod jcs;
 mod entry;
 mod record;
+mod wire;
 #[doc(hidden)]
 pub mod sample;
 mod totals;

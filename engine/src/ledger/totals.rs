@@ -74,6 +74,20 @@ pub struct LedgerTotals {
     charges: HashMap<ScopeKey, Vec<(Timestamp, Flop)>>,
     admissions: HashMap<JobId, Admission>,
     entries: u64,
+    /// Reports need no window series; skipping them saves an allocation per charge.
+    no_windows: bool,
+}
+
+/// Applies `f` to the sums for `key`, inserting zeros first if absent
+/// (cloning the key only then).
+fn with_entry(map: &mut BTreeMap<String, Sums>, key: &str, f: impl Fn(&mut Sums)) {
+    if let Some(s) = map.get_mut(key) {
+        f(s);
+    } else {
+        let mut s = Sums::default();
+        f(&mut s);
+        map.insert(key.to_string(), s);
+    }
 }
 
 impl LedgerTotals {
@@ -101,8 +115,12 @@ impl LedgerTotals {
 
     /// Totals of `entries[from..]` only, attributing consumption to
     /// admissions recorded earlier in `entries` (for a report's period).
+    /// Window series are not kept ([`LedgerTotals::window_charged`] is 0).
     pub fn rebuild_from(entries: &[LedgerEntry], from: usize) -> LedgerTotals {
-        let mut t = LedgerTotals::new();
+        let mut t = LedgerTotals {
+            no_windows: true,
+            ..LedgerTotals::default()
+        };
         for (i, e) in entries.iter().enumerate() {
             t.apply_inner(&e.record, i >= from);
         }
@@ -204,31 +222,37 @@ impl LedgerTotals {
                 accelerator_seconds,
                 consumed,
             } => {
-                let admission = r
-                    .job
-                    .as_ref()
-                    .and_then(|j| self.admissions.get(j))
-                    .cloned()
-                    .unwrap_or_else(|| Admission {
-                        lineages: r.lineage.iter().cloned().collect(),
-                        namespace: r.job.as_ref().map(|j| j.namespace.clone()).unwrap_or_default(),
-                        accelerator: r.accelerator.as_ref().map(|a| a.kind.clone()),
-                        tier: NO_TIER.to_string(),
-                    });
+                let fallback;
+                let admission = match r.job.as_ref().and_then(|j| self.admissions.get(j)) {
+                    Some(a) => a,
+                    None => {
+                        fallback = Admission {
+                            lineages: r.lineage.iter().cloned().collect(),
+                            namespace: r
+                                .job
+                                .as_ref()
+                                .map(|j| j.namespace.clone())
+                                .unwrap_or_default(),
+                            accelerator: r.accelerator.as_ref().map(|a| a.kind.clone()),
+                            tier: NO_TIER.to_string(),
+                        };
+                        &fallback
+                    }
+                };
                 let consume = |s: &mut Sums| {
                     s.consumed += *consumed;
                     s.accelerator_seconds += *accelerator_seconds;
                 };
                 for l in &admission.lineages {
-                    consume(self.lineages.entry(l.clone()).or_default());
+                    with_entry(&mut self.lineages, l, consume);
                 }
                 if r.job.is_some() {
-                    consume(self.namespaces.entry(admission.namespace.clone()).or_default());
+                    with_entry(&mut self.namespaces, &admission.namespace, consume);
                 }
                 if let Some(a) = &admission.accelerator {
-                    consume(self.accelerators.entry(a.clone()).or_default());
+                    with_entry(&mut self.accelerators, a, consume);
                 }
-                consume(self.tiers.entry(admission.tier.clone()).or_default());
+                with_entry(&mut self.tiers, &admission.tier, consume);
                 consume(&mut self.cluster);
             }
             _ => {}
@@ -236,7 +260,9 @@ impl LedgerTotals {
     }
 
     fn push_charge(&mut self, key: ScopeKey, at: Timestamp, flop: Flop) {
-        self.charges.entry(key).or_default().push((at, flop));
+        if !self.no_windows {
+            self.charges.entry(key).or_default().push((at, flop));
+        }
     }
 
     /// Number of records applied.
