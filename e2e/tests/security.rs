@@ -544,3 +544,81 @@ async fn admission_failure_policy_and_timeouts() {
     assert_eq!(e.code, 500);
     assert!(e.message.contains("tls"), "{}", e.message);
 }
+
+#[tokio::test]
+async fn admission_match_conditions_and_dry_run_side_effects() {
+    let tokens = Tokens::parse("tok-op,system:serviceaccount:ops:operator,uid-op,\"system:serviceaccounts\"\ntok-alice,alice,uid-1,\"devs\"\n").unwrap();
+    let c = cluster_with_crds(Options {
+        tokens,
+        ..Options::default()
+    })
+    .await;
+    let deny_all: webhook::Decide =
+        Arc::new(|_req: &Value| json!({"allowed": false, "status": {"message": "denied"}}));
+    let server = webhook::start(deny_all, Duration::ZERO).await;
+    let mut cfg = webhook_config(
+        "ValidatingWebhookConfiguration",
+        "cond",
+        &server.ca_bundle,
+        server.addr,
+        "/",
+        "Fail",
+        5,
+        "cond",
+    );
+    cfg["webhooks"][0]["matchConditions"] = json!([
+        {"name": "not-the-operator", "expression": "request.userInfo.username != 'system:serviceaccount:ops:operator'"},
+        {"name": "only-labelled", "expression": "has(object.metadata.labels) && 'check' in object.metadata.labels"}
+    ]);
+    cfg["webhooks"][0]["sideEffects"] = json!("Some");
+    let cfgs: Api<DynamicObject> = c
+        .dynamic_api(
+            &kube::core::GroupVersionKind::gvk(
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingWebhookConfiguration",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    cfgs.create(
+        &PostParams::default(),
+        &serde_json::from_value(cfg).unwrap(),
+    )
+    .await
+    .unwrap();
+    let ns = labelled_ns(&c, "cond").await;
+    let alice = Api::<ConfigMap>::namespaced(as_token(&c, "tok-alice").await, &ns.name);
+    let op = Api::<ConfigMap>::namespaced(as_token(&c, "tok-op").await, &ns.name);
+    alice
+        .create(&PostParams::default(), &cm("unlabelled", json!({})))
+        .await
+        .expect("condition false: not called");
+    let e = api_err(
+        alice
+            .create(
+                &PostParams::default(),
+                &cm("labelled", json!({"check": "1"})),
+            )
+            .await,
+    );
+    assert_eq!(e.code, 403, "both conditions true: called and denied");
+    op.create(
+        &PostParams::default(),
+        &cm("by-operator", json!({"check": "1"})),
+    )
+    .await
+    .expect("the operator is excluded");
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let e = api_err(alice.create(&dry, &cm("dry", json!({"check": "1"}))).await);
+    assert_eq!(e.code, 400);
+    assert!(
+        e.message.contains("does not support dry run"),
+        "{}",
+        e.message
+    );
+}

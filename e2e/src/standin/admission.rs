@@ -316,6 +316,40 @@ async fn call_with_policy(server: &Server, h: &Hook, body: &Value) -> ApiResult<
         .unwrap_or(10)
         .clamp(1, 30);
     let fail_open = h.hook.get("failurePolicy").and_then(Value::as_str) == Some("Ignore");
+    let request = body.get("request").cloned().unwrap_or(Value::Null);
+    // matchConditions (CEL over object, oldObject, request): all must hold.
+    if let Some(conds) = h.hook.get("matchConditions").and_then(Value::as_array) {
+        for cond in conds {
+            let expr = cond
+                .get("expression")
+                .and_then(Value::as_str)
+                .unwrap_or("true");
+            let cname = cond.get("name").and_then(Value::as_str).unwrap_or_default();
+            match eval_match_condition(expr, &request) {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(_) if fail_open => return Ok(None),
+                Err(e) => {
+                    return Err(ApiError::internal(format!(
+                        "Internal error occurred: failed calling webhook \"{name}\": failed to evaluate match condition {cname:?}: {e}"
+                    )));
+                }
+            }
+        }
+    }
+    let side_effects = h
+        .hook
+        .get("sideEffects")
+        .and_then(Value::as_str)
+        .unwrap_or("Unknown");
+    if request.get("dryRun").and_then(Value::as_bool) == Some(true)
+        && side_effects != "None"
+        && side_effects != "NoneOnDryRun"
+    {
+        return Err(ApiError::bad_request(format!(
+            "admission webhook \"{name}\" does not support dry run"
+        )));
+    }
     let r = match tokio::time::timeout(Duration::from_secs(timeout), call(server, &h.hook, body))
         .await
     {
@@ -470,4 +504,24 @@ pub async fn validate(
         }
     }
     Ok(())
+}
+
+/// Evaluates a webhook `matchConditions` expression.
+fn eval_match_condition(expr: &str, request: &Value) -> Result<bool, String> {
+    let program = cel::Program::compile(expr).map_err(|e| e.to_string())?;
+    let mut ctx = cel::Context::default();
+    ctx.add_variable_from_value(
+        "object",
+        super::schema::to_cel(request.get("object").unwrap_or(&Value::Null)),
+    );
+    ctx.add_variable_from_value(
+        "oldObject",
+        super::schema::to_cel(request.get("oldObject").unwrap_or(&Value::Null)),
+    );
+    ctx.add_variable_from_value("request", super::schema::to_cel(request));
+    match program.execute(&ctx) {
+        Ok(cel::Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("expression returned {other:?}, not a bool")),
+        Err(e) => Err(e.to_string()),
+    }
 }
