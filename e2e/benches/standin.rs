@@ -217,10 +217,10 @@ async fn main() {
             .unwrap()
             .boxed();
         while let Ok(Some(ev)) = s.try_next().await {
-            if let WatchEvent::Modified(j) = ev {
-                if j.status.as_ref().and_then(|s| s.succeeded) == Some(1) {
-                    completed2.fetch_add(1, Ordering::Relaxed);
-                }
+            if let WatchEvent::Modified(j) = ev
+                && j.status.as_ref().and_then(|s| s.succeeded) == Some(1)
+            {
+                completed2.fetch_add(1, Ordering::Relaxed);
             }
         }
     });
