@@ -1,0 +1,615 @@
+//! Issue 6 on the stand-in: komptroller's admission webhooks, served by the
+//! real binary over TLS with the certificate it manages itself, called by the
+//! API server with the authenticated `userInfo` of static-token users.
+//!
+//! Needs the `komptroller` binary next to the test executable
+//! (`cargo build -p komptroller` first; `cargo test --workspace` builds it).
+//! These scenarios mint users and groups with a token file, so they always
+//! run on the stand-in (a real cluster's identities cannot be made up here).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e::harness::{Cluster, Process, TempNamespace, client_from_kubeconfig, workspace_binary};
+use e2e::standin::Options;
+use e2e::standin::auth::Tokens;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(30);
+const WEBHOOK_NS: &str = "komptroller-system";
+
+const TOKENS: &str = "\
+tok-alice,alice,uid-alice,\"ml-engineers\"
+tok-bob,bob,uid-bob,\"safety-board\"
+tok-carol,carol,uid-carol,\"safety-board\"
+tok-erin,erin,uid-erin,\"safety-board\"
+tok-dave,dave,uid-dave,\"ml-engineers\"
+";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn komptroller() -> PathBuf {
+    workspace_binary("komptroller").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn gvk(kind: &str) -> GroupVersionKind {
+    GroupVersionKind::gvk("komptroller.dev", "v1alpha1", kind)
+}
+
+struct Env {
+    cluster: Cluster,
+    ns: TempNamespace,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let tokens = Tokens::parse(TOKENS).unwrap();
+        eprintln!(
+            "e2e webhook: these scenarios use static-token users, so they run on the stand-in"
+        );
+        let cluster = Cluster::start_standin(Options {
+            tokens,
+            ..Options::default()
+        })
+        .await
+        .unwrap();
+        cluster.install_crds(&repo().join("crds"), T).await.unwrap();
+        cluster
+            .apply_yaml(
+                &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {WEBHOOK_NS}}}\n"),
+                None,
+            )
+            .await
+            .unwrap();
+        let ns = cluster.temp_namespace("webhook").await.unwrap();
+        Env {
+            cluster,
+            ns,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn kubeconfig_for(&self, user: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{user}.kubeconfig"));
+        if !path.exists() {
+            self.cluster
+                .require_standin()
+                .unwrap()
+                .write_kubeconfig_for_token(&path, &format!("tok-{user}"))
+                .unwrap();
+        }
+        path
+    }
+
+    async fn api_as(&self, user: &str, kind: &str) -> Api<DynamicObject> {
+        let client = client_from_kubeconfig(&self.kubeconfig_for(user))
+            .await
+            .unwrap();
+        let (ar, _) = self.cluster.resolve(&gvk(kind)).await.unwrap();
+        Api::namespaced_with(client, &self.ns.name, &ar)
+    }
+
+    async fn admin(&self, kind: &str) -> Api<DynamicObject> {
+        self.cluster
+            .dynamic_api(&gvk(kind), Some(&self.ns.name))
+            .await
+            .unwrap()
+    }
+
+    /// `komptroller webhook` (or `run`) serving on a fresh port; waits for "webhook ready".
+    async fn start_webhook(&self, subcommand: &str, extra: &[&str]) -> (Process, u16) {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("https://127.0.0.1:{port}");
+        let mut args = vec![
+            subcommand,
+            "--webhook-addr",
+            &addr,
+            "--webhook-url",
+            &url,
+            "--webhook-namespace",
+            WEBHOOK_NS,
+            "--webhook-cert-check-interval",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        let mut p = Process::start(
+            &komptroller(),
+            &args,
+            Some(self.cluster.kubeconfig()),
+            &[("RUST_LOG", "info")],
+        )
+        .unwrap();
+        p.wait_for_line("webhook ready", T).await.unwrap();
+        (p, port)
+    }
+
+    async fn apply_policy(&self, yaml: &str) {
+        self.cluster.apply_yaml(yaml, None).await.unwrap();
+    }
+
+    /// kubectl as `user` in the test namespace; (success, stdout, stderr).
+    fn kubectl(&self, user: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        use std::io::Write;
+        let mut c = std::process::Command::new("kubectl");
+        c.env("KUBECONFIG", self.kubeconfig_for(user))
+            .args(["-n", &self.ns.name])
+            .args(args);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("kubectl on PATH");
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+}
+
+const FRONTIER: &str = r#"
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: frontier}
+spec:
+  mode: Enforce
+  tiers:
+  - name: eu-systemic-risk
+    threshold: 1e25
+    action: Escalate
+    approvals: {required: 2, groups: [safety-board]}
+  - name: ceiling
+    threshold: 1e26
+    action: Reject
+"#;
+
+/// A TrainingJob manifest: `replicas` pods × 8 H100 for `hours`.
+fn training_job(name: &str, replicas: u32, hours: u32) -> Value {
+    json!({
+        "apiVersion": "komptroller.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": name},
+            "accelerator": {"type": "nvidia-h100-sxm", "precision": "bf16"},
+            "replicas": replicas,
+            "maxDuration": format!("{hours}h"),
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{
+                "name": "trainer", "image": "ghcr.io/example/trainer:1",
+                "resources": {"limits": {"nvidia.com/gpu": 8}}
+            }]}}
+        }
+    })
+}
+
+fn approval(name: &str, job: &str, hash: &str, extra: Value) -> DynamicObject {
+    let mut spec = json!({"trainingJobName": job, "specHash": hash});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputeApproval",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+fn denial(r: Result<DynamicObject, kube::Error>) -> String {
+    match r {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 403, "{s:?}");
+            s.message
+        }
+        other => panic!("expected the webhook to deny, got {other:?}"),
+    }
+}
+
+fn assert_contains(text: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(text.contains(n), "{text:?} should contain {n:?}");
+    }
+}
+
+/// The status the controller writes while a job waits for approval, written
+/// here by the admin (this scenario exercises the webhook alone).
+async fn hold_for_approval(env: &Env, name: &str, hash: &str) {
+    let tjs = env.admin("TrainingJob").await;
+    let tj = tjs.get(name).await.unwrap();
+    let status = json!({"status": {
+        "phase": "AwaitingApproval",
+        "observedGeneration": tj.metadata.generation,
+        "specHash": hash,
+        "decision": {"verdict": "Escalate", "policy": "frontier", "rule": "tier/eu-systemic-risk",
+                     "approvals": {"required": 2, "groups": ["safety-board"]}}
+    }});
+    tjs.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_authenticated_and_separated() {
+    let env = Env::start().await;
+    let (mut webhook, _) = env.start_webhook("webhook", &[]).await;
+    env.apply_policy(FRONTIER).await;
+
+    // Alice submits; the mutating webhook stamps her identity.
+    let alice_tj = env.api_as("alice", "TrainingJob").await;
+    let job: DynamicObject =
+        serde_json::from_value(training_job("frontier-run", 512, 720)).unwrap();
+    let created = alice_tj.create(&PostParams::default(), &job).await.unwrap();
+    let stamp: Value = serde_json::from_str(
+        &created.metadata.annotations.unwrap()["komptroller.dev/submitted-by"],
+    )
+    .unwrap();
+    assert_eq!(stamp["user"], "alice");
+    assert_eq!(
+        stamp["groups"],
+        json!(["ml-engineers", "system:authenticated"])
+    );
+    // A forged stamp on create is refused.
+    let mut forged = training_job("forged-stamp", 1, 1);
+    forged["metadata"]["annotations"] =
+        json!({"komptroller.dev/submitted-by": "{\"user\":\"bob\",\"groups\":[]}"});
+    let m = denial(
+        alice_tj
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(forged).unwrap(),
+            )
+            .await,
+    );
+    assert_contains(
+        &m,
+        &[
+            "metadata.annotations[komptroller.dev/submitted-by]",
+            "user-supplied value is refused",
+        ],
+    );
+
+    hold_for_approval(&env, "frontier-run", "hash-of-reviewed-spec").await;
+    let h = "hash-of-reviewed-spec";
+
+    // Self-approval.
+    let m = denial(
+        env.api_as("alice", "ComputeApproval")
+            .await
+            .create(
+                &PostParams::default(),
+                &approval("by-alice", "frontier-run", h, json!({})),
+            )
+            .await,
+    );
+    assert_contains(&m, &["spec.approver \"alice\"", "separation of duties"]);
+    // A forged approver.
+    let bob = env.api_as("bob", "ComputeApproval").await;
+    let m = denial(
+        bob.create(
+            &PostParams::default(),
+            &approval("as-carol", "frontier-run", h, json!({"approver": "carol"})),
+        )
+        .await,
+    );
+    assert_contains(&m, &["spec.approver \"carol\"", "forged", "\"bob\""]);
+    // An approver outside the required group.
+    let m = denial(
+        env.api_as("dave", "ComputeApproval")
+            .await
+            .create(
+                &PostParams::default(),
+                &approval("by-dave", "frontier-run", h, json!({})),
+            )
+            .await,
+    );
+    assert_contains(
+        &m,
+        &[
+            "spec.approver \"dave\"",
+            "none of the groups",
+            "safety-board",
+        ],
+    );
+
+    // Two distinct approvers from the group.
+    let got = bob
+        .create(
+            &PostParams::default(),
+            &approval("by-bob", "frontier-run", h, json!({"comment": "reviewed"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.data["spec"]["approver"], "bob");
+    assert_eq!(
+        got.data["spec"]["approverGroups"],
+        json!(["safety-board", "system:authenticated"])
+    );
+    let carol = env.api_as("carol", "ComputeApproval").await;
+    carol
+        .create(
+            &PostParams::default(),
+            &approval("by-carol", "frontier-run", h, json!({})),
+        )
+        .await
+        .unwrap();
+    // Approvals are immutable.
+    let r = bob
+        .patch(
+            "by-bob",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"comment": "changed"}})),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(kube::Error::Api(ref s)) if s.message.contains("immutable")),
+        "{r:?}"
+    );
+
+    // The spec changes while awaiting approval: approvals of the old spec are refused.
+    alice_tj
+        .patch(
+            "frontier-run",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 600}})),
+        )
+        .await
+        .unwrap();
+    let erin = env.api_as("erin", "ComputeApproval").await;
+    let m = denial(
+        erin.create(
+            &PostParams::default(),
+            &approval("by-erin", "frontier-run", h, json!({})),
+        )
+        .await,
+    );
+    assert_contains(
+        &m,
+        &[
+            "spec.specHash \"hash-of-reviewed-spec\"",
+            "does not match the current spec",
+        ],
+    );
+
+    webhook.terminate(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_apply_gets_denials_and_warn_mode_warnings() {
+    let env = Env::start().await;
+    let (mut webhook, _) = env.start_webhook("webhook", &[]).await;
+    env.apply_policy(FRONTIER).await;
+    env.apply_policy(
+        r#"
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: research-warn}
+spec:
+  mode: Warn
+  namespaceSelector: {matchLabels: {komptroller.dev/mode: warn}}
+  tiers:
+  - {name: research-large, threshold: 1e21, action: Reject}
+"#,
+    )
+    .await;
+    let to_yaml = |v: &Value| serde_json::to_string(v).unwrap();
+
+    // Over the ceiling: denied at apply, with the rule and the numbers.
+    let (ok, _, err) = env.kubectl(
+        "alice",
+        &["apply", "-f", "-"],
+        Some(&to_yaml(&training_job("giant", 4096, 2160))),
+    );
+    assert!(!ok, "{err}");
+    assert_contains(
+        &err,
+        &[
+            "Rejected: lineage giant would reach",
+            "above tier ceiling at 1e26",
+            "rule tier/ceiling",
+        ],
+    );
+    // An unknown accelerator names the field and the closest keys.
+    let mut typo = training_job("typo", 1, 1);
+    typo["spec"]["accelerator"]["type"] = json!("nvidia-h100-sxn");
+    let (ok, _, err) = env.kubectl("alice", &["apply", "-f", "-"], Some(&to_yaml(&typo)));
+    assert!(!ok);
+    assert_contains(
+        &err,
+        &[
+            "spec.accelerator.type \"nvidia-h100-sxn\"",
+            "nvidia-h100-sxm",
+        ],
+    );
+    // An invalid policy is refused by its webhook, naming each field.
+    let (ok, _, err) = env.kubectl(
+        "alice",
+        &["apply", "-f", "-"],
+        Some(r#"{"apiVersion":"komptroller.dev/v1alpha1","kind":"ComputePolicy","metadata":{"name":"bad"},"spec":{"tiers":[{"name":"b","threshold":1e26,"action":"Reject"},{"name":"a","threshold":1e25,"action":"Admit"}]}}"#),
+    );
+    assert!(!ok);
+    assert_contains(&err, &["spec.tiers[1].threshold", "sorted"]);
+
+    // Warn mode: admitted, and kubectl prints the verdict Enforce would give.
+    let (ok, _, err) = env.kubectl(
+        "alice",
+        &[
+            "label",
+            "namespace",
+            &env.ns.name,
+            "komptroller.dev/mode=warn",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = env.kubectl(
+        "alice",
+        &["apply", "-f", "-"],
+        Some(&to_yaml(&training_job("experiment", 2, 24))),
+    );
+    assert!(ok, "{err}");
+    assert_contains(&out, &["trainingjob.komptroller.dev/experiment created"]);
+    assert_contains(
+        &err,
+        &[
+            "Warning: komptroller: policy research-warn (Warn) would Reject",
+            "tier research-large",
+        ],
+    );
+
+    webhook.terminate(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_down_fail_blocks_and_ignore_lets_through() {
+    let env = Env::start().await;
+    let alice_tj = env.api_as("alice", "TrainingJob").await;
+
+    // failurePolicy Fail (the default): with the webhook gone, creation is refused.
+    let (mut webhook, _) = env.start_webhook("webhook", &[]).await;
+    alice_tj
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(training_job("while-up", 1, 1)).unwrap(),
+        )
+        .await
+        .unwrap();
+    webhook.kill().await.unwrap();
+    let r = alice_tj
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(training_job("while-down", 1, 1)).unwrap(),
+        )
+        .await;
+    match r {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 500, "{s:?}");
+            assert_contains(
+                &s.message,
+                &[
+                    "failed calling webhook",
+                    "trainingjobs.mutate.komptroller.dev",
+                ],
+            );
+        }
+        other => panic!("expected a failed webhook call, got {other:?}"),
+    }
+
+    // failurePolicy Ignore: the same outage lets the job through (unstamped).
+    let (mut webhook, _) = env
+        .start_webhook("webhook", &["--trainingjob-failure-policy", "Ignore"])
+        .await;
+    let cfg: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(env.cluster.client());
+    let v = cfg.get("komptroller").await.unwrap();
+    let hooks = v.webhooks.unwrap();
+    let tj_hook = hooks
+        .iter()
+        .find(|h| h.name == "trainingjobs.validate.komptroller.dev")
+        .unwrap();
+    assert_eq!(tj_hook.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(tj_hook.side_effects, "None");
+    assert_eq!(tj_hook.admission_review_versions, vec!["v1".to_string()]);
+    assert!(tj_hook.timeout_seconds.unwrap() <= 10);
+    let approvals_hook = hooks
+        .iter()
+        .find(|h| h.name == "computeapprovals.validate.komptroller.dev")
+        .unwrap();
+    assert_eq!(approvals_hook.failure_policy.as_deref(), Some("Fail"));
+    webhook.kill().await.unwrap();
+    let got = alice_tj
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(training_job("while-down", 1, 1)).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        got.metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.contains_key("komptroller.dev/submitted-by"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn self_managed_certificate_renews_and_replicas_agree() {
+    let env = Env::start().await;
+    // Two replicas racing on the same Secret, with a short-lived certificate.
+    let short = [
+        "--webhook-cert-validity",
+        "40s",
+        "--webhook-cert-renew-before",
+        "30s",
+    ];
+    let ((mut a, _), (mut b, _)) = tokio::join!(
+        env.start_webhook("webhook", &short),
+        env.start_webhook("webhook", &short)
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(env.cluster.client(), WEBHOOK_NS);
+    let first = secrets.get("komptroller-webhook-tls").await.unwrap();
+    let cert =
+        |s: &k8s_openapi::api::core::v1::Secret| s.data.as_ref().unwrap()["tls.crt"].0.clone();
+    let ca = |s: &k8s_openapi::api::core::v1::Secret| s.data.as_ref().unwrap()["ca.crt"].0.clone();
+    let alice_tj = env.api_as("alice", "TrainingJob").await;
+    alice_tj
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(training_job("before", 1, 1)).unwrap(),
+        )
+        .await
+        .unwrap();
+    // Renewed within ~10s (40s validity, renew 30s before the end, checked every second).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let renewed = loop {
+        let s = secrets.get("komptroller-webhook-tls").await.unwrap();
+        if cert(&s) != cert(&first) {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the serving certificate was not renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        ca(&renewed),
+        ca(&first),
+        "a serving-certificate renewal keeps the CA (and the caBundle)"
+    );
+    // Both replicas reload without a restart; requests keep succeeding.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..6 {
+        alice_tj
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(training_job(&format!("after-{i}"), 1, 1)).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let out = [a.output(), b.output()].concat().join("\n");
+    assert!(
+        out.contains("reloaded the webhook serving certificate"),
+        "{out}"
+    );
+    a.terminate(Duration::from_secs(5)).await.unwrap();
+    b.terminate(Duration::from_secs(5)).await.unwrap();
+}
