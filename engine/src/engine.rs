@@ -316,6 +316,19 @@ struct JobState {
     started_at: Option<Timestamp>,
     /// Constraints this job is queued on (StrictFIFO blocks others on them).
     throttled_on: Vec<String>,
+    /// Whether a StrictFIFO policy governs it.
+    throttled_strict: bool,
+}
+
+/// What freed up, so a queue scan re-evaluates only jobs it could help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// A job ended: capacity freed.
+    Capacity,
+    /// Time passed: budget windows may have freed.
+    Time,
+    /// Anything may have changed (policy change, restore).
+    All,
 }
 
 #[derive(Clone, Debug)]
@@ -630,6 +643,7 @@ impl Engine {
             admitted: None,
             started_at: restored.started_at,
             throttled_on: Vec::new(),
+            throttled_strict: false,
         };
         if job.phase.holds_capacity() {
             let projection = job
@@ -704,11 +718,11 @@ impl Engine {
             Event::Start { job } => self.start(now, &job, &mut step)?,
             Event::Finish { job, outcome } => {
                 self.finish(now, &job, outcome, &mut step)?;
-                self.drain_queue(now, &mut step);
+                self.drain_queue(now, &mut step, Trigger::Capacity);
             }
             Event::Delete { job } => {
                 self.delete(now, &job, &mut step)?;
-                self.drain_queue(now, &mut step);
+                self.drain_queue(now, &mut step, Trigger::Capacity);
             }
             Event::UpsertPolicy(p) => {
                 p.spec.validate(&p.name)?;
@@ -754,7 +768,7 @@ impl Engine {
             }
             Event::Tick => {
                 self.wakeups = self.wakeups.split_off(&(ms(now) + 1));
-                self.drain_queue(now, &mut step);
+                self.drain_queue(now, &mut step, Trigger::Time);
                 self.prune(now);
             }
         }
@@ -837,6 +851,7 @@ impl Engine {
                 admitted: None,
                 started_at: None,
                 throttled_on: Vec::new(),
+                throttled_strict: false,
             },
         );
         self.decide(now, &key, step, true);
@@ -1084,11 +1099,11 @@ impl Engine {
         for (_, _, k) in held {
             self.decide(now, &k, step, false);
         }
-        self.drain_queue(now, step);
+        self.drain_queue(now, step, Trigger::All);
     }
 
     /// Walks the queue in order and admits what now fits.
-    fn drain_queue(&mut self, now: Timestamp, step: &mut Step) {
+    fn drain_queue(&mut self, now: Timestamp, step: &mut Step, trigger: Trigger) {
         if self.queue.is_empty() {
             return;
         }
@@ -1100,6 +1115,23 @@ impl Engine {
                 self.queue.remove(&qk);
                 continue;
             };
+            // Freed capacity cannot help a job waiting only on a budget window,
+            // and time passing cannot help one waiting only on capacity.
+            let waits_on = |prefix: &str| {
+                !job.throttled_on.is_empty()
+                    && job.throttled_on.iter().all(|c| c.starts_with(prefix))
+            };
+            let hopeless = match trigger {
+                Trigger::Capacity => waits_on("budget/"),
+                Trigger::Time => waits_on("capacity/"),
+                Trigger::All => false,
+            };
+            if hopeless {
+                if job.throttled_strict {
+                    blocked.extend(job.throttled_on.iter().cloned());
+                }
+                continue;
+            }
             let eval = self.evaluate(now, &job.request, &job.approvals, &blocked);
             if eval.decision.verdict == Verdict::Throttle {
                 if eval.strict {
@@ -1112,6 +1144,7 @@ impl Engine {
                 if let Some(j) = self.jobs.get_mut(&key) {
                     j.decision = Some(eval.decision);
                     j.throttled_on = eval.throttled_on;
+                    j.throttled_strict = eval.strict;
                 }
                 continue;
             }
@@ -1231,6 +1264,7 @@ impl Engine {
             } else {
                 Vec::new()
             };
+            j.throttled_strict = eval.strict;
             j.decision = Some(decision);
         }
         if phase == Phase::Rejected {

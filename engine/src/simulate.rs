@@ -208,6 +208,8 @@ pub struct SimulationSummary {
 /// Everything a simulation produced.
 #[derive(Debug, Default)]
 pub struct Simulation {
+    /// Index into `jobs` while the simulation runs (timeline mode).
+    job_index: HashMap<(String, String), usize>,
     pub summary: SimulationSummary,
     pub timeline: Vec<TimelineEntry>,
     pub jobs: Vec<JobSummary>,
@@ -226,10 +228,59 @@ pub struct SimulateOptions {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Pending {
-    /// Index into trace events.
-    Trace(usize),
     Finish(String, String, u8),
     Wake,
+}
+
+/// The header of a trace (everything but its events).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceHeader {
+    pub start: Option<Timestamp>,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    pub policies: Vec<ComputePolicyDoc>,
+}
+
+/// Reads a JSON Lines trace: the first line is the header (`start`, `title`,
+/// `namespaces`, `policies`), each further line one event, in time order.
+/// Events are read one at a time, so a trace of millions of submissions
+/// needs no more memory than the jobs alive at once.
+pub fn read_jsonl_trace<R: std::io::BufRead + 'static>(
+    mut reader: R,
+    source_name: &str,
+) -> Result<
+    (
+        TraceHeader,
+        Box<dyn Iterator<Item = Result<TraceEvent, String>>>,
+    ),
+    ManifestError,
+> {
+    let mut first = String::new();
+    reader.read_line(&mut first).map_err(|e| ManifestError {
+        source_name: source_name.to_string(),
+        message: e.to_string(),
+    })?;
+    let header: TraceHeader = serde_json::from_str(&first).map_err(|e| ManifestError {
+        source_name: source_name.to_string(),
+        message: format!("line 1 (header): {e}"),
+    })?;
+    let name = source_name.to_string();
+    let events = reader
+        .lines()
+        .enumerate()
+        .filter_map(move |(i, line)| match line {
+            Err(e) => Some(Err(format!("{name}: line {}: {e}", i + 2))),
+            Ok(l) if l.trim().is_empty() => None,
+            Ok(l) => Some(
+                serde_json::from_str::<TraceEvent>(&l)
+                    .map_err(|e| format!("{name}: line {}: {e}", i + 2)),
+            ),
+        });
+    Ok((header, Box::new(events)))
 }
 
 /// Runs a trace through a fresh engine with `policies` (plus the trace's own).
@@ -239,17 +290,57 @@ pub fn simulate(
     trace: &Trace,
     options: &SimulateOptions,
 ) -> Result<Simulation, String> {
+    let header = TraceHeader {
+        start: Some(trace.start),
+        title: trace.title.clone(),
+        namespaces: trace.namespaces.clone(),
+        policies: trace.policies.clone(),
+    };
+    // A document trace may list events in any order: replay them by time.
+    let mut events: Vec<&TraceEvent> = trace.events.iter().collect();
+    events.sort_by_key(|e| e.at);
+    simulate_stream(
+        catalog,
+        policies,
+        &header,
+        events.into_iter().map(|e| Ok(e.clone())),
+        options,
+    )
+}
+
+/// Per-job facts kept while a job is alive in the simulation.
+struct Alive {
+    submitted: i64,
+    runtime: Option<GoDuration>,
+    max: GoDuration,
+    fails: bool,
+}
+
+/// Runs events (in time order) through a fresh engine.
+pub fn simulate_stream(
+    catalog: Catalog,
+    policies: Vec<Policy>,
+    header: &TraceHeader,
+    events: impl Iterator<Item = Result<TraceEvent, String>>,
+    options: &SimulateOptions,
+) -> Result<Simulation, String> {
+    let start = header
+        .start
+        .ok_or("trace: start is missing (the virtual time zero, e.g. 2026-01-05T09:00:00Z)")?;
     let mut engine = Engine::new(catalog);
     let mut sim = Simulation::default();
-    sim.summary.title = trace.title.clone();
-    let start = trace.start;
+    sim.summary.title = header.title.clone();
     let mut all_policies = policies;
-    for d in &trace.policies {
+    for d in &header.policies {
         all_policies.push(Policy {
             name: d.metadata.name.clone(),
             spec: d.spec.clone(),
         });
     }
+    let mut alive: HashMap<(String, String), Alive> = HashMap::new();
+    let mut finishes: BinaryHeap<Reverse<(i64, u64, Pending)>> = BinaryHeap::new();
+    let mut waits = WaitStats::default();
+    let mut order = 0u64;
     let mut now = start;
     for p in &all_policies {
         let step = engine
@@ -258,214 +349,111 @@ pub fn simulate(
         sim.absorb(
             &mut engine,
             now,
-            step.records,
-            step.decisions,
+            step,
             options,
-            &mut HashMap::new(),
-            &mut BinaryHeap::new(),
-            &HashMap::new(),
+            &mut alive,
+            &mut finishes,
+            &mut waits,
         );
     }
     sim.policies = all_policies;
 
-    let mut heap: BinaryHeap<Reverse<(i64, u64, Pending)>> = BinaryHeap::new();
-    let mut order = 0u64;
-    for (i, e) in trace.events.iter().enumerate() {
-        let at = start
-            .checked_add(SignedDuration::from_millis(e.at.as_millis()))
-            .map_err(|e| format!("events[{i}].at: {e}"))?;
-        heap.push(Reverse((at.as_millisecond(), order, Pending::Trace(i))));
-        order += 1;
-    }
-    let mut summaries: HashMap<(String, String), JobSummary> = HashMap::new();
-    let mut runtimes: HashMap<(String, String), (Option<GoDuration>, GoDuration, bool)> =
-        HashMap::new();
+    let mut events = events.enumerate().peekable();
+    let mut last_at = 0i64;
     let mut scheduled_wake: Option<i64> = None;
-    let mut finishes: BinaryHeap<Reverse<(i64, u64, Pending)>> = BinaryHeap::new();
-
     loop {
-        // Merge the two heaps: trace events and engine-driven events.
-        let next_is_trace = match (heap.peek(), finishes.peek()) {
+        let next_trace = match events.peek() {
+            Some((_, Ok(e))) => Some(e.at.as_millis()),
+            Some((i, Err(e))) => return Err(format!("events[{i}]: {e}")),
+            None => None,
+        };
+        let next_internal = finishes
+            .peek()
+            .map(|Reverse((t, _, _))| *t - start.as_millisecond());
+        let take_trace = match (next_trace, next_internal) {
             (None, None) => break,
             (Some(_), None) => true,
             (None, Some(_)) => false,
-            (Some(Reverse(a)), Some(Reverse(b))) => (a.0, a.1) <= (b.0, b.1),
+            (Some(a), Some(b)) => a <= b,
         };
-        let Some(Reverse((t, _, pending))) = (if next_is_trace {
-            heap.pop()
+        let step = if take_trace {
+            let Some((i, Ok(e))) = events.next() else {
+                break;
+            };
+            let at = e.at.as_millis();
+            if at < last_at {
+                return Err(format!(
+                    "events[{i}].at: {} comes before the previous event at {}; a streamed trace must be in time order",
+                    e.at,
+                    GoDuration(std::time::Duration::from_millis(last_at.max(0) as u64))
+                ));
+            }
+            last_at = at;
+            now = start
+                .checked_add(SignedDuration::from_millis(at))
+                .map_err(|err| format!("events[{i}].at: {err}"))?;
+            sim.trace_event(
+                &mut engine,
+                now,
+                i,
+                &e,
+                &header.namespaces,
+                options,
+                &mut alive,
+            )?
         } else {
-            finishes.pop()
-        }) else {
-            break;
-        };
-        now = Timestamp::from_millisecond(t).map_err(|e| e.to_string())?;
-        let result: Result<crate::engine::Step, EngineError> = match pending {
-            Pending::Wake => {
-                scheduled_wake = None;
-                engine.apply(now, Event::Tick)
-            }
-            Pending::Finish(ns, name, outcome) => {
-                let outcome = match outcome {
-                    0 => Outcome::Succeeded,
-                    1 => Outcome::Failed,
-                    _ => Outcome::DeadlineExceeded,
-                };
-                let key = (ns.clone(), name.clone());
-                let job = JobId {
-                    namespace: ns,
-                    name,
-                    uid: String::new(),
-                };
-                if engine.phase(&job).is_none() {
-                    // Deleted while running: already metered at deletion.
-                    continue;
+            let Some(Reverse((t, _, pending))) = finishes.pop() else {
+                break;
+            };
+            now = Timestamp::from_millisecond(t).map_err(|e| e.to_string())?;
+            match pending {
+                Pending::Wake => {
+                    scheduled_wake = None;
+                    engine
+                        .apply(now, Event::Tick)
+                        .map_err(|e| format!("at {now}: {e}"))?
                 }
-                let r = engine.apply(now, Event::Finish { job, outcome });
-                if let Some(s) = summaries.get_mut(&key)
-                    && s.ended.is_none()
-                {
-                    s.ended = Some(now);
-                }
-                if options.timeline {
-                    sim.timeline.push(TimelineEntry {
-                        at: now,
-                        job: Some(format!("{}/{}", key.0, key.1)),
-                        what: format!("{outcome:?}"),
-                        detail: String::new(),
-                    });
-                }
-                r
-            }
-            Pending::Trace(i) => {
-                let e = &trace.events[i];
-                if let Some(s) = &e.submit {
-                    sim.summary.submissions += 1;
-                    let id = JobId {
-                        namespace: s.namespace.clone(),
-                        name: s.name.clone(),
+                Pending::Finish(ns, name, code) => {
+                    let outcome = match code {
+                        0 => Outcome::Succeeded,
+                        1 => Outcome::Failed,
+                        _ => Outcome::DeadlineExceeded,
+                    };
+                    let key = (ns, name);
+                    if alive.remove(&key).is_none() {
+                        continue; // deleted while running: already metered
+                    }
+                    if options.timeline {
+                        sim.timeline.push(TimelineEntry {
+                            at: now,
+                            job: Some(format!("{}/{}", key.0, key.1)),
+                            what: format!("{outcome:?}"),
+                            detail: String::new(),
+                        });
+                        if let Some(j) = sim.job_index.get(&key).and_then(|i| sim.jobs.get_mut(*i))
+                        {
+                            j.ended = Some(now);
+                        }
+                    }
+                    let job = JobId {
+                        namespace: key.0,
+                        name: key.1,
                         uid: String::new(),
                     };
-                    let req = JobRequest {
-                        namespace_labels: trace
-                            .namespaces
-                            .get(&s.namespace)
-                            .cloned()
-                            .unwrap_or_default(),
-                        model: s.model.clone(),
-                        accelerator: s.accelerator.clone(),
-                        count: s.count,
-                        max_duration: s.max_duration,
-                        priority: s.priority,
-                        submitter: s.submitter.as_ref().map(|u| Principal {
-                            user: u.clone(),
-                            groups: s.groups.clone(),
-                        }),
-                        spec_hash: String::new(),
-                        id: id.clone(),
-                    };
-                    let key = (s.namespace.clone(), s.name.clone());
-                    summaries.insert(
-                        key.clone(),
-                        JobSummary {
-                            job: id.to_string(),
-                            lineage: req.lineage().to_string(),
-                            submitted: Some(now),
-                            ..JobSummary::default()
-                        },
-                    );
-                    runtimes.insert(key, (s.runtime, s.max_duration, s.fails));
-                    engine.apply(now, Event::Submit(req))
-                } else if let Some(a) = &e.approve {
-                    let id = job_id(&a.job, &format!("events[{i}].approve.job"))?;
-                    let spec_hash = String::new();
-                    let r = engine.apply(
-                        now,
-                        Event::Approve {
-                            job: id,
-                            approver: Principal {
-                                user: a.approver.clone(),
-                                groups: a.groups.clone(),
-                            },
-                            spec_hash,
-                        },
-                    );
-                    match r {
-                        Err(err @ EngineError::Approval { .. }) => {
-                            sim.summary.approvals_refused += 1;
-                            if options.timeline {
-                                sim.timeline.push(TimelineEntry {
-                                    at: now,
-                                    job: Some(a.job.clone()),
-                                    what: "ApprovalRefused".into(),
-                                    detail: err.to_string(),
-                                });
-                            }
-                            Ok(crate::engine::Step::default())
-                        }
-                        Ok(step) => {
-                            if options.timeline {
-                                sim.timeline.push(TimelineEntry {
-                                    at: now,
-                                    job: Some(a.job.clone()),
-                                    what: "Approved".into(),
-                                    detail: format!("by {}", a.approver),
-                                });
-                            }
-                            Ok(step)
-                        }
-                        other => other,
-                    }
-                } else if let Some(d) = &e.delete {
-                    let id = job_id(d, &format!("events[{i}].delete"))?;
-                    if options.timeline {
-                        sim.timeline.push(TimelineEntry {
-                            at: now,
-                            job: Some(d.clone()),
-                            what: "Deleted".into(),
-                            detail: "its compute stays on the books".into(),
-                        });
-                    }
-                    let key = (id.namespace.clone(), id.name.clone());
-                    if let Some(s) = summaries.get_mut(&key)
-                        && s.admitted.is_some()
-                        && s.ended.is_none()
-                    {
-                        s.ended = Some(now);
-                    }
-                    engine.apply(now, Event::Delete { job: id })
-                } else if let Some(p) = &e.policy {
-                    let policy = Policy {
-                        name: p.metadata.name.clone(),
-                        spec: p.spec.clone(),
-                    };
-                    if options.timeline {
-                        sim.timeline.push(TimelineEntry {
-                            at: now,
-                            job: None,
-                            what: "PolicyChanged".into(),
-                            detail: format!("ComputePolicy {}", policy.name),
-                        });
-                    }
-                    sim.policies.retain(|q| q.name != policy.name);
-                    sim.policies.push(policy.clone());
-                    engine.apply(now, Event::UpsertPolicy(policy))
-                } else if let Some(name) = &e.remove_policy {
-                    engine.apply(now, Event::RemovePolicy { name: name.clone() })
-                } else {
-                    Ok(crate::engine::Step::default())
+                    engine
+                        .apply(now, Event::Finish { job, outcome })
+                        .map_err(|e| format!("at {now}: {e}"))?
                 }
             }
         };
-        let step = result.map_err(|e| format!("at {now}: {e}"))?;
         sim.absorb(
             &mut engine,
             now,
-            step.records,
-            step.decisions,
+            step,
             options,
-            &mut summaries,
+            &mut alive,
             &mut finishes,
-            &runtimes,
+            &mut waits,
         );
         if let Some(w) = engine.next_wakeup() {
             let w = w.as_millisecond().max(now.as_millisecond());
@@ -482,43 +470,186 @@ pub fn simulate(
     sim.summary.crossings = engine.crossings().to_vec();
     sim.summary.still_queued = engine.queue_len() as u64;
     sim.summary.awaiting_approval = engine.pending_approvals() as u64;
-    let mut jobs: Vec<JobSummary> = summaries.into_values().collect();
-    jobs.sort_by(|a, b| (a.submitted, &a.job).cmp(&(b.submitted, &b.job)));
-    let waits: Vec<f64> = jobs.iter().filter_map(|j| j.queue_wait_seconds).collect();
-    if !waits.is_empty() {
-        sim.summary.mean_queue_wait_seconds = waits.iter().sum::<f64>() / waits.len() as f64;
-        sim.summary.max_queue_wait_seconds = waits.iter().copied().fold(0.0, f64::max);
+    if waits.count > 0 {
+        sim.summary.mean_queue_wait_seconds = waits.sum / waits.count as f64;
+        sim.summary.max_queue_wait_seconds = waits.max;
     }
-    sim.jobs = jobs;
+    sim.job_index.clear();
     Ok(sim)
 }
 
+#[derive(Default)]
+struct WaitStats {
+    count: u64,
+    sum: f64,
+    max: f64,
+}
+
 impl Simulation {
+    #[allow(clippy::too_many_arguments)]
+    fn trace_event(
+        &mut self,
+        engine: &mut Engine,
+        now: Timestamp,
+        i: usize,
+        e: &TraceEvent,
+        namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+        options: &SimulateOptions,
+        alive: &mut HashMap<(String, String), Alive>,
+    ) -> Result<crate::engine::Step, String> {
+        let fail = |err: EngineError| format!("at {now}: {err}");
+        if let Some(s) = &e.submit {
+            self.summary.submissions += 1;
+            let id = JobId {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                uid: String::new(),
+            };
+            let req = JobRequest {
+                namespace_labels: namespaces.get(&s.namespace).cloned().unwrap_or_default(),
+                model: s.model.clone(),
+                accelerator: s.accelerator.clone(),
+                count: s.count,
+                max_duration: s.max_duration,
+                priority: s.priority,
+                submitter: s.submitter.as_ref().map(|u| Principal {
+                    user: u.clone(),
+                    groups: s.groups.clone(),
+                }),
+                spec_hash: String::new(),
+                id: id.clone(),
+            };
+            let key = (s.namespace.clone(), s.name.clone());
+            if options.timeline {
+                self.job_index.insert(key.clone(), self.jobs.len());
+                self.jobs.push(JobSummary {
+                    job: id.to_string(),
+                    lineage: req.lineage().to_string(),
+                    submitted: Some(now),
+                    ..JobSummary::default()
+                });
+            }
+            alive.insert(
+                key,
+                Alive {
+                    submitted: now.as_millisecond(),
+                    runtime: s.runtime,
+                    max: s.max_duration,
+                    fails: s.fails,
+                },
+            );
+            return engine.apply(now, Event::Submit(req)).map_err(fail);
+        }
+        if let Some(a) = &e.approve {
+            let id = job_id(&a.job, &format!("events[{i}].approve.job"))?;
+            let r = engine.apply(
+                now,
+                Event::Approve {
+                    job: id,
+                    approver: Principal {
+                        user: a.approver.clone(),
+                        groups: a.groups.clone(),
+                    },
+                    spec_hash: String::new(),
+                },
+            );
+            return match r {
+                Err(err @ EngineError::Approval { .. }) => {
+                    self.summary.approvals_refused += 1;
+                    if options.timeline {
+                        self.timeline.push(TimelineEntry {
+                            at: now,
+                            job: Some(a.job.clone()),
+                            what: "ApprovalRefused".into(),
+                            detail: err.to_string(),
+                        });
+                    }
+                    Ok(crate::engine::Step::default())
+                }
+                Ok(step) => {
+                    if options.timeline {
+                        self.timeline.push(TimelineEntry {
+                            at: now,
+                            job: Some(a.job.clone()),
+                            what: "Approved".into(),
+                            detail: format!("by {}", a.approver),
+                        });
+                    }
+                    Ok(step)
+                }
+                Err(other) => Err(fail(other)),
+            };
+        }
+        if let Some(d) = &e.delete {
+            let id = job_id(d, &format!("events[{i}].delete"))?;
+            if options.timeline {
+                self.timeline.push(TimelineEntry {
+                    at: now,
+                    job: Some(d.clone()),
+                    what: "Deleted".into(),
+                    detail: "its compute stays on the books".into(),
+                });
+            }
+            let key = (id.namespace.clone(), id.name.clone());
+            alive.remove(&key);
+            if let Some(j) = self.job_index.get(&key).and_then(|i| self.jobs.get_mut(*i))
+                && j.admitted.is_some()
+                && j.ended.is_none()
+            {
+                j.ended = Some(now);
+            }
+            return engine.apply(now, Event::Delete { job: id }).map_err(fail);
+        }
+        if let Some(p) = &e.policy {
+            let policy = Policy {
+                name: p.metadata.name.clone(),
+                spec: p.spec.clone(),
+            };
+            if options.timeline {
+                self.timeline.push(TimelineEntry {
+                    at: now,
+                    job: None,
+                    what: "PolicyChanged".into(),
+                    detail: format!("ComputePolicy {}", policy.name),
+                });
+            }
+            self.policies.retain(|q| q.name != policy.name);
+            self.policies.push(policy.clone());
+            return engine.apply(now, Event::UpsertPolicy(policy)).map_err(fail);
+        }
+        if let Some(name) = &e.remove_policy {
+            self.policies.retain(|q| &q.name != name);
+            return engine
+                .apply(now, Event::RemovePolicy { name: name.clone() })
+                .map_err(fail);
+        }
+        Ok(crate::engine::Step::default())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn absorb(
         &mut self,
         engine: &mut Engine,
         now: Timestamp,
-        records: Vec<LedgerRecord>,
-        decisions: Vec<(JobId, crate::decision::Decision)>,
+        step: crate::engine::Step,
         options: &SimulateOptions,
-        summaries: &mut HashMap<(String, String), JobSummary>,
+        alive: &mut HashMap<(String, String), Alive>,
         finishes: &mut BinaryHeap<Reverse<(i64, u64, Pending)>>,
-        runtimes: &HashMap<(String, String), (Option<GoDuration>, GoDuration, bool)>,
+        waits: &mut WaitStats,
     ) {
-        self.summary.ledger_records += records.len() as u64;
+        self.summary.ledger_records += step.records.len() as u64;
         if options.records {
-            self.records.extend(records);
+            self.records.extend(step.records);
         }
-        for (id, d) in decisions {
+        for (id, d) in step.decisions {
             *self
                 .summary
                 .decisions
                 .entry(d.verdict.to_string())
                 .or_default() += 1;
             let key = (id.namespace.clone(), id.name.clone());
-            if let Some(s) = summaries.get_mut(&key) {
-                s.final_verdict = Some(d.verdict);
+            if let Some(j) = self.job_index.get(&key).and_then(|i| self.jobs.get_mut(*i)) {
+                j.final_verdict = Some(d.verdict);
             }
             if options.timeline {
                 let mut detail = d.reason.clone();
@@ -546,35 +677,37 @@ impl Simulation {
             match d.verdict {
                 Verdict::Admit => {
                     self.summary.admitted += 1;
-                    if let Some(s) = summaries.get_mut(&key) {
-                        s.admitted = Some(now);
-                        s.queue_wait_seconds = s.submitted.map(|sub| {
-                            (now.as_millisecond() - sub.as_millisecond()) as f64 / 1000.0
-                        });
+                    let Some(a) = alive.get(&key) else { continue };
+                    let wait = (now.as_millisecond() - a.submitted) as f64 / 1000.0;
+                    waits.count += 1;
+                    waits.sum += wait;
+                    waits.max = waits.max.max(wait);
+                    if let Some(j) = self.job_index.get(&key).and_then(|i| self.jobs.get_mut(*i)) {
+                        j.admitted = Some(now);
+                        j.queue_wait_seconds = Some(wait);
                     }
                     // The simulated cluster starts the Job at once.
-                    let _ = engine
-                        .apply(now, Event::Start { job: id.clone() })
-                        .map(|st| {
-                            self.summary.ledger_records += st.records.len() as u64;
-                            if options.records {
-                                self.records.extend(st.records);
-                            }
-                        });
-                    if let Some((runtime, max, fails)) = runtimes.get(&key) {
-                        let (dur, code) = match runtime {
-                            Some(r) if r < max => (*r, u8::from(*fails)),
-                            _ => (*max, 2),
-                        };
-                        let end = now.as_millisecond().saturating_add(dur.as_millis());
-                        finishes.push(Reverse((
-                            end,
-                            u64::MAX,
-                            Pending::Finish(key.0, key.1, code),
-                        )));
+                    if let Ok(st) = engine.apply(now, Event::Start { job: id.clone() }) {
+                        self.summary.ledger_records += st.records.len() as u64;
+                        if options.records {
+                            self.records.extend(st.records);
+                        }
                     }
+                    let (dur, code) = match a.runtime {
+                        Some(r) if r < a.max => (r, u8::from(a.fails)),
+                        _ => (a.max, 2),
+                    };
+                    let end = now.as_millisecond().saturating_add(dur.as_millis());
+                    finishes.push(Reverse((
+                        end,
+                        u64::MAX,
+                        Pending::Finish(key.0, key.1, code),
+                    )));
                 }
-                Verdict::Reject => self.summary.rejected += 1,
+                Verdict::Reject => {
+                    self.summary.rejected += 1;
+                    alive.remove(&key);
+                }
                 _ => {}
             }
         }
@@ -679,4 +812,137 @@ impl Simulation {
     pub fn total_charged(&self) -> Flop {
         self.summary.lineages.values().map(|t| t.charged).sum()
     }
+}
+
+/// A small deterministic generator (SplitMix64), so a generated trace is the
+/// same on every machine for the same seed.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The policy embedded in generated traces: EU-style tiers with approvals,
+/// 30-day budgets on half the namespaces, cluster and namespace caps.
+const GENERATED_POLICY: &str = r#"{"apiVersion":"komptroller.dev/v1alpha1","kind":"ComputePolicy","metadata":{"name":"generated"},"spec":{"tiers":[{"name":"gpai","threshold":1e23,"action":"Admit"},{"name":"systemic","threshold":1e25,"action":"Escalate","approvals":{"required":2,"groups":["safety"]},"reporting":{"regulation":"EU AI Act Art. 52(1)","notifyWithin":"14d"}},{"name":"frontier","threshold":1e26,"action":"Reject"}],"capacity":{"cluster":{"maxAccelerators":180000},"perNamespace":{"maxAccelerators":6000}}}}"#;
+const GENERATED_BUDGETS: &str = r#"{"apiVersion":"komptroller.dev/v1alpha1","kind":"ComputePolicy","metadata":{"name":"generated-budgets"},"spec":{"namespaceSelector":{"matchLabels":{"budgeted":"true"}},"budgets":[{"name":"ns-30d","scope":"Namespace","window":"30d","limit":8e24,"action":"Throttle"}]}}"#;
+
+/// Writes a JSON Lines trace of `submissions` jobs (plus approvals and a few
+/// deletions) arriving on average every 30 s: 60 namespaces, 3,000
+/// lineages, H100/A100/MI300X jobs of 8–512 accelerators for 1–48 h.
+/// `komptroller gen-trace` exposes it; BENCHMARKS.md uses it.
+pub fn generate_trace<W: std::io::Write>(
+    submissions: u64,
+    seed: u64,
+    mut out: W,
+) -> std::io::Result<()> {
+    let mut rng = SplitMix(seed);
+    let mut namespaces = serde_json::Map::new();
+    for n in 0..60 {
+        let mut labels = serde_json::Map::new();
+        labels.insert("team".into(), format!("team-{n}").into());
+        labels.insert(
+            "budgeted".into(),
+            (if n % 2 == 0 { "true" } else { "false" }).into(),
+        );
+        namespaces.insert(format!("team-{n}"), serde_json::Value::Object(labels));
+    }
+    let policies: Vec<serde_json::Value> = [GENERATED_POLICY, GENERATED_BUDGETS]
+        .iter()
+        .map(|p| serde_json::from_str(p))
+        .collect::<Result<_, _>>()?;
+    let header = serde_json::json!({
+        "start": "2026-01-01T00:00:00Z",
+        "title": format!("generated trace: {submissions} submissions, seed {seed}"),
+        "namespaces": namespaces,
+        "policies": policies,
+    });
+    serde_json::to_writer(&mut out, &header)?;
+    out.write_all(b"\n")?;
+    let accelerators = ["nvidia-h100-sxm", "nvidia-a100-sxm4-80gb", "amd-mi300x"];
+    let mut t_ms: i64 = 0;
+    // Approvals and deletions due later, written once the clock reaches them.
+    let mut later: Vec<(i64, serde_json::Value)> = Vec::new();
+    let flush = |until: i64,
+                 later: &mut Vec<(i64, serde_json::Value)>,
+                 out: &mut W|
+     -> std::io::Result<()> {
+        later.sort_by_key(|(at, _)| *at);
+        let due = later.partition_point(|(at, _)| *at <= until);
+        for (_, ev) in later.drain(..due) {
+            serde_json::to_writer(&mut *out, &ev)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    };
+    for i in 0..submissions {
+        // Exponential inter-arrival times, mean 30 s.
+        t_ms += (-(1.0 - rng.unit()).ln() * 30_000.0) as i64;
+        flush(t_ms, &mut later, &mut out)?;
+        let ns = rng.below(60);
+        let frontier = ns == 0 && rng.below(20) == 0;
+        let count = if frontier {
+            4096
+        } else {
+            8u64 << rng.below(7).min(rng.below(7))
+        };
+        let hours = if frontier { 72 } else { 1 + rng.below(48) };
+        let runtime_min = (hours as f64 * 60.0 * (0.3 + 0.8 * rng.unit())) as u64;
+        let lineage = if frontier {
+            format!("frontier-{}", rng.below(3))
+        } else {
+            format!("lineage-{}", rng.below(3000))
+        };
+        let name = format!("job-{i}");
+        let job = format!("team-{ns}/{name}");
+        let mut model = serde_json::json!({"name": lineage});
+        if !frontier && rng.below(10) == 0 {
+            model["baseModel"] = format!("lineage-{}", rng.below(3000)).into();
+        }
+        let ev = serde_json::json!({
+            "at": format!("{t_ms}ms"),
+            "submit": {
+                "name": name,
+                "namespace": format!("team-{ns}"),
+                "submitter": format!("user-{}", rng.below(500)),
+                "priority": rng.below(3),
+                "model": model,
+                "accelerator": {"type": accelerators[rng.below(3) as usize]},
+                "count": count,
+                "maxDuration": format!("{hours}h"),
+                "runtime": format!("{runtime_min}m"),
+            }
+        });
+        serde_json::to_writer(&mut out, &ev)?;
+        out.write_all(b"\n")?;
+        if frontier {
+            let at = t_ms + 3_600_000;
+            for approver in ["safety-dana", "safety-erin"] {
+                later.push((
+                    at,
+                    serde_json::json!({"at": format!("{at}ms"), "approve": {"job": job, "approver": approver, "groups": ["safety"]}}),
+                ));
+            }
+        } else if rng.below(500) == 0 {
+            let at = t_ms + 60_000;
+            later.push((
+                at,
+                serde_json::json!({"at": format!("{at}ms"), "delete": job}),
+            ));
+        }
+    }
+    flush(i64::MAX, &mut later, &mut out)?;
+    Ok(())
 }

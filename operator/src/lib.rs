@@ -4,5 +4,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cmd;
+pub mod controller;
 pub mod crd;
+pub mod telemetry;
+pub mod run;
+pub mod reports;
+pub mod metrics;
+pub mod ledger_store;
+pub mod http;
+pub mod error;
 pub mod webhook;

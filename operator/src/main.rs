@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator: controller, leader election, metrics, reports, webhook.
+    Run(Box<cmd::run::RunArgs>),
     /// Project one TrainingJob's compute and decide it offline.
     Project(cmd::project::ProjectArgs),
     /// Replay a trace of submissions through the engine on a virtual clock.
@@ -28,6 +30,8 @@ enum Command {
     Keygen(cmd::keygen::KeygenArgs),
     /// Render a report from a ledger as JSON, CSV or Markdown.
     Report(cmd::report::ReportArgs),
+    /// Write a reproducible synthetic trace (JSON Lines) for benchmarks.
+    GenTrace(cmd::simulate::GenTraceArgs),
     /// Print or write the CustomResourceDefinitions generated from the types.
     Crd(cmd::crd::CrdArgs),
     /// Serve only the admission webhooks (e2e tests; `run` serves them too).
@@ -38,12 +42,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(a) => cmd::run::run(*a),
         Command::Project(a) => cmd::project::run(a),
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Crd(a) => cmd::crd::run(a),
+        Command::GenTrace(a) => cmd::simulate::gen_trace(a),
         Command::Webhook(a) => cmd::webhook::run(a),
     }
 }

@@ -507,6 +507,7 @@ mod tests {
         let m = Metrics::new();
         // Touch the vectors so they appear in the output.
         m.reconcile_errors.with_label_values(&["kube"]).inc();
+        m.reconcile_duration.with_label_values::<&str>(&[]).observe(0.1);
         let names: HashSet<&str> = METRICS.iter().map(|d| d.name).collect();
         assert_eq!(names.len(), METRICS.len(), "duplicate metric names");
         assert!(names.iter().all(|n| n.starts_with("komptroller_")));

@@ -12,6 +12,7 @@ pub mod crd;
 pub mod keygen;
 pub mod project;
 pub mod report;
+pub mod run;
 pub mod simulate;
 pub mod verify;
 pub mod webhook;

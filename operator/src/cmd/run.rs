@@ -54,12 +54,20 @@ pub struct RunArgs {
     #[arg(long, env = "KOMPTROLLER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: u16,
 
+    // webhook hook (issue 6): the admission webhook's flags.
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
 }
 
 /// The webhook hook (issue 6): every replica serves the admission webhooks.
-fn webhook_starter() -> Option<crate::run::WebhookStarter> {
-    // webhook hook (issue 6): filled in once operator/src/webhook lands.
-    None
+fn webhook_starter(args: crate::webhook::WebhookArgs) -> Option<crate::run::WebhookStarter> {
+    Some(Box::new(move |client, stop| {
+        Box::pin(async move {
+            crate::webhook::serve(args, client, stop)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }))
 }
 
 /// Validated settings.
@@ -163,7 +171,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return super::fail(&format!("starting the async runtime: {e}")),
     };
-    match runtime.block_on(crate::run::run(config, webhook_starter())) {
+    match runtime.block_on(crate::run::run(config, webhook_starter(args.webhook))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(crate::error::Error::Config(m)) => super::fail(&m),
         Err(e) => {

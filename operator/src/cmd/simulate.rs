@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use komptroller_engine::catalog::Catalog;
 use komptroller_engine::manifest::parse_policies;
-use komptroller_engine::simulate::{SimulateOptions, parse_trace, simulate};
+use komptroller_engine::simulate::{
+    SimulateOptions, generate_trace, parse_trace, read_jsonl_trace, simulate, simulate_stream,
+};
 
 use super::{Output, fail, load_policies, read_file};
 
@@ -59,6 +61,27 @@ pub fn run(args: SimulateArgs) -> ExitCode {
 }
 
 fn simulate_cmd(args: &SimulateArgs) -> Result<String, String> {
+    let options = SimulateOptions {
+        timeline: !args.summary_only,
+        records: !args.summary_only,
+    };
+    if let Some(path) = args
+        .trace
+        .as_ref()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+    {
+        let name = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+        let (header, events) =
+            read_jsonl_trace(std::io::BufReader::new(file), &name).map_err(|e| e.to_string())?;
+        let policies = if args.policies.is_empty() && header.policies.is_empty() {
+            parse_policies(DEFAULT_POLICY, "bundled policy").map_err(|e| e.to_string())?
+        } else {
+            load_policies(&args.policies)?
+        };
+        let sim = simulate_stream(Catalog::builtin(), policies, &header, events, &options)?;
+        return render(&sim, args);
+    }
     let trace = match &args.trace {
         Some(p) => {
             parse_trace(&read_file(p)?, &p.display().to_string()).map_err(|e| e.to_string())?
@@ -72,11 +95,14 @@ fn simulate_cmd(args: &SimulateArgs) -> Result<String, String> {
     } else {
         Vec::new()
     };
-    let options = SimulateOptions {
-        timeline: !args.summary_only,
-        records: !args.summary_only,
-    };
     let sim = simulate(Catalog::builtin(), policies, &trace, &options)?;
+    render(&sim, args)
+}
+
+fn render(
+    sim: &komptroller_engine::simulate::Simulation,
+    args: &SimulateArgs,
+) -> Result<String, String> {
     match args.output {
         Output::Text => Ok(sim.render_text(args.limit)),
         Output::Json => {
@@ -89,5 +115,39 @@ fn simulate_cmd(args: &SimulateArgs) -> Result<String, String> {
                 .map(|s| s + "\n")
                 .map_err(|e| e.to_string())
         }
+    }
+}
+
+/// `komptroller gen-trace`: a reproducible synthetic trace for benchmarks.
+#[derive(clap::Args, Debug)]
+pub struct GenTraceArgs {
+    /// Number of submissions.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub submissions: u64,
+    /// Seed of the deterministic generator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output file (JSON Lines; use the .jsonl extension so `simulate --trace` streams it).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+pub fn gen_trace(args: GenTraceArgs) -> ExitCode {
+    let result = std::fs::File::create(&args.out).and_then(|f| {
+        let mut w = std::io::BufWriter::new(f);
+        generate_trace(args.submissions, args.seed, &mut w)?;
+        std::io::Write::flush(&mut w)
+    });
+    match result {
+        Ok(()) => {
+            println!(
+                "wrote {} ({} submissions, seed {})",
+                args.out.display(),
+                args.submissions,
+                args.seed
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("{}: {e}", args.out.display())),
     }
 }

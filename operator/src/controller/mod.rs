@@ -683,6 +683,43 @@ async fn wakeup_loop(ctx: Arc<Context>) {
     }
 }
 
+/// Refreshes `komptroller_budget_use_ratio` every `period`: for each
+/// policy budget, the charged FLOP in its window over its limit, per
+/// namespace (Namespace scope), lineage (Model scope) or the cluster.
+async fn budget_gauge_loop(ctx: Arc<Context>, period: Duration) {
+    use komptroller_engine::policy::BudgetScope;
+    loop {
+        tokio::time::sleep(period).await;
+        let namespaces: Vec<String> = ctx.namespaces.state().iter().map(|n| n.name_any()).collect();
+        let Ok(b) = ctx.books.lock() else { continue };
+        let now = Timestamp::now();
+        let lineages: Vec<String> = b.engine.lineages().into_keys().collect();
+        ctx.metrics.budget_use_ratio.reset();
+        for (policy, spec) in b.engine.policies() {
+            for budget in &spec.budgets {
+                if budget.limit.0 <= 0.0 {
+                    continue;
+                }
+                let window = jiff::SignedDuration::from_millis(budget.window.as_millis());
+                let keys: Vec<String> = match budget.scope {
+                    BudgetScope::Cluster => vec![String::new()],
+                    BudgetScope::Namespace => namespaces.clone(),
+                    BudgetScope::Model => lineages.clone(),
+                };
+                for key in keys {
+                    let used = b.engine.window_charged(budget.scope, &key, now, window);
+                    if used.0 > 0.0 || budget.scope == BudgetScope::Cluster {
+                        ctx.metrics
+                            .budget_use_ratio
+                            .with_label_values(&[policy, budget.name.as_str(), key.as_str()])
+                            .set(used.0 / budget.limit.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Settings of a leader term.
 #[derive(Clone, Debug)]
 pub struct TermConfig {
@@ -799,6 +836,7 @@ pub async fn run_term(
         _ = controller => Err(Error::Ledger("controller stopped".into())),
         _ = policy_loop(ctx.clone()) => Err(Error::Ledger("policy watch stopped".into())),
         _ = wakeup_loop(ctx.clone()) => Err(Error::Ledger("wakeup loop stopped".into())),
+        _ = budget_gauge_loop(ctx.clone(), Duration::from_secs(5)) => Err(Error::Ledger("gauge loop stopped".into())),
         _ = queue_refresh_loop(ctx.clone(), store, Duration::from_secs(1)) => Err(Error::Ledger("queue loop stopped".into())),
         name = ledger.conflicted() => Err(Error::LedgerConflict { name }),
         _ = caches => Err(Error::Ledger("caches stopped".into())),
