@@ -1253,3 +1253,68 @@ async fn injected_faults() {
     );
     standin.set_faults(Faults::default());
 }
+
+#[tokio::test]
+async fn builtin_unknown_fields_and_type_errors() {
+    let c = cluster_with_crds(Options::default()).await;
+    let ns = c.temp_namespace("typed").await.unwrap();
+    let jobs: Api<DynamicObject> = c
+        .dynamic_api(
+            &kube::core::GroupVersionKind::gvk("batch", "v1", "Job"),
+            Some(&ns.name),
+        )
+        .await
+        .unwrap();
+    let job = |spec_extra: Value| {
+        let mut j = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "typo"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}});
+        for (k, v) in spec_extra.as_object().unwrap() {
+            j["spec"][k] = v.clone();
+        }
+        j
+    };
+    // Strict: an unknown field in a built-in kind is refused.
+    let e = api_err(
+        jobs.patch(
+            "typo",
+            &PatchParams::apply("t").validation_strict(),
+            &Patch::Apply(job(json!({"paralelism": 2}))),
+        )
+        .await,
+    );
+    assert_eq!(e.code, 400);
+    assert!(
+        e.message.contains("unknown field \"spec.paralelism\""),
+        "{}",
+        e.message
+    );
+    // Otherwise it is pruned.
+    let o = jobs
+        .patch(
+            "typo",
+            &PatchParams::apply("t"),
+            &Patch::Apply(job(json!({"paralelism": 2}))),
+        )
+        .await
+        .unwrap();
+    assert!(o.data["spec"].get("paralelism").is_none());
+    // A value of the wrong type does not decode.
+    let e = api_err(
+        jobs.patch(
+            "typo2",
+            &PatchParams::apply("t"),
+            &Patch::Apply({
+                let mut j = job(json!({"activeDeadlineSeconds": "ten"}));
+                j["metadata"]["name"] = json!("typo2");
+                j
+            }),
+        )
+        .await,
+    );
+    assert_eq!(e.code, 400);
+    assert!(
+        e.message.contains("cannot be handled as a Job"),
+        "{}",
+        e.message
+    );
+}

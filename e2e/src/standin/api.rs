@@ -1294,6 +1294,44 @@ fn apply_schema(
     }
 }
 
+/// Unknown fields and type errors of built-in kinds (through k8s-openapi).
+fn prune_builtin(
+    def: &ResourceDef,
+    version: &str,
+    obj: &mut Value,
+    ctx: &mut WriteCtx,
+) -> ApiResult<()> {
+    let cannot = |detail: String| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {detail}",
+            def.kind,
+            def.api_version(version),
+            def.kind
+        ))
+    };
+    let unknown = super::typed::prune_unknown(&def.group, &def.plural, obj).map_err(cannot)?;
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list = || {
+        unknown
+            .iter()
+            .map(|u| format!("unknown field \"{u}\""))
+            .collect::<Vec<_>>()
+    };
+    match ctx.validation {
+        FieldValidation::Strict => Err(cannot(format!(
+            "strict decoding error: {}",
+            list().join(", ")
+        ))),
+        FieldValidation::Warn => {
+            ctx.warnings.extend(list());
+            Ok(())
+        }
+        FieldValidation::Ignore => Ok(()),
+    }
+}
+
 /// Defaults and validation of built-in kinds that the product relies on.
 fn builtin_rules(def: &ResourceDef, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
     let name = meta_str(obj, "name").to_string();
@@ -1647,6 +1685,7 @@ async fn finish_write(
     if def.is_custom() {
         apply_schema(def, version, &mut new, old.as_deref(), ctx)?;
     } else {
+        prune_builtin(def, version, &mut new, ctx)?;
         builtin_rules(def, &mut new, old.as_deref())?;
     }
     let op = if old.is_none() {

@@ -22,6 +22,7 @@ pub mod schema;
 pub mod select;
 pub mod store;
 pub mod table;
+pub mod typed;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
