@@ -622,3 +622,69 @@ async fn admission_match_conditions_and_dry_run_side_effects() {
         e.message
     );
 }
+
+#[tokio::test]
+async fn admission_webhook_by_service_reference() {
+    // The chart registers its webhook by Service; the stand-in maps the
+    // service to a local address and verifies TLS for <name>.<namespace>.svc.
+    let allow: webhook::Decide = Arc::new(
+        |req: &Value| json!({"allowed": req.pointer("/object/metadata/labels/deny").is_none(), "status": {"message": "denied by service webhook"}}),
+    );
+    let server =
+        webhook::start_with_names(allow, Duration::ZERO, &["komptroller-webhook.ops.svc"]).await;
+    let mut services = std::collections::HashMap::new();
+    services.insert(
+        ("ops".to_string(), "komptroller-webhook".to_string()),
+        server.addr,
+    );
+    let c = cluster_with_crds(Options {
+        webhook_services: services,
+        ..Options::default()
+    })
+    .await;
+    c.require_standin()
+        .expect("service mapping is a stand-in option");
+    let mut cfg = webhook_config(
+        "ValidatingWebhookConfiguration",
+        "svc",
+        &server.ca_bundle,
+        server.addr,
+        "/",
+        "Fail",
+        5,
+        "svc",
+    );
+    cfg["webhooks"][0]["clientConfig"] = json!({"service": {"namespace": "ops", "name": "komptroller-webhook", "path": "/validate", "port": 443}, "caBundle": server.ca_bundle});
+    let cfgs: Api<DynamicObject> = c
+        .dynamic_api(
+            &kube::core::GroupVersionKind::gvk(
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingWebhookConfiguration",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    cfgs.create(
+        &PostParams::default(),
+        &serde_json::from_value(cfg).unwrap(),
+    )
+    .await
+    .unwrap();
+    let ns = labelled_ns(&c, "svc").await;
+    let cms = Api::<ConfigMap>::namespaced(c.client(), &ns.name);
+    cms.create(&PostParams::default(), &cm("ok", json!({})))
+        .await
+        .unwrap();
+    let e = api_err(
+        cms.create(&PostParams::default(), &cm("no", json!({"deny": "1"})))
+            .await,
+    );
+    assert!(
+        e.message.contains("denied by service webhook"),
+        "{}",
+        e.message
+    );
+    assert_eq!(server.reviews.lock().unwrap().len(), 2);
+}

@@ -28,8 +28,13 @@ impl Drop for WebhookServer {
 
 /// `decide(request) -> response fields` (uid is filled in); `delay` before answering.
 pub async fn start(decide: Decide, delay: Duration) -> WebhookServer {
+    start_with_names(decide, delay, &["127.0.0.1", "localhost"]).await
+}
+
+/// As `start`, with a certificate for these names (e.g. `svc.ns.svc`).
+pub async fn start_with_names(decide: Decide, delay: Duration, names: &[&str]) -> WebhookServer {
     let ca = e2e::tls::Ca::new("webhook-ca").unwrap();
-    let leaf = ca.issue_server(&["127.0.0.1", "localhost"]).unwrap();
+    let leaf = ca.issue_server(names).unwrap();
     let tls = leaf.server_config().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
