@@ -115,9 +115,18 @@ fn main() {
             }
         }
         let req = VerifyRequest {
-            report: NamedInput { name: "report.json", bytes: &report_bytes },
-            public_key: NamedInput { name: "public-key.pem", bytes: pem.as_bytes() },
-            ledger: Some(NamedInput { name: "ledger.jsonl", bytes: &bytes }),
+            report: NamedInput {
+                name: "report.json",
+                bytes: &report_bytes,
+            },
+            public_key: NamedInput {
+                name: "public-key.pem",
+                bytes: pem.as_bytes(),
+            },
+            ledger: Some(NamedInput {
+                name: "ledger.jsonl",
+                bytes: &bytes,
+            }),
             previous: None,
             entry: None,
             allow_longer_ledger: false,
@@ -158,7 +167,10 @@ fn main() {
     }
     let full_m = median(&mut full);
     let chain1_m = median(&mut chain1);
-    println!("verify (komptroller verify --ledger path, {threads} threads): median {full_m:.0} MB/s, {:.2} s per million entries", mb / full_m * 1e6 / n as f64);
+    println!(
+        "verify (komptroller verify --ledger path, {threads} threads): median {full_m:.0} MB/s, {:.2} s per million entries",
+        mb / full_m * 1e6 / n as f64
+    );
     println!("chain check only, 1 thread:                     median {chain1_m:.0} MB/s");
     if !sha.is_empty() {
         let sha_m = median(&mut sha);

@@ -15,7 +15,10 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 use crate::ledger::Sha256Digest;
 
-pub use ed25519_dalek::{Signature as Ed25519Signature, SigningKey as Ed25519SigningKey, VerifyingKey as Ed25519VerifyingKey};
+pub use ed25519_dalek::{
+    Signature as Ed25519Signature, SigningKey as Ed25519SigningKey,
+    VerifyingKey as Ed25519VerifyingKey,
+};
 
 /// A key problem, phrased for the person holding the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,16 +16,26 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<f64>()
             .prop_filter("finite", |f| f.is_finite())
             .prop_map(|f| Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        prop_oneof![Just(1e21), Just(1e-7), Just(-0.0), Just(1e25), Just(123456789012345680000.0), Just(0.1 + 0.2)]
-            .prop_map(|f| Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        prop_oneof![
+            Just(1e21),
+            Just(1e-7),
+            Just(-0.0),
+            Just(1e25),
+            Just(123456789012345680000.0),
+            Just(0.1 + 0.2)
+        ]
+        .prop_map(|f| Number::from_f64(f).map_or(Value::Null, Value::Number)),
         "\\PC{0,12}".prop_map(Value::String),
         "[\\x00-\\x1f\"\\\\/\u{7f}\u{e9}\u{20ac}\u{1f600}a-z]{0,10}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec(("[a-zA-Z\u{e9}\u{20ac}\u{1f600}\u{fb01}_]{0,6}", inner), 0..6)
-                .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
+            prop::collection::vec(
+                ("[a-zA-Z\u{e9}\u{20ac}\u{1f600}\u{fb01}_]{0,6}", inner),
+                0..6
+            )
+            .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
         ]
     })
 }
@@ -80,7 +90,10 @@ fn rfc8785_examples() {
         (0.000001, "0.000001"),
     ];
     for (f, want) in cases {
-        assert_eq!(String::from_utf8(canonical_json(&f).expect("finite")).expect("utf8"), want);
+        assert_eq!(
+            String::from_utf8(canonical_json(&f).expect("finite")).expect("utf8"),
+            want
+        );
     }
     let mut m = std::collections::BTreeMap::new();
     m.insert("\u{20ac}", 1); // Euro sign U+20AC
@@ -91,7 +104,10 @@ fn rfc8785_examples() {
     m.insert("\u{80}", 6);
     m.insert("\u{f6}", 7);
     let got = String::from_utf8(canonical_json(&m).expect("encode")).expect("utf8");
-    assert_eq!(got, "{\"\\r\":2,\"1\":4,\"\u{80}\":6,\"\u{f6}\":7,\"\u{20ac}\":1,\"\u{1f600}\":5,\"\u{fb33}\":3}");
+    assert_eq!(
+        got,
+        "{\"\\r\":2,\"1\":4,\"\u{80}\":6,\"\u{f6}\":7,\"\u{20ac}\":1,\"\u{1f600}\":5,\"\u{fb33}\":3}"
+    );
 }
 
 mod validator {
@@ -148,7 +164,12 @@ mod validator {
         ] {
             assert!(!is_canonical_json(bad), "{}", String::from_utf8_lossy(bad));
         }
-        for good in [&b"{\"a\":1,\"b\":[true,false,null]}"[..], b"[1e+25]", b"[\"\\u001f\\n\"]", b"\"\xc3\xa9\""] {
+        for good in [
+            &b"{\"a\":1,\"b\":[true,false,null]}"[..],
+            b"[1e+25]",
+            b"[\"\\u001f\\n\"]",
+            b"\"\xc3\xa9\"",
+        ] {
             assert!(is_canonical_json(good), "{}", String::from_utf8_lossy(good));
         }
     }

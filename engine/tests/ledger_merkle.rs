@@ -145,7 +145,9 @@ fn reference_root(d: &[Sha256Digest]) -> Sha256Digest {
 }
 
 fn leaves(n: usize, salt: u8) -> Vec<Sha256Digest> {
-    (0..n).map(|i| leaf_hash(&[salt, (i % 251) as u8, (i / 251) as u8])).collect()
+    (0..n)
+        .map(|i| leaf_hash(&[salt, (i % 251) as u8, (i / 251) as u8]))
+        .collect()
 }
 
 proptest! {

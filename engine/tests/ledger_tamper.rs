@@ -63,7 +63,12 @@ fn case(n: usize, seed: u64) -> Case {
     }
 }
 
-fn check(c: &Case, report: &[u8], ledger: &[u8], previous: Option<&[u8]>) -> Result<(), VerifyFailure> {
+fn check(
+    c: &Case,
+    report: &[u8],
+    ledger: &[u8],
+    previous: Option<&[u8]>,
+) -> Result<(), VerifyFailure> {
     verify_report(&VerifyRequest {
         report: NamedInput {
             name: "report.json",

@@ -5,8 +5,8 @@ use komptroller_engine::decision::Verdict;
 use komptroller_engine::job::JobId;
 use komptroller_engine::ledger::{
     AcceleratorUse, ChainError, FIRST_SEQ, GENESIS_PREV_HASH, Ledger, LedgerEvent, LedgerHead,
-    LedgerRecord, LedgerTotals, NO_TIER, ScopeKey, Sha256Digest, read_jsonl, sample::sample_records,
-    verify_jsonl,
+    LedgerRecord, LedgerTotals, NO_TIER, ScopeKey, Sha256Digest, read_jsonl,
+    sample::sample_records, verify_jsonl,
 };
 use komptroller_engine::policy::Mode;
 use komptroller_engine::units::{AcceleratorSeconds, Flop};
@@ -61,18 +61,66 @@ fn finished(consumed: f64, acc_s: f64) -> LedgerEvent {
 
 fn table() -> Vec<LedgerRecord> {
     vec![
-        rec("2026-01-01T00:00:00Z", "a", "j1", "base", decided(Verdict::Admit, 4e24, &["base"], Some("gpai"))),
-        rec("2026-01-02T00:00:00Z", "b", "j2", "tune", decided(Verdict::Admit, 1e24, &["tune", "base"], None)),
-        rec("2026-01-03T00:00:00Z", "a", "j3", "base", decided(Verdict::Reject, 0.0, &[], Some("gpai"))),
-        rec("2026-01-03T00:00:00Z", "a", "j3", "base", decided(Verdict::Throttle, 0.0, &[], Some("gpai"))),
-        rec("2026-01-04T00:00:00Z", "a", "j1", "base", LedgerEvent::Started),
-        rec("2026-01-05T00:00:00Z", "a", "j1", "base", finished(1e24, 3600.0)),
-        rec("2026-01-06T00:00:00Z", "b", "j2", "tune", finished(2e23, 100.0)),
+        rec(
+            "2026-01-01T00:00:00Z",
+            "a",
+            "j1",
+            "base",
+            decided(Verdict::Admit, 4e24, &["base"], Some("gpai")),
+        ),
+        rec(
+            "2026-01-02T00:00:00Z",
+            "b",
+            "j2",
+            "tune",
+            decided(Verdict::Admit, 1e24, &["tune", "base"], None),
+        ),
+        rec(
+            "2026-01-03T00:00:00Z",
+            "a",
+            "j3",
+            "base",
+            decided(Verdict::Reject, 0.0, &[], Some("gpai")),
+        ),
+        rec(
+            "2026-01-03T00:00:00Z",
+            "a",
+            "j3",
+            "base",
+            decided(Verdict::Throttle, 0.0, &[], Some("gpai")),
+        ),
+        rec(
+            "2026-01-04T00:00:00Z",
+            "a",
+            "j1",
+            "base",
+            LedgerEvent::Started,
+        ),
+        rec(
+            "2026-01-05T00:00:00Z",
+            "a",
+            "j1",
+            "base",
+            finished(1e24, 3600.0),
+        ),
+        rec(
+            "2026-01-06T00:00:00Z",
+            "b",
+            "j2",
+            "tune",
+            finished(2e23, 100.0),
+        ),
         // Deleted without ever being admitted: consumption stays on its own lineage.
-        rec("2026-01-07T00:00:00Z", "c", "j9", "orphan", LedgerEvent::Deleted {
-            accelerator_seconds: AcceleratorSeconds(5.0),
-            consumed: Flop(7e20),
-        }),
+        rec(
+            "2026-01-07T00:00:00Z",
+            "c",
+            "j9",
+            "orphan",
+            LedgerEvent::Deleted {
+                accelerator_seconds: AcceleratorSeconds(5.0),
+                consumed: Flop(7e20),
+            },
+        ),
     ]
 }
 
@@ -93,8 +141,14 @@ fn totals_follow_the_accounting_rules() {
     assert_eq!(tot.namespaces()["a"].charged, Flop(4e24));
     assert_eq!(tot.namespaces()["b"].charged, Flop(1e24));
     assert_eq!(tot.namespaces()["c"].consumed, Flop(7e20));
-    assert_eq!(tot.accelerators()["nvidia-h100-sxm"].charged, Flop(4e24 + 1e24));
-    assert_eq!(tot.accelerators()["nvidia-h100-sxm"].accelerator_seconds, AcceleratorSeconds(3705.0));
+    assert_eq!(
+        tot.accelerators()["nvidia-h100-sxm"].charged,
+        Flop(4e24 + 1e24)
+    );
+    assert_eq!(
+        tot.accelerators()["nvidia-h100-sxm"].accelerator_seconds,
+        AcceleratorSeconds(3705.0)
+    );
     assert_eq!(tot.tiers()["gpai"].charged, Flop(4e24));
     assert_eq!(tot.tiers()["gpai"].consumed, Flop(1e24));
     assert_eq!(tot.tiers()[NO_TIER].charged, Flop(1e24));
@@ -109,13 +163,31 @@ fn windows_exclude_their_start_and_include_their_end() {
     let base = ScopeKey::Model("base".into());
     let day1 = t("2026-01-01T00:00:00Z");
     let day2 = t("2026-01-02T00:00:00Z");
-    assert_eq!(tot.window_charged(&base, t("2025-12-01T00:00:00Z"), day2), Flop(4e24 + 1e24));
+    assert_eq!(
+        tot.window_charged(&base, t("2025-12-01T00:00:00Z"), day2),
+        Flop(4e24 + 1e24)
+    );
     assert_eq!(tot.window_charged(&base, day1, day2), Flop(1e24));
-    assert_eq!(tot.window_charged(&base, t("2025-12-01T00:00:00Z"), day1), Flop(4e24));
-    assert_eq!(tot.window_charged(&base, day2, t("2026-02-01T00:00:00Z")), Flop(0.0));
-    assert_eq!(tot.window_charged(&ScopeKey::Namespace("b".into()), day1, day2), Flop(1e24));
-    assert_eq!(tot.window_charged(&ScopeKey::Cluster, t("2025-01-01T00:00:00Z"), day2), Flop(4e24 + 1e24));
-    assert_eq!(tot.window_charged(&ScopeKey::Namespace("zzz".into()), day1, day2), Flop(0.0));
+    assert_eq!(
+        tot.window_charged(&base, t("2025-12-01T00:00:00Z"), day1),
+        Flop(4e24)
+    );
+    assert_eq!(
+        tot.window_charged(&base, day2, t("2026-02-01T00:00:00Z")),
+        Flop(0.0)
+    );
+    assert_eq!(
+        tot.window_charged(&ScopeKey::Namespace("b".into()), day1, day2),
+        Flop(1e24)
+    );
+    assert_eq!(
+        tot.window_charged(&ScopeKey::Cluster, t("2025-01-01T00:00:00Z"), day2),
+        Flop(4e24 + 1e24)
+    );
+    assert_eq!(
+        tot.window_charged(&ScopeKey::Namespace("zzz".into()), day1, day2),
+        Flop(0.0)
+    );
 }
 
 #[test]
@@ -140,7 +212,12 @@ fn the_chain_starts_at_seq_0_from_the_genesis_value() {
     assert_eq!(e[3].compute_hash().expect("hash"), e[3].hash);
     // The hash is SHA-256 of the canonical JSON without `hash`; spot-check the bytes.
     let body = String::from_utf8(e[0].body_bytes().expect("body")).expect("utf8");
-    assert!(body.starts_with("{\"accelerator\":{\"count\":8,\"type\":\"nvidia-h100-sxm\"},\"actor\":\"alice\","), "{body}");
+    assert!(
+        body.starts_with(
+            "{\"accelerator\":{\"count\":8,\"type\":\"nvidia-h100-sxm\"},\"actor\":\"alice\","
+        ),
+        "{body}"
+    );
     assert!(body.contains(",\"prevHash\":\"0000000000000000000000000000000000000000000000000000000000000000\",\"seq\":0,\"time\":\"2026-01-01T00:00:00Z\"}"), "{body}");
     assert!(!body.contains("\"hash\""));
 }
@@ -162,7 +239,13 @@ fn from_entries_rejects_a_broken_chain() {
 #[test]
 fn non_finite_flop_cannot_be_appended() {
     let mut l = Ledger::new();
-    let r = rec("2026-01-01T00:00:00Z", "a", "j", "x", decided(Verdict::Admit, f64::NAN, &["x"], None));
+    let r = rec(
+        "2026-01-01T00:00:00Z",
+        "a",
+        "j",
+        "x",
+        decided(Verdict::Admit, f64::NAN, &["x"], None),
+    );
     assert!(l.append(r).is_err());
     assert!(l.is_empty());
     assert_eq!(l.head(), LedgerHead::GENESIS);

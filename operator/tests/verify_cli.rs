@@ -94,7 +94,10 @@ fn verify(f: &Fixture, extra: &[&str]) -> Output {
 }
 
 fn with_ledger(f: &Fixture) -> Vec<String> {
-    vec!["--ledger".into(), f.path("ledger.jsonl").display().to_string()]
+    vec![
+        "--ledger".into(),
+        f.path("ledger.jsonl").display().to_string(),
+    ]
 }
 
 #[test]
@@ -160,7 +163,11 @@ fn bad_inputs_exit_2_naming_the_file_and_never_panic() {
     // Private key given where the public key is expected.
     let o = verify_with_key(&f, &f.path("signing-key.pem"));
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("signing-key.pem") && stderr(&o).contains("private key"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("signing-key.pem") && stderr(&o).contains("private key"),
+        "{}",
+        stderr(&o)
+    );
     // Garbage key.
     std::fs::write(f.path("garbage.pem"), [0xff, 0xfe, 0x00]).expect("write");
     let o = verify_with_key(&f, &f.path("garbage.pem"));
@@ -175,10 +182,12 @@ fn bad_inputs_exit_2_naming_the_file_and_never_panic() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = verify(&f, &args);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(stderr(&o).contains("ledger.jsonl") && stderr(&o).contains("line 1"), "{}", stderr(&o));
-    for o in [&o] {
-        assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
-    }
+    assert!(
+        stderr(&o).contains("ledger.jsonl") && stderr(&o).contains("line 1"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }
 
 fn verify_with_key(f: &Fixture, key: &Path) -> Output {
@@ -216,7 +225,11 @@ fn a_continuing_report_links_to_its_predecessor_and_a_wrong_one_exits_7() {
     let text = std::fs::read(f.path("ledger.jsonl")).expect("read");
     let entries = komptroller_engine::ledger::verify_jsonl(&text).expect("chain");
     let mut ledger = Ledger::from_entries(entries).expect("ledger");
-    let last = ledger.entries().last().map(|e| e.record.time).expect("time");
+    let last = ledger
+        .entries()
+        .last()
+        .map(|e| e.record.time)
+        .expect("time");
     for mut r in sample_records(40, 7, last) {
         r.time = r.time.max(last);
         ledger.append(r).expect("append");
@@ -252,16 +265,19 @@ fn a_continuing_report_links_to_its_predecessor_and_a_wrong_one_exits_7() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("consistency"));
     // A different, validly signed report as "previous": exit 7.
-    let key = parse_private_key_pem(
-        &std::fs::read_to_string(f.path("signing-key.pem")).expect("key"),
-    )
-    .expect("parse key");
+    let key =
+        parse_private_key_pem(&std::fs::read_to_string(f.path("signing-key.pem")).expect("key"))
+            .expect("parse key");
     let first60 = &ledger.entries()[..59];
     let other = build_report(first60, &[], Period::covering(first60), None)
         .expect("build")
         .sign(&key)
         .expect("sign");
-    std::fs::write(f.path("other.json"), other.canonical_bytes().expect("bytes")).expect("write");
+    std::fs::write(
+        f.path("other.json"),
+        other.canonical_bytes().expect("bytes"),
+    )
+    .expect("write");
     let o = v(&f.path("other.json"));
     assert_eq!(code(&o), 7, "{}", stderr(&o));
     assert!(stderr(&o).contains("previous"), "{}", stderr(&o));
@@ -285,7 +301,9 @@ fn have(tool: &str) -> bool {
 #[test]
 fn openssl_verifies_the_signature_without_our_binary() {
     if !have("openssl") {
-        eprintln!("SKIPPED LOUDLY: openssl is not installed, so the documented openssl verification was NOT tested");
+        eprintln!(
+            "SKIPPED LOUDLY: openssl is not installed, so the documented openssl verification was NOT tested"
+        );
         return;
     }
     let f = fixture(30);
@@ -296,20 +314,39 @@ sed 's/.*,"signature":"\([^"]*\)"}$/\1/' report.json | base64 -d > report.sig
 openssl pkeyutl -verify -pubin -inkey public-key.pem -rawin -in signed.json -sigfile report.sig
 test "$(openssl pkey -pubin -in public-key.pem -outform DER | sha256sum | cut -d' ' -f1)" = "$(sed 's/.*"keyId":"\([0-9a-f]*\)".*/\1/' report.json)"
 "#;
-    let o = run(Command::new("sh").arg("-c").arg(script).arg("sh").arg(&f.dir));
-    assert!(o.status.success(), "openssl path failed: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    let o = run(Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(&f.dir));
+    assert!(
+        o.status.success(),
+        "openssl path failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains("Signature Verified Successfully"));
     // The bytes sed cut out are the ones `report --signed-bytes` prints.
-    let o2 = run(bin().arg("report").arg("--signed-bytes").arg(f.path("report.json")));
+    let o2 = run(bin()
+        .arg("report")
+        .arg("--signed-bytes")
+        .arg(f.path("report.json")));
     assert_eq!(code(&o2), 0, "{}", stderr(&o2));
-    assert_eq!(o2.stdout, std::fs::read(f.path("signed.json")).expect("read"));
+    assert_eq!(
+        o2.stdout,
+        std::fs::read(f.path("signed.json")).expect("read")
+    );
     // A tampered report fails under openssl too.
     let tampered = std::fs::read_to_string(f.path("report.json"))
         .expect("read")
         .replacen("\"entries\":30", "\"entries\":31", 1);
     assert!(tampered.contains("\"entries\":31"));
     std::fs::write(f.path("report.json"), tampered).expect("write");
-    let o = run(Command::new("sh").arg("-c").arg(script).arg("sh").arg(&f.dir));
+    let o = run(Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(&f.dir));
     assert!(!o.status.success(), "openssl accepted a tampered report");
 }
 

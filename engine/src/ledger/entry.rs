@@ -217,7 +217,9 @@ impl Ledger {
     /// Adopts `entries` after verifying their chain (sequence, links, hashes).
     pub fn from_entries(entries: Vec<LedgerEntry>) -> Result<Ledger, ChainError> {
         verify_entries(&entries)?;
-        let head = entries.last().map_or(LedgerHead::GENESIS, LedgerHead::after);
+        let head = entries
+            .last()
+            .map_or(LedgerHead::GENESIS, LedgerHead::after);
         Ok(Ledger {
             entries,
             head,
@@ -359,7 +361,10 @@ impl fmt::Display for ChainError {
                 "line {line} holds entry seq {found} where seq {expected} was expected, so entries were deleted, inserted or reordered"
             ),
             ChainError::Unencodable { line, seq, message } => {
-                write!(f, "entry seq {seq} (line {line}) cannot be encoded: {message}")
+                write!(
+                    f,
+                    "entry seq {seq} (line {line}) cannot be encoded: {message}"
+                )
             }
         }
     }
@@ -448,7 +453,8 @@ fn check_line(
     // hold this entry's hash and be followed by a comma.
     let at = hash_member.find(line).map(|i| i + 1);
     let Some(at) = at.filter(|&i| {
-        line.get(i..i + member.len()) == Some(&member[..]) && line.get(i + member.len()) == Some(&b',')
+        line.get(i..i + member.len()) == Some(&member[..])
+            && line.get(i + member.len()) == Some(&b',')
     }) else {
         return Err(ChainError::NotCanonical {
             line: line_no,

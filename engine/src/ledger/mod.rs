@@ -7,13 +7,13 @@
 
 mod canonical;
 mod digest;
-mod jcs;
 mod entry;
+mod jcs;
 mod record;
-mod wire;
 #[doc(hidden)]
 pub mod sample;
 mod totals;
+mod wire;
 
 pub use canonical::*;
 pub use digest::*;

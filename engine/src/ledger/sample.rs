@@ -33,7 +33,14 @@ impl SampleRng {
 }
 
 const NAMESPACES: [&str; 4] = ["research", "prod-llm", "vision", "team-ü"];
-const LINEAGES: [&str; 6] = ["atlas", "atlas-chat", "borealis", "cirrus", "delta-7b", "echo"];
+const LINEAGES: [&str; 6] = [
+    "atlas",
+    "atlas-chat",
+    "borealis",
+    "cirrus",
+    "delta-7b",
+    "echo",
+];
 const ACCELERATORS: [(&str, f64); 3] = [
     ("nvidia-h100-sxm", 989e12),
     ("nvidia-a100-sxm-80gb", 312e12),
@@ -110,7 +117,14 @@ pub fn sample_records(n: usize, seed: u64, start: Timestamp) -> Vec<LedgerRecord
                 enforced_verdict: verdict,
                 mode: Mode::Enforce,
                 policy: Some("eu-ai-act".into()),
-                rule: Some(if admitted { "tier/below-gpai" } else { "budget/namespace-30d" }.into()),
+                rule: Some(
+                    if admitted {
+                        "tier/below-gpai"
+                    } else {
+                        "budget/namespace-30d"
+                    }
+                    .into(),
+                ),
                 tier: Some(if upper > 1e23 { "gpai" } else { "small" }.into()),
                 reason: format!(
                     "projected {:.3e} FLOP on {count} × {acc} for {hours}h \"quoted\"\n",
@@ -119,7 +133,11 @@ pub fn sample_records(n: usize, seed: u64, start: Timestamp) -> Vec<LedgerRecord
                 projection: Some(projection),
                 governing: Flop(upper),
                 charged: Flop(if admitted { upper } else { 0.0 }),
-                charged_lineages: if admitted { charged_lineages } else { Vec::new() },
+                charged_lineages: if admitted {
+                    charged_lineages
+                } else {
+                    Vec::new()
+                },
             },
         ));
         if rng.below(20) == 0 {

@@ -105,7 +105,9 @@ impl LedgerTotals {
     }
 
     /// Same as [`LedgerTotals::rebuild`] over records not yet sealed.
-    pub fn rebuild_records<'a>(records: impl IntoIterator<Item = &'a LedgerRecord>) -> LedgerTotals {
+    pub fn rebuild_records<'a>(
+        records: impl IntoIterator<Item = &'a LedgerRecord>,
+    ) -> LedgerTotals {
         let mut t = LedgerTotals::new();
         for r in records {
             t.apply(r);
@@ -277,7 +279,9 @@ impl LedgerTotals {
 
     /// FLOP consumed on a lineage since genesis.
     pub fn lineage_consumed(&self, lineage: &str) -> Flop {
-        self.lineages.get(lineage).map_or(Flop::ZERO, |s| s.consumed)
+        self.lineages
+            .get(lineage)
+            .map_or(Flop::ZERO, |s| s.consumed)
     }
 
     /// FLOP charged on `scope` by admissions with `from < time <= to`: the

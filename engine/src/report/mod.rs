@@ -257,7 +257,10 @@ pub fn policy_digests(policies: &[Policy]) -> Result<Vec<PolicyDigest>, Canonica
 
 /// The leaf hashes of `entries` for the Merkle tree.
 pub fn leaf_hashes(entries: &[LedgerEntry]) -> Vec<Sha256Digest> {
-    entries.iter().map(|e| merkle::entry_leaf(&e.hash)).collect()
+    entries
+        .iter()
+        .map(|e| merkle::entry_leaf(&e.hash))
+        .collect()
 }
 
 /// What a report states about its predecessor, before the consistency proof.
@@ -430,12 +433,13 @@ fn crossings(
             *total += *amount;
             for (i, t) in thresholds.iter().enumerate() {
                 if total.get() > t.threshold.get() && seen.insert((l.to_string(), i)) {
-                    let within = jiff::SignedDuration::try_from(t.notify_within.0).map_err(|_| {
-                        ReportError::DeadlineOverflow {
-                            crossed_at: r.time,
-                            within: t.notify_within,
-                        }
-                    })?;
+                    let within =
+                        jiff::SignedDuration::try_from(t.notify_within.0).map_err(|_| {
+                            ReportError::DeadlineOverflow {
+                                crossed_at: r.time,
+                                within: t.notify_within,
+                            }
+                        })?;
                     let notify_by =
                         r.time
                             .checked_add(within)
@@ -485,9 +489,7 @@ impl ReportBody {
 /// Why a report's signature does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
-    #[error(
-        "the report was signed by key {report_key_id}, not by the given key {given_key_id}"
-    )]
+    #[error("the report was signed by key {report_key_id}, not by the given key {given_key_id}")]
     WrongKey {
         report_key_id: Sha256Digest,
         given_key_id: Sha256Digest,

@@ -23,9 +23,8 @@ fn csv_field(s: &str) -> String {
 /// CSV totals (RFC 4180): one row per scope and key, period totals and
 /// cumulative lineage totals. FLOP in full `f64` precision.
 pub fn to_csv(report: &SignedReport) -> String {
-    let mut out = String::from(
-        "scope,key,charged_flop,consumed_flop,accelerator_seconds,admitted\r\n",
-    );
+    let mut out =
+        String::from("scope,key,charged_flop,consumed_flop,accelerator_seconds,admitted\r\n");
     let b = &report.report;
     let mut row = |scope: &str, key: &str, s: &Sums| {
         let _ = write!(
@@ -152,9 +151,22 @@ pub fn to_markdown(report: &SignedReport) -> Result<String, CanonicalError> {
     }
     let _ = writeln!(o, "## Integrity\n");
     let _ = writeln!(o, "| field | value |\n|---|---|");
-    let _ = writeln!(o, "| report hash (SHA-256 of report.json) | `{}` |", report.report_hash()?);
-    let _ = writeln!(o, "| head hash (entry {}) | `{}` |", b.range.to.saturating_sub(1), b.head_hash);
-    let _ = writeln!(o, "| Merkle root (RFC 6962, {} entries) | `{}` |", b.range.to, b.merkle_root);
+    let _ = writeln!(
+        o,
+        "| report hash (SHA-256 of report.json) | `{}` |",
+        report.report_hash()?
+    );
+    let _ = writeln!(
+        o,
+        "| head hash (entry {}) | `{}` |",
+        b.range.to.saturating_sub(1),
+        b.head_hash
+    );
+    let _ = writeln!(
+        o,
+        "| Merkle root (RFC 6962, {} entries) | `{}` |",
+        b.range.to, b.merkle_root
+    );
     match &b.previous {
         Some(p) => {
             let _ = writeln!(
@@ -169,7 +181,12 @@ pub fn to_markdown(report: &SignedReport) -> Result<String, CanonicalError> {
     }
     let _ = writeln!(o, "| signing key id | `{}` |", report.key_id);
     for p in &b.policies {
-        let _ = writeln!(o, "| policy `{}` | `{}` |", md_cell(&p.name), p.content_hash);
+        let _ = writeln!(
+            o,
+            "| policy `{}` | `{}` |",
+            md_cell(&p.name),
+            p.content_hash
+        );
     }
     let _ = writeln!(
         o,
@@ -241,14 +258,18 @@ pub fn to_openreports_yaml(report: &SignedReport) -> Result<String, String> {
     let mut summary = Summary::default();
     for (lineage, sums) in &b.cumulative {
         for t in &b.reporting_thresholds {
-            let crossing = b.threshold_crossings.iter().find(|c| {
-                &c.lineage == lineage && c.policy == t.policy && c.tier == t.tier
-            });
+            let crossing = b
+                .threshold_crossings
+                .iter()
+                .find(|c| &c.lineage == lineage && c.policy == t.policy && c.tier == t.tier);
             let mut properties = BTreeMap::from([
                 ("lineage".to_string(), lineage.clone()),
                 ("thresholdFlop".to_string(), sci(t.threshold.get())),
                 ("cumulativeChargedFlop".to_string(), sci(sums.charged.get())),
-                ("cumulativeConsumedFlop".to_string(), sci(sums.consumed.get())),
+                (
+                    "cumulativeConsumedFlop".to_string(),
+                    sci(sums.consumed.get()),
+                ),
                 ("regulation".to_string(), t.regulation.clone()),
                 ("reportHash".to_string(), report_hash.to_hex()),
             ]);
@@ -310,16 +331,31 @@ pub fn to_openreports_yaml(report: &SignedReport) -> Result<String, String> {
                 "komptroller".to_string(),
             )]),
             annotations: BTreeMap::from([
-                ("komptroller.dev/report-hash".to_string(), report_hash.to_hex()),
-                ("komptroller.dev/merkle-root".to_string(), b.merkle_root.to_hex()),
-                ("komptroller.dev/head-hash".to_string(), b.head_hash.to_hex()),
+                (
+                    "komptroller.dev/report-hash".to_string(),
+                    report_hash.to_hex(),
+                ),
+                (
+                    "komptroller.dev/merkle-root".to_string(),
+                    b.merkle_root.to_hex(),
+                ),
+                (
+                    "komptroller.dev/head-hash".to_string(),
+                    b.head_hash.to_hex(),
+                ),
                 ("komptroller.dev/key-id".to_string(), report.key_id.to_hex()),
                 (
                     "komptroller.dev/entries".to_string(),
                     format!("{}-{}", b.range.from, b.range.to),
                 ),
-                ("komptroller.dev/period-from".to_string(), b.period.from.to_string()),
-                ("komptroller.dev/period-to".to_string(), b.period.to.to_string()),
+                (
+                    "komptroller.dev/period-from".to_string(),
+                    b.period.from.to_string(),
+                ),
+                (
+                    "komptroller.dev/period-to".to_string(),
+                    b.period.to.to_string(),
+                ),
             ]),
         },
         source: "komptroller",

@@ -105,10 +105,15 @@ pub struct Verified {
     pub inclusion: Option<InclusionProof>,
 }
 
-fn load_report(input: NamedInput<'_>, class_if_altered: FailureClass) -> Result<SignedReport, VerifyFailure> {
+fn load_report(
+    input: NamedInput<'_>,
+    class_if_altered: FailureClass,
+) -> Result<SignedReport, VerifyFailure> {
     match parse_report(input.bytes) {
         Ok(r) => Ok(r),
-        Err(ReportParseError::Malformed(m)) => fail(FailureClass::Input, format!("{}: {m}", input.name)),
+        Err(ReportParseError::Malformed(m)) => {
+            fail(FailureClass::Input, format!("{}: {m}", input.name))
+        }
         Err(e @ ReportParseError::NotCanonical { .. }) => {
             fail(class_if_altered, format!("{} is {e}", input.name))
         }
@@ -334,9 +339,8 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
         )
         .map_err(|e| VerifyFailure {
             class: match e {
-                ReportError::PreviousRootMismatch { .. } | ReportError::PreviousBeyondLedger { .. } => {
-                    FailureClass::Previous
-                }
+                ReportError::PreviousRootMismatch { .. }
+                | ReportError::PreviousBeyondLedger { .. } => FailureClass::Previous,
                 _ => FailureClass::Totals,
             },
             message: format!("{}: {e}", req.report.name),
@@ -425,7 +429,11 @@ fn short(v: &Value) -> String {
 }
 
 /// The first path where `stated` and `derived` differ, with both values.
-fn first_difference(path: &str, stated: &Value, derived: &Value) -> Option<(String, String, String)> {
+fn first_difference(
+    path: &str,
+    stated: &Value,
+    derived: &Value,
+) -> Option<(String, String, String)> {
     match (stated, derived) {
         (Value::Object(a), Value::Object(b)) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();

@@ -133,7 +133,12 @@ pub fn load_signing_key(path: &Path) -> Result<Ed25519SigningKey, String> {
     parse_private_key_pem(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn write_file(dir: &Path, name: &str, bytes: &[u8], files: &mut Vec<PathBuf>) -> Result<(), BundleError> {
+fn write_file(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    files: &mut Vec<PathBuf>,
+) -> Result<(), BundleError> {
     let path = dir.join(name);
     fs::write(&path, bytes).map_err(|e| BundleError(format!("{}: {e}", path.display())))?;
     files.push(path);
@@ -168,7 +173,9 @@ pub fn write_outputs(
             let key = if private.exists() && public.exists() {
                 load_signing_key(&private).map_err(BundleError)?
             } else {
-                write_key_pair(&private, &public, true).map_err(BundleError)?.0
+                write_key_pair(&private, &public, true)
+                    .map_err(BundleError)?
+                    .0
             };
             generated_key = Some(GeneratedKey {
                 private_key: private,
@@ -194,7 +201,8 @@ pub fn write_outputs(
         .map_err(|e| BundleError(format!("cannot encode the report: {e}")))?;
     write_file(dir, REPORT_FILE, &json, &mut files)?;
     write_file(dir, CSV_FILE, to_csv(&report).as_bytes(), &mut files)?;
-    let md = to_markdown(&report).map_err(|e| BundleError(format!("cannot render the report: {e}")))?;
+    let md =
+        to_markdown(&report).map_err(|e| BundleError(format!("cannot render the report: {e}")))?;
     write_file(dir, MARKDOWN_FILE, md.as_bytes(), &mut files)?;
     let yaml = to_openreports_yaml(&report)
         .map_err(|e| BundleError(format!("cannot render the OpenReports view: {e}")))?;

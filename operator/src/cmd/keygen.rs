@@ -9,9 +9,11 @@ use super::bundle::{PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, write_key_pair};
 
 /// Generate an Ed25519 signing key pair.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Writes DIR/signing-key.pem (PKCS#8, mode 0600) and DIR/public-key.pem (SPKI). \
+#[command(
+    after_help = "Writes DIR/signing-key.pem (PKCS#8, mode 0600) and DIR/public-key.pem (SPKI). \
 The key id printed is the SHA-256 of the public key's DER form, as in: \
-openssl pkey -pubin -in public-key.pem -outform DER | sha256sum")]
+openssl pkey -pubin -in public-key.pem -outform DER | sha256sum"
+)]
 pub struct KeygenArgs {
     /// Directory for signing-key.pem and public-key.pem (created if missing).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["private", "public"])]

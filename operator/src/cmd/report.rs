@@ -100,7 +100,9 @@ fn build(args: &ReportArgs) -> Result<Vec<u8>, String> {
         parse_report(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?
     } else {
         let Some(ledger_path) = &args.ledger else {
-            return Err("give --ledger FILE to build a report, or --render REPORT to render one".into());
+            return Err(
+                "give --ledger FILE to build a report, or --render REPORT to render one".into(),
+            );
         };
         let Some(key_path) = &args.key else {
             return Err(
@@ -132,7 +134,9 @@ fn build(args: &ReportArgs) -> Result<Vec<u8>, String> {
     Ok(match args.format {
         ReportFormat::Json => report.canonical_bytes().map_err(|e| e.to_string())?,
         ReportFormat::Csv => to_csv(&report).into_bytes(),
-        ReportFormat::Markdown => to_markdown(&report).map_err(|e| e.to_string())?.into_bytes(),
+        ReportFormat::Markdown => to_markdown(&report)
+            .map_err(|e| e.to_string())?
+            .into_bytes(),
         ReportFormat::Openreports => to_openreports_yaml(&report)?.into_bytes(),
     })
 }

@@ -10,7 +10,8 @@ use komptroller_engine::report::{FailureClass, NamedInput, VerifyRequest, verify
 
 /// Verify a signed compute report offline.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Checks, in order: the report's canonical form and Ed25519 signature; \
+#[command(
+    after_help = "Checks, in order: the report's canonical form and Ed25519 signature; \
 its link and consistency proof to the previous report; the ledger's hash chain; \
 the ledger's head hash and Merkle root against the report; every total, threshold crossing \
 and deadline recomputed from the entries; the inclusion proof of --entry.
@@ -23,7 +24,8 @@ Exit codes:
   5  ledger mismatch: the ledger is intact but is not the one the report signed
   6  totals: a total, crossing or deadline differs from what the entries give
   7  previous: the link or consistency proof to the previous report fails
-  8  inclusion: the entry's inclusion proof does not reach the signed root")]
+  8  inclusion: the entry's inclusion proof does not reach the signed root"
+)]
 pub struct VerifyArgs {
     /// The signed report (report.json).
     #[arg(long, value_name = "FILE")]
@@ -115,7 +117,10 @@ pub fn run(args: VerifyArgs) -> ExitCode {
                         Err(e) => eprintln!("warning: cannot print the inclusion proof: {e}"),
                     }
                 }
-                println!("verified: {} entries, report signed by key {}", v.report.report.range.to, v.report.key_id);
+                println!(
+                    "verified: {} entries, report signed by key {}",
+                    v.report.report.range.to, v.report.key_id
+                );
             }
             ExitCode::SUCCESS
         }
