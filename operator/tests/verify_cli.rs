@@ -370,3 +370,27 @@ fn report_renders_every_format() {
         assert!(out.contains(needle), "{fmt}: {out}");
     }
 }
+
+/// docs/ledger.md: any entry's hash can be recomputed with coreutils.
+#[test]
+fn coreutils_recompute_an_entry_hash() {
+    let f = fixture(12);
+    let text = std::fs::read_to_string(f.path("ledger.jsonl")).expect("read");
+    for (n, line) in text.lines().enumerate().take(5) {
+        let script = format!(
+            "sed -n '{}p' ledger.jsonl | sed 's/\"hash\":\"[0-9a-f]\\{{64\\}}\",//' | tr -d '\\n' | sha256sum | cut -d' ' -f1",
+            n + 1
+        );
+        let o = run(Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(&f.dir));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        assert!(
+            line.contains(&format!("\"hash\":\"{got}\"")),
+            "line {}: shell hash {got} not in {line}",
+            n + 1
+        );
+    }
+}
