@@ -70,8 +70,13 @@ async fn start_operator(c: &Cluster, extra: &[&str], expect_leader: bool) -> Ope
         "2s",
     ];
     args.extend_from_slice(extra);
-    let mut process = Process::start(&bin, &args, Some(c.kubeconfig()), &[("RUST_LOG", "info")]).unwrap();
-    let needle = if expect_leader { "books rebuilt" } else { "komptroller ready" };
+    let mut process =
+        Process::start(&bin, &args, Some(c.kubeconfig()), &[("RUST_LOG", "info")]).unwrap();
+    let needle = if expect_leader {
+        "books rebuilt"
+    } else {
+        "komptroller ready"
+    };
     process.wait_for_line(needle, T).await.unwrap();
     Operator {
         process,
@@ -79,7 +84,14 @@ async fn start_operator(c: &Cluster, extra: &[&str], expect_leader: bool) -> Ope
     }
 }
 
-fn training_job(name: &str, lineage: &str, gpus: u32, replicas: u32, max: &str, runtime: Option<&str>) -> Value {
+fn training_job(
+    name: &str,
+    lineage: &str,
+    gpus: u32,
+    replicas: u32,
+    max: &str,
+    runtime: Option<&str>,
+) -> Value {
     let mut template = json!({"spec": {"containers": [{"name": "train", "image": "busybox",
         "resources": {"limits": {"nvidia.com/gpu": gpus}}}]}});
     if let Some(r) = runtime {
@@ -109,7 +121,10 @@ async fn tjs(c: &Cluster, ns: &str) -> Api<DynamicObject> {
 }
 
 fn phase(o: &DynamicObject) -> &str {
-    o.data.pointer("/status/phase").and_then(Value::as_str).unwrap_or("")
+    o.data
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 async fn wait_phase(c: &Cluster, ns: &str, name: &str, want: &str) -> DynamicObject {
@@ -118,14 +133,20 @@ async fn wait_phase(c: &Cluster, ns: &str, name: &str, want: &str) -> DynamicObj
         Ok(o) => o,
         Err(e) => {
             let now = api.get_opt(name).await.unwrap();
-            panic!("{name} never reached {want}: {e}; now {:#}", now.map(|o| o.data).unwrap_or_default());
+            panic!(
+                "{name} never reached {want}: {e}; now {:#}",
+                now.map(|o| o.data).unwrap_or_default()
+            );
         }
     }
 }
 
 async fn ledger(c: &Cluster) -> Vec<Value> {
     let api = c
-        .dynamic_api(&GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "ComputeLedgerEntry"), None)
+        .dynamic_api(
+            &GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "ComputeLedgerEntry"),
+            None,
+        )
         .await
         .unwrap();
     let mut items: Vec<Value> = api
@@ -153,7 +174,11 @@ fn assert_ledger_sound(entries: &[Value]) {
         if e["event"]["kind"] == "Decided" && e["event"]["verdict"] == "Admit" {
             let j = &e["job"];
             *decided
-                .entry((j["namespace"].to_string(), j["name"].to_string(), j["uid"].to_string()))
+                .entry((
+                    j["namespace"].to_string(),
+                    j["name"].to_string(),
+                    j["uid"].to_string(),
+                ))
                 .or_default() += 1;
         }
     }
@@ -165,7 +190,9 @@ fn assert_ledger_sound(entries: &[Value]) {
 async fn policy(c: &Cluster, name: &str, spec: Value) {
     let v = json!({"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputePolicy",
         "metadata": {"name": name}, "spec": spec});
-    c.apply_yaml(&serde_json::to_string(&v).unwrap(), None).await.unwrap();
+    c.apply_yaml(&serde_json::to_string(&v).unwrap(), None)
+        .await
+        .unwrap();
 }
 
 async fn jobs(c: &Cluster, ns: &str) -> Vec<Job> {
@@ -191,18 +218,37 @@ async fn admitted_job_runs_with_its_deadline_and_is_metered() {
     let c = cluster().await;
     let ns = c.temp_namespace("op-admit").await.unwrap();
     let _op = start_operator(&c, &[], true).await;
-    apply(&c, &ns.name, training_job("small", "llama-s", 8, 2, "2h", Some("2s"))).await;
+    apply(
+        &c,
+        &ns.name,
+        training_job("small", "llama-s", 8, 2, "2h", Some("2s")),
+    )
+    .await;
     let o = wait_phase(&c, &ns.name, "small", "Succeeded").await;
-    assert_eq!(o.data.pointer("/status/decision/verdict"), Some(&json!("Admit")));
+    assert_eq!(
+        o.data.pointer("/status/decision/verdict"),
+        Some(&json!("Admit"))
+    );
     let js = jobs(&c, &ns.name).await;
     assert_eq!(js.len(), 1);
     let spec = js[0].spec.clone().unwrap();
     assert_eq!(spec.active_deadline_seconds, Some(7200));
     assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
     assert_eq!((spec.parallelism, spec.completions), (Some(2), Some(2)));
-    let consumed = o.data.pointer("/status/consumed/acceleratorSeconds").and_then(Value::as_f64).unwrap();
-    assert!((32.0..60.0).contains(&consumed), "16 GPUs × ~2s, got {consumed}");
-    let kinds: Vec<String> = ledger(&c).await.iter().map(|e| e["event"]["kind"].as_str().unwrap().to_string()).collect();
+    let consumed = o
+        .data
+        .pointer("/status/consumed/acceleratorSeconds")
+        .and_then(Value::as_f64)
+        .unwrap();
+    assert!(
+        (32.0..60.0).contains(&consumed),
+        "16 GPUs × ~2s, got {consumed}"
+    );
+    let kinds: Vec<String> = ledger(&c)
+        .await
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(kinds, ["Decided", "Started", "Finished"]);
 }
 
@@ -211,22 +257,47 @@ async fn escalation_holds_without_a_job_until_approved() {
     let c = cluster().await;
     let ns = c.temp_namespace("op-esc").await.unwrap();
     let _op = start_operator(&c, &[], true).await;
-    policy(&c, "frontier", json!({"tiers": [{"name": "frontier", "threshold": 1e19, "action": "Escalate",
-        "approvals": {"required": 1, "groups": ["safety"]}}]})).await;
+    policy(
+        &c,
+        "frontier",
+        json!({"tiers": [{"name": "frontier", "threshold": 1e19, "action": "Escalate",
+        "approvals": {"required": 1, "groups": ["safety"]}}]}),
+    )
+    .await;
     wait_policy_loaded(&c, "frontier").await;
     apply(&c, &ns.name, training_job("big", "gpt-x", 8, 2, "2h", None)).await;
     let o = wait_phase(&c, &ns.name, "big", "AwaitingApproval").await;
-    assert_eq!(o.data.pointer("/status/decision/rule"), Some(&json!("tier/frontier")));
+    assert_eq!(
+        o.data.pointer("/status/decision/rule"),
+        Some(&json!("tier/frontier"))
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(jobs(&c, &ns.name).await.is_empty(), "nothing runs before admission");
+    assert!(
+        jobs(&c, &ns.name).await.is_empty(),
+        "nothing runs before admission"
+    );
     // An approval as the webhook stamps it.
-    let hash = o.data.pointer("/status/specHash").and_then(Value::as_str).unwrap().to_string();
-    apply(&c, &ns.name, json!({"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputeApproval",
+    let hash = o
+        .data
+        .pointer("/status/specHash")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_string();
+    apply(
+        &c,
+        &ns.name,
+        json!({"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputeApproval",
         "metadata": {"name": "ok-big"}, "spec": {"trainingJobName": "big", "specHash": hash,
-        "approver": "alice", "approverGroups": ["safety"]}})).await;
+        "approver": "alice", "approverGroups": ["safety"]}}),
+    )
+    .await;
     wait_phase(&c, &ns.name, "big", "Running").await;
     assert_eq!(jobs(&c, &ns.name).await.len(), 1);
-    let kinds: Vec<String> = ledger(&c).await.iter().map(|e| e["event"]["kind"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<String> = ledger(&c)
+        .await
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
     assert!(kinds.contains(&"Approved".to_string()), "{kinds:?}");
 }
 
@@ -235,14 +306,35 @@ async fn capacity_cap_queues_then_admits_when_the_first_finishes() {
     let c = cluster().await;
     let ns = c.temp_namespace("op-cap").await.unwrap();
     let _op = start_operator(&c, &[], true).await;
-    policy(&c, "cap", json!({"capacity": {"cluster": {"maxAccelerators": 16}}})).await;
+    policy(
+        &c,
+        "cap",
+        json!({"capacity": {"cluster": {"maxAccelerators": 16}}}),
+    )
+    .await;
     wait_policy_loaded(&c, "cap").await;
-    apply(&c, &ns.name, training_job("first", "a", 8, 2, "2h", Some("4s"))).await;
+    apply(
+        &c,
+        &ns.name,
+        training_job("first", "a", 8, 2, "2h", Some("4s")),
+    )
+    .await;
     wait_phase(&c, &ns.name, "first", "Running").await;
-    apply(&c, &ns.name, training_job("second", "b", 8, 2, "2h", Some("1s"))).await;
+    apply(
+        &c,
+        &ns.name,
+        training_job("second", "b", 8, 2, "2h", Some("1s")),
+    )
+    .await;
     let o = wait_phase(&c, &ns.name, "second", "Queued").await;
     assert_eq!(o.data.pointer("/status/queuePosition"), Some(&json!(1)));
-    assert_eq!(o.data.pointer("/status/decision/rule").and_then(Value::as_str).map(|r| r.starts_with("capacity")), Some(true));
+    assert_eq!(
+        o.data
+            .pointer("/status/decision/rule")
+            .and_then(Value::as_str)
+            .map(|r| r.starts_with("capacity")),
+        Some(true)
+    );
     assert_eq!(jobs(&c, &ns.name).await.len(), 1);
     wait_phase(&c, &ns.name, "first", "Succeeded").await;
     wait_phase(&c, &ns.name, "second", "Succeeded").await;
@@ -255,18 +347,47 @@ async fn namespace_budget_throttles_until_its_window_frees() {
     let ns = c.temp_namespace("op-budget").await.unwrap();
     let _op = start_operator(&c, &[], true).await;
     // One 8-GPU 1h job projects 8 × 989e12 × 3600 ≈ 2.85e19 FLOP; the budget fits one.
-    policy(&c, "budget", json!({"budgets": [{"name": "team", "scope": "Namespace", "window": "6s",
-        "limit": 4e19, "action": "Throttle"}]})).await;
+    policy(
+        &c,
+        "budget",
+        json!({"budgets": [{"name": "team", "scope": "Namespace", "window": "6s",
+        "limit": 4e19, "action": "Throttle"}]}),
+    )
+    .await;
     wait_policy_loaded(&c, "budget").await;
-    apply(&c, &ns.name, training_job("one", "a", 8, 1, "1h", Some("1s"))).await;
+    apply(
+        &c,
+        &ns.name,
+        training_job("one", "a", 8, 1, "1h", Some("1s")),
+    )
+    .await;
     wait_phase(&c, &ns.name, "one", "Running").await;
     let t0 = std::time::Instant::now();
-    apply(&c, &ns.name, training_job("two", "b", 8, 1, "1h", Some("1s"))).await;
+    apply(
+        &c,
+        &ns.name,
+        training_job("two", "b", 8, 1, "1h", Some("1s")),
+    )
+    .await;
     let o = wait_phase(&c, &ns.name, "two", "Queued").await;
-    assert!(o.data.pointer("/status/decision/rule").and_then(Value::as_str).unwrap().contains("team"));
+    assert!(
+        o.data
+            .pointer("/status/decision/rule")
+            .and_then(Value::as_str)
+            .unwrap()
+            .contains("team")
+    );
     let api = tjs(&c, &ns.name).await;
-    wait_for(&api, "two", T, |o| matches!(phase(o), "Admitted" | "Running" | "Succeeded")).await.unwrap();
-    assert!(t0.elapsed() >= Duration::from_secs(3), "admitted only once the window freed ({:?})", t0.elapsed());
+    wait_for(&api, "two", T, |o| {
+        matches!(phase(o), "Admitted" | "Running" | "Succeeded")
+    })
+    .await
+    .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "admitted only once the window freed ({:?})",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,13 +395,28 @@ async fn over_the_ceiling_is_rejected_naming_rule_and_numbers() {
     let c = cluster().await;
     let ns = c.temp_namespace("op-reject").await.unwrap();
     let _op = start_operator(&c, &[], true).await;
-    policy(&c, "ceiling", json!({"tiers": [{"name": "ceiling", "threshold": 1e20, "action": "Reject"}]})).await;
+    policy(
+        &c,
+        "ceiling",
+        json!({"tiers": [{"name": "ceiling", "threshold": 1e20, "action": "Reject"}]}),
+    )
+    .await;
     wait_policy_loaded(&c, "ceiling").await;
     apply(&c, &ns.name, training_job("huge", "h", 8, 2, "2h", None)).await;
     let o = wait_phase(&c, &ns.name, "huge", "Rejected").await;
-    let msg = o.data.pointer("/status/decision/message").and_then(Value::as_str).unwrap();
-    assert_eq!(o.data.pointer("/status/decision/rule"), Some(&json!("tier/ceiling")));
-    assert!(msg.contains("1.14e20") && msg.contains("1e20") && msg.contains("ceiling"), "{msg}");
+    let msg = o
+        .data
+        .pointer("/status/decision/message")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert_eq!(
+        o.data.pointer("/status/decision/rule"),
+        Some(&json!("tier/ceiling"))
+    );
+    assert!(
+        msg.contains("1.14e20") && msg.contains("1e20") && msg.contains("ceiling"),
+        "{msg}"
+    );
     assert!(jobs(&c, &ns.name).await.is_empty());
 }
 
@@ -289,15 +425,33 @@ async fn three_jobs_of_one_lineage_cross_1e25_and_the_third_escalates() {
     let c = cluster().await;
     let ns = c.temp_namespace("op-cross").await.unwrap();
     let _op = start_operator(&c, &[], true).await;
-    policy(&c, "eu", json!({"tiers": [{"name": "eu-systemic-risk", "threshold": 1e25, "action": "Escalate",
-        "approvals": {"required": 1}}]})).await;
+    policy(
+        &c,
+        "eu",
+        json!({"tiers": [{"name": "eu-systemic-risk", "threshold": 1e25, "action": "Escalate",
+        "approvals": {"required": 1}}]}),
+    )
+    .await;
     wait_policy_loaded(&c, "eu").await;
     // 1024 H100 × 989e12 FLOP/s × 1100h ≈ 4.0e24 FLOP each.
-    for (i, want) in [("a", "Running"), ("b", "Running"), ("c", "AwaitingApproval")] {
-        apply(&c, &ns.name, training_job(&format!("run-{i}"), "frontier", 8, 128, "1100h", None)).await;
+    for (i, want) in [
+        ("a", "Running"),
+        ("b", "Running"),
+        ("c", "AwaitingApproval"),
+    ] {
+        apply(
+            &c,
+            &ns.name,
+            training_job(&format!("run-{i}"), "frontier", 8, 128, "1100h", None),
+        )
+        .await;
         let o = wait_phase(&c, &ns.name, &format!("run-{i}"), want).await;
         if want == "AwaitingApproval" {
-            let total = o.data.pointer("/status/decision/lineageTotal").and_then(Value::as_f64).unwrap();
+            let total = o
+                .data
+                .pointer("/status/decision/lineageTotal")
+                .and_then(Value::as_f64)
+                .unwrap();
             assert!(total > 1e25, "{total}");
         }
     }
@@ -309,19 +463,42 @@ async fn deleting_an_admitted_job_keeps_its_compute() {
     let c = cluster().await;
     let ns = c.temp_namespace("op-del").await.unwrap();
     let _op = start_operator(&c, &[], true).await;
-    let first = apply(&c, &ns.name, training_job("first", "keep", 8, 1, "1h", None)).await;
+    let first = apply(
+        &c,
+        &ns.name,
+        training_job("first", "keep", 8, 1, "1h", None),
+    )
+    .await;
     let o = wait_phase(&c, &ns.name, "first", "Running").await;
-    let governing = o.data.pointer("/status/decision/governing").and_then(Value::as_f64).unwrap();
+    let governing = o
+        .data
+        .pointer("/status/decision/governing")
+        .and_then(Value::as_f64)
+        .unwrap();
     let api = tjs(&c, &ns.name).await;
     api.delete("first", &DeleteParams::default()).await.unwrap();
-    e2e::harness::wait_for_deletion(&api, "first", T).await.unwrap();
+    e2e::harness::wait_for_deletion(&api, "first", T)
+        .await
+        .unwrap();
     let _ = first;
     let entries = ledger(&c).await;
     assert!(entries.iter().any(|e| e["event"]["kind"] == "Deleted"));
-    apply(&c, &ns.name, training_job("second", "keep", 8, 1, "1h", None)).await;
+    apply(
+        &c,
+        &ns.name,
+        training_job("second", "keep", 8, 1, "1h", None),
+    )
+    .await;
     let o = wait_phase(&c, &ns.name, "second", "Running").await;
-    let total = o.data.pointer("/status/decision/lineageTotal").and_then(Value::as_f64).unwrap();
-    assert!((total - 2.0 * governing).abs() < governing * 1e-9, "lineage total {total} keeps the deleted job's {governing}");
+    let total = o
+        .data
+        .pointer("/status/decision/lineageTotal")
+        .and_then(Value::as_f64)
+        .unwrap();
+    assert!(
+        (total - 2.0 * governing).abs() < governing * 1e-9,
+        "lineage total {total} keeps the deleted job's {governing}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,14 +513,23 @@ async fn dry_run_and_warn_admit_but_record_the_enforce_verdict() {
         let job = format!("job-{}", mode.to_lowercase());
         apply(&c, &ns.name, training_job(&job, &job, 8, 1, "1h", None)).await;
         let o = wait_phase(&c, &ns.name, &job, "Running").await;
-        assert_eq!(o.data.pointer("/status/decision/verdict"), Some(&json!("Admit")));
-        assert_eq!(o.data.pointer("/status/decision/enforcedVerdict"), Some(&json!("Reject")));
-        c.dynamic_api(&GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "ComputePolicy"), None)
-            .await
-            .unwrap()
-            .delete(&name, &DeleteParams::default())
-            .await
-            .unwrap();
+        assert_eq!(
+            o.data.pointer("/status/decision/verdict"),
+            Some(&json!("Admit"))
+        );
+        assert_eq!(
+            o.data.pointer("/status/decision/enforcedVerdict"),
+            Some(&json!("Reject"))
+        );
+        c.dynamic_api(
+            &GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "ComputePolicy"),
+            None,
+        )
+        .await
+        .unwrap()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
     }
 }
 
@@ -352,10 +538,27 @@ async fn killed_and_restarted_mid_stream_leaves_no_duplicates() {
     let c = cluster().await;
     let ns = c.temp_namespace("op-restart").await.unwrap();
     let mut op = start_operator(&c, &["--lease-duration", "2s", "--lease-grace", "1s"], true).await;
-    policy(&c, "cap", json!({"capacity": {"cluster": {"maxAccelerators": 40}}})).await;
+    policy(
+        &c,
+        "cap",
+        json!({"capacity": {"cluster": {"maxAccelerators": 40}}}),
+    )
+    .await;
     wait_policy_loaded(&c, "cap").await;
     for i in 0..30 {
-        apply(&c, &ns.name, training_job(&format!("j{i:02}"), &format!("l{i}"), 8, 1, "1h", Some("2s"))).await;
+        apply(
+            &c,
+            &ns.name,
+            training_job(
+                &format!("j{i:02}"),
+                &format!("l{i}"),
+                8,
+                1,
+                "1h",
+                Some("2s"),
+            ),
+        )
+        .await;
         if i == 12 {
             op.process.kill().await.unwrap();
         }
@@ -363,13 +566,20 @@ async fn killed_and_restarted_mid_stream_leaves_no_duplicates() {
     let _op2 = start_operator(&c, &["--lease-duration", "2s", "--lease-grace", "1s"], true).await;
     let api = tjs(&c, &ns.name).await;
     for i in 0..30 {
-        wait_for(&api, &format!("j{i:02}"), Duration::from_secs(60), |o| phase(o) == "Succeeded").await.unwrap();
+        wait_for(&api, &format!("j{i:02}"), Duration::from_secs(60), |o| {
+            phase(o) == "Succeeded"
+        })
+        .await
+        .unwrap();
     }
     let js = jobs(&c, &ns.name).await;
     assert_eq!(js.len(), 30, "one Job per TrainingJob");
     let entries = ledger(&c).await;
     assert_ledger_sound(&entries);
-    let finished = entries.iter().filter(|e| e["event"]["kind"] == "Finished").count();
+    let finished = entries
+        .iter()
+        .filter(|e| e["event"]["kind"] == "Finished")
+        .count();
     assert_eq!(finished, 30);
 }
 
@@ -381,17 +591,34 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     let mut a = start_operator(&c, &flags, true).await;
     let mut b = start_operator(&c, &flags, false).await;
     let leases: Api<Lease> = Api::namespaced(c.client(), "default");
-    let holder = leases.get("komptroller-leader").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    let holder = leases
+        .get("komptroller-leader")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
     apply(&c, &ns.name, training_job("before", "x", 8, 1, "1h", None)).await;
     wait_phase(&c, &ns.name, "before", "Running").await;
     a.process.kill().await.unwrap();
     let t0 = std::time::Instant::now();
     apply(&c, &ns.name, training_job("after", "y", 8, 1, "1h", None)).await;
-    b.process.wait_for_line("books rebuilt", Duration::from_secs(15)).await.unwrap();
+    b.process
+        .wait_for_line("books rebuilt", Duration::from_secs(15))
+        .await
+        .unwrap();
     wait_phase(&c, &ns.name, "after", "Running").await;
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(10), "takeover took {took:?}");
-    let new_holder = leases.get("komptroller-leader").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    let new_holder = leases
+        .get("komptroller-leader")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
     assert_ne!(holder, new_holder);
     assert_ledger_sound(&ledger(&c).await);
     eprintln!("standby took over and decided a new job {took:?} after the leader was killed");
@@ -401,7 +628,9 @@ async fn a_standby_takes_over_when_the_leader_dies() {
 async fn injected_api_errors_and_watch_closures_still_converge() {
     let c = cluster_with(Options::default()).await;
     let Ok(standin) = c.require_standin() else {
-        eprintln!("SKIPPED (needs the stand-in): injected_api_errors_and_watch_closures_still_converge");
+        eprintln!(
+            "SKIPPED (needs the stand-in): injected_api_errors_and_watch_closures_still_converge"
+        );
         return;
     };
     let ns = c.temp_namespace("op-faults").await.unwrap();
@@ -418,17 +647,34 @@ async fn injected_api_errors_and_watch_closures_still_converge() {
         let obj: DynamicObject = serde_json::from_value(v).unwrap();
         // The test's own writes retry through the injected errors.
         for _ in 0..20 {
-            if api.create(&PostParams::default(), &obj).await.is_ok() || api.get_opt(&format!("f{i:02}")).await.ok().flatten().is_some() {
+            if api.create(&PostParams::default(), &obj).await.is_ok()
+                || api
+                    .get_opt(&format!("f{i:02}"))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            {
                 break;
             }
         }
     }
     for i in 0..15 {
-        wait_for(&api, &format!("f{i:02}"), Duration::from_secs(60), |o| phase(o) == "Succeeded").await.unwrap();
+        wait_for(&api, &format!("f{i:02}"), Duration::from_secs(60), |o| {
+            phase(o) == "Succeeded"
+        })
+        .await
+        .unwrap();
     }
     standin.set_faults(Faults::default());
     assert_eq!(jobs(&c, &ns.name).await.len(), 15);
     let entries = ledger(&c).await;
     assert_ledger_sound(&entries);
-    assert_eq!(entries.iter().filter(|e| e["event"]["kind"] == "Finished").count(), 15);
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["event"]["kind"] == "Finished")
+            .count(),
+        15
+    );
 }

@@ -5,6 +5,10 @@
 //! meaning (policy, model, accelerator, projection, decision), so a manifest
 //! the CLI accepts is exactly what the cluster stores.
 
+// kube's `printcolumn(...)` arguments repeat (`type_ = "string"`), which
+// clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use komptroller_engine::GoDuration;

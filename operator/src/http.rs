@@ -108,7 +108,11 @@ async fn reports(State(s): State<HttpState>) -> Response {
                 .collect();
             axum::Json(serde_json::json!({"reports": list})).into_response()
         }
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("listing ComputeReports: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("listing ComputeReports: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -118,12 +122,14 @@ async fn report(State(s): State<HttpState>, Path(name): Path<String>) -> Respons
     };
     let api: Api<ComputeReport> = Api::all(client);
     match api.get_opt(&name).await {
-        Ok(Some(r)) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            r.spec.report,
+        Ok(Some(r)) => {
+            ([(header::CONTENT_TYPE, "application/json")], r.spec.report).into_response()
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, format!("no ComputeReport {name}\n")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("reading ComputeReport {name}: {e}\n"),
         )
             .into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, format!("no ComputeReport {name}\n")).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("reading ComputeReport {name}: {e}\n")).into_response(),
     }
 }

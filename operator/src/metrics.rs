@@ -351,7 +351,11 @@ impl Metrics {
                 }
                 let lineage = r.lineage.clone().unwrap_or_default();
                 let labels = BookLabels {
-                    namespace: r.job.as_ref().map(|j| j.namespace.clone()).unwrap_or_default(),
+                    namespace: r
+                        .job
+                        .as_ref()
+                        .map(|j| j.namespace.clone())
+                        .unwrap_or_default(),
                     lineage: lineage_label(&lineage, &mut state),
                     accelerator: r
                         .accelerator
@@ -410,7 +414,11 @@ impl Metrics {
                     .as_ref()
                     .and_then(|j| state.labels.get(j).cloned())
                     .unwrap_or_else(|| BookLabels {
-                        namespace: r.job.as_ref().map(|j| j.namespace.clone()).unwrap_or_default(),
+                        namespace: r
+                            .job
+                            .as_ref()
+                            .map(|j| j.namespace.clone())
+                            .unwrap_or_default(),
                         lineage: r.lineage.clone().unwrap_or_default(),
                         accelerator: r
                             .accelerator
@@ -507,7 +515,9 @@ mod tests {
         let m = Metrics::new();
         // Touch the vectors so they appear in the output.
         m.reconcile_errors.with_label_values(&["kube"]).inc();
-        m.reconcile_duration.with_label_values::<&str>(&[]).observe(0.1);
+        m.reconcile_duration
+            .with_label_values::<&str>(&[])
+            .observe(0.1);
         let names: HashSet<&str> = METRICS.iter().map(|d| d.name).collect();
         assert_eq!(names.len(), METRICS.len(), "duplicate metric names");
         assert!(names.iter().all(|n| n.starts_with("komptroller_")));

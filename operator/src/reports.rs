@@ -55,7 +55,9 @@ pub async fn signing_key(client: &Client, namespace: &str, secret: &str) -> Resu
                     ))
                 })?;
             break signing::parse_private_key_pem(&pem).map_err(|e| {
-                Error::Report(format!("--key-secret {namespace}/{secret}: {PRIVATE_KEY}: {e}"))
+                Error::Report(format!(
+                    "--key-secret {namespace}/{secret}: {PRIVATE_KEY}: {e}"
+                ))
             })?;
         }
         let mut seed = [0u8; 32];
@@ -66,10 +68,19 @@ pub async fn signing_key(client: &Client, namespace: &str, secret: &str) -> Resu
             metadata: ObjectMeta {
                 name: Some(secret.into()),
                 namespace: Some(namespace.into()),
-                labels: Some([("app.kubernetes.io/managed-by".to_string(), "komptroller".to_string())].into()),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "komptroller".to_string(),
+                    )]
+                    .into(),
+                ),
                 ..Default::default()
             },
-            data: Some(BTreeMap::from([(PRIVATE_KEY.to_string(), ByteString(pem.into_bytes()))])),
+            data: Some(BTreeMap::from([(
+                PRIVATE_KEY.to_string(),
+                ByteString(pem.into_bytes()),
+            )])),
             type_: Some("Opaque".into()),
             ..Default::default()
         };
@@ -86,7 +97,12 @@ pub async fn signing_key(client: &Client, namespace: &str, secret: &str) -> Resu
     Ok(key)
 }
 
-async fn publish_public_key(client: &Client, namespace: &str, secret: &str, key: &SigningKey) -> Result<()> {
+async fn publish_public_key(
+    client: &Client,
+    namespace: &str,
+    secret: &str,
+    key: &SigningKey,
+) -> Result<()> {
     let vk = key.verifying_key();
     let pem = signing::public_key_pem(&vk).map_err(|e| Error::Report(e.to_string()))?;
     let cm = serde_json::json!({
@@ -136,7 +152,9 @@ pub async fn report_loop(
         match write_report(&client, &ctx, &key, previous.as_ref()).await {
             Ok(Some(r)) => previous = Some(r),
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "writing the ComputeReport failed; retrying next interval"),
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the ComputeReport failed; retrying next interval")
+            }
         }
     }
 }
@@ -154,29 +172,49 @@ pub async fn write_report(
         return Ok(None);
     }
     let (entries, policies) = {
-        let b = ctx.books.lock().map_err(|_| Error::Report("books lock poisoned".into()))?;
-        let n = usize::try_from(persisted).unwrap_or(usize::MAX).min(b.entries.len());
+        let b = ctx
+            .books
+            .lock()
+            .map_err(|_| Error::Report("books lock poisoned".into()))?;
+        let n = usize::try_from(persisted)
+            .unwrap_or(usize::MAX)
+            .min(b.entries.len());
         let policies: Vec<Policy> = b
             .engine
             .policies()
-            .map(|(name, spec)| Policy { name: name.to_string(), spec: spec.clone() })
+            .map(|(name, spec)| Policy {
+                name: name.to_string(),
+                spec: spec.clone(),
+            })
             .collect();
         (b.entries[..n].to_vec(), policies)
     };
     let first = usize::try_from(from).unwrap_or(0).min(entries.len());
     let mut period = Period::covering(&entries[first..]);
     if let Some(p) = previous {
-        period.from = period.from.min(p.report.period.to).max(p.report.period.from);
+        period.from = period
+            .from
+            .min(p.report.period.to)
+            .max(p.report.period.from);
     }
     period.to = period.to.max(Timestamp::now()).max(period.from);
-    let body = build_report(&entries, &policies, period, previous).map_err(|e| Error::Report(e.to_string()))?;
+    let body = build_report(&entries, &policies, period, previous)
+        .map_err(|e| Error::Report(e.to_string()))?;
     let signed = body.sign(key).map_err(|e| Error::Report(e.to_string()))?;
-    let canonical = signed.canonical_bytes().map_err(|e| Error::Report(e.to_string()))?;
+    let canonical = signed
+        .canonical_bytes()
+        .map_err(|e| Error::Report(e.to_string()))?;
     let last = signed.report.range.to.saturating_sub(1);
     let obj = ComputeReport {
         metadata: ObjectMeta {
             name: Some(report_name(last)),
-            labels: Some([("app.kubernetes.io/managed-by".to_string(), "komptroller".to_string())].into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "komptroller".to_string(),
+                )]
+                .into(),
+            ),
             ..Default::default()
         },
         spec: ComputeReportSpec {
@@ -199,7 +237,9 @@ pub async fn write_report(
         }
         Err(e) => return Err(e.into()),
     }
-    ctx.metrics.last_report.set(Timestamp::now().as_millisecond() as f64 / 1000.0);
+    ctx.metrics
+        .last_report
+        .set(Timestamp::now().as_millisecond() as f64 / 1000.0);
     tracing::info!(report = %report_name(last), from = signed.report.range.from, to = signed.report.range.to, "signed ComputeReport written");
     Ok(Some(signed))
 }

@@ -135,7 +135,9 @@ pub async fn run(config: RunConfig, webhook: Option<WebhookStarter>) -> Result<(
     // Every replica serves the webhook (it serves nothing without --webhook-addr).
     let mut webhook_task = match webhook {
         Some(start) => tokio::spawn(start(client.clone(), Box::pin(stopped()))),
-        None => tokio::spawn(async { std::future::pending::<std::result::Result<(), String>>().await }),
+        None => {
+            tokio::spawn(async { std::future::pending::<std::result::Result<(), String>>().await })
+        }
     };
 
     // Leader election.
@@ -147,7 +149,12 @@ pub async fn run(config: RunConfig, webhook: Option<WebhookStarter>) -> Result<(
         .with_field_manager(format!("komptroller-lease-{}", config.identity))
         .build()
         .await
-        .map_err(|e| Error::Config(format!("--lease-name {}/{}: {e}", namespace, config.lease_name)))?;
+        .map_err(|e| {
+            Error::Config(format!(
+                "--lease-name {}/{}: {e}",
+                namespace, config.lease_name
+            ))
+        })?;
     let (mut leading, lease_task) = manager.watch().await;
 
     let mut term: Option<(tokio::task::JoinHandle<Result<()>>, AbortOnDrop)> = None;
@@ -221,7 +228,12 @@ pub async fn run(config: RunConfig, webhook: Option<WebhookStarter>) -> Result<(
 }
 
 /// One leader term: the controller and the report loop.
-async fn leader_term(client: Client, metrics: Arc<Metrics>, config: RunConfig, namespace: String) -> Result<()> {
+async fn leader_term(
+    client: Client,
+    metrics: Arc<Metrics>,
+    config: RunConfig,
+    namespace: String,
+) -> Result<()> {
     let slot = Arc::new(tokio::sync::RwLock::new(None));
     let key = crate::reports::signing_key(&client, &namespace, &config.key_secret).await?;
     let reports = {

@@ -23,7 +23,11 @@ pub struct RunArgs {
     pub namespace: Option<String>,
 
     /// Name of the coordination.k8s.io Lease used for leader election.
-    #[arg(long, env = "KOMPTROLLER_LEASE_NAME", default_value = "komptroller-leader")]
+    #[arg(
+        long,
+        env = "KOMPTROLLER_LEASE_NAME",
+        default_value = "komptroller-leader"
+    )]
     pub lease_name: String,
 
     /// How long a lease is valid without renewal; a standby takes over within it.
@@ -43,11 +47,20 @@ pub struct RunArgs {
     pub report_interval: GoDuration,
 
     /// Secret (in --namespace) holding the Ed25519 report signing key; generated when absent.
-    #[arg(long, env = "KOMPTROLLER_KEY_SECRET", default_value = "komptroller-signing-key")]
+    #[arg(
+        long,
+        env = "KOMPTROLLER_KEY_SECRET",
+        default_value = "komptroller-signing-key"
+    )]
     pub key_secret: String,
 
     /// Log format: text for a terminal, json for the cluster.
-    #[arg(long, env = "KOMPTROLLER_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "KOMPTROLLER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 
     /// Maximum concurrent reconciles (0: unbounded).
@@ -211,10 +224,30 @@ mod tests {
 
     #[test]
     fn bad_flags_are_named() {
-        assert!(parse(&["--lease-grace", "20s"]).unwrap_err().contains("--lease-grace"));
-        assert!(parse(&["--report-interval", "0s"]).unwrap_err().contains("--report-interval"));
-        assert!(parse(&["--lease-name", "Bad_Name"]).unwrap_err().contains("--lease-name"));
-        assert!(parse(&["--metrics-addr", "nope"]).unwrap_err().contains("--metrics-addr"));
-        assert!(parse(&["--log-format", "xml"]).unwrap_err().contains("--log-format"));
+        assert!(
+            parse(&["--lease-grace", "20s"])
+                .unwrap_err()
+                .contains("--lease-grace")
+        );
+        assert!(
+            parse(&["--report-interval", "0s"])
+                .unwrap_err()
+                .contains("--report-interval")
+        );
+        assert!(
+            parse(&["--lease-name", "Bad_Name"])
+                .unwrap_err()
+                .contains("--lease-name")
+        );
+        assert!(
+            parse(&["--metrics-addr", "nope"])
+                .unwrap_err()
+                .contains("--metrics-addr")
+        );
+        assert!(
+            parse(&["--log-format", "xml"])
+                .unwrap_err()
+                .contains("--log-format")
+        );
     }
 }

@@ -140,10 +140,21 @@ pub fn label_value(s: &str) -> String {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Workload {
     NotStarted,
-    Running { started: Timestamp },
-    Succeeded { started: Timestamp, at: Timestamp },
-    Failed { started: Option<Timestamp>, at: Timestamp },
-    DeadlineExceeded { started: Option<Timestamp>, at: Timestamp },
+    Running {
+        started: Timestamp,
+    },
+    Succeeded {
+        started: Timestamp,
+        at: Timestamp,
+    },
+    Failed {
+        started: Option<Timestamp>,
+        at: Timestamp,
+    },
+    DeadlineExceeded {
+        started: Option<Timestamp>,
+        at: Timestamp,
+    },
 }
 
 /// k8s-openapi carries its own jiff; times cross by nanoseconds.
@@ -213,11 +224,7 @@ pub struct StatusInputs {
 
 /// The status a TrainingJob should have. Conditions keep their
 /// lastTransitionTime while their status does not change.
-pub fn status(
-    tj: &TrainingJob,
-    inputs: StatusInputs,
-    now: Timestamp,
-) -> TrainingJobStatus {
+pub fn status(tj: &TrainingJob, inputs: StatusInputs, now: Timestamp) -> TrainingJobStatus {
     let old = tj.status.clone().unwrap_or_default();
     let generation = tj.meta().generation;
     let decision = inputs.decision.as_ref();
@@ -276,7 +283,11 @@ pub fn status(
         conditions.push(cond(
             "Running",
             running,
-            if running { "WorkloadRunning" } else { "NotRunning" },
+            if running {
+                "WorkloadRunning"
+            } else {
+                "NotRunning"
+            },
             &match (running, &inputs.job_ref) {
                 (true, Some(j)) => format!("Job {j} is running."),
                 _ => format!("The workload is not running (phase {p:?})."),
@@ -296,7 +307,11 @@ pub fn status(
             conditions.push(cond(
                 "Approved",
                 approved,
-                if approved { "Approved" } else { "ApprovalRequired" },
+                if approved {
+                    "Approved"
+                } else {
+                    "ApprovalRequired"
+                },
                 &format!(
                     "{} approval(s) required from {}; approved by: {}.",
                     need.required,
@@ -337,10 +352,7 @@ pub fn status(
         consumed: inputs.consumed.or(old.consumed),
         spec_hash: inputs.spec_hash.or(old.spec_hash),
         submitted_at: old.submitted_at.or_else(|| Some(now.to_string())),
-        started_at: inputs
-            .started_at
-            .map(|t| t.to_string())
-            .or(old.started_at),
+        started_at: inputs.started_at.map(|t| t.to_string()).or(old.started_at),
         job_ref: inputs.job_ref.or(old.job_ref),
         observed_generation: generation,
         conditions,

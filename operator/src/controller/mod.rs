@@ -86,7 +86,10 @@ impl Context {
         own: Option<&JobId>,
         f: impl FnOnce(&mut Books) -> Result<(T, Applied)>,
     ) -> Result<(T, Applied)> {
-        let mut books = self.books.lock().map_err(|_| Error::Ledger("books lock poisoned".into()))?;
+        let mut books = self
+            .books
+            .lock()
+            .map_err(|_| Error::Ledger("books lock poisoned".into()))?;
         let (value, applied) = f(&mut books)?;
         self.ledger.enqueue(applied.entries.iter().cloned());
         let e = &books.engine;
@@ -193,7 +196,11 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
                 .collect();
             let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": tj.resource_version()}});
             match api
-                .patch(&tj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(
+                    &tj.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
                 .await
             {
                 Ok(_) => {}
@@ -208,9 +215,14 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
     if !has_finalizer {
         let mut fins = tj.finalizers().to_vec();
         fins.push(FINALIZER.to_string());
-        let patch = json!({"metadata": {"finalizers": fins, "resourceVersion": tj.resource_version()}});
-        api.patch(&tj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+        let patch =
+            json!({"metadata": {"finalizers": fins, "resourceVersion": tj.resource_version()}});
+        api.patch(
+            &tj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
     }
 
     // Dereference and build.
@@ -223,14 +235,14 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
         }
     };
     let job_name = build::job_name(&tj.name_any());
-    let workload: Option<Arc<Job>> = ctx
-        .jobs
-        .get(&ObjectRef::new(&job_name).within(&ns))
-        .filter(|j| {
-            j.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == tj.uid().as_ref())
-        });
+    let workload: Option<Arc<Job>> =
+        ctx.jobs
+            .get(&ObjectRef::new(&job_name).within(&ns))
+            .filter(|j| {
+                j.owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == tj.uid().as_ref())
+            });
     let observed = workload.as_deref().map(build::observe);
 
     // Approvals are read only for jobs that wait for them.
@@ -239,74 +251,94 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
         .lock()
         .map(|b| b.engine.phase(&id) == Some(Phase::AwaitingApproval))
         .unwrap_or(false);
-    let approvals = if waiting || tj.status.as_ref().and_then(|s| s.phase) == Some(Phase::AwaitingApproval) {
-        approvals_for(ctx, &ns, &tj.name_any()).await?
-    } else {
-        Vec::new()
-    };
+    let approvals =
+        if waiting || tj.status.as_ref().and_then(|s| s.phase) == Some(Phase::AwaitingApproval) {
+            approvals_for(ctx, &ns, &tj.name_any()).await?
+        } else {
+            Vec::new()
+        };
 
     // Decide.
     let submit = req.clone();
     let mut approval_results: Vec<(String, std::result::Result<(), String>)> = Vec::new();
-    let ((phase, decision, queue_position, problem), applied) =
-        ctx.with_books(Some(&id), |b| {
-            let mut applied = Applied::default();
-            let mut problem = None;
-            match b.apply(Timestamp::now(), Event::Submit(submit)) {
-                Ok(a) => applied.extend(a),
-                Err(Error::Engine(e @ EngineError::Immutable { .. })) => problem = Some(e.to_string()),
-                Err(e) => return Err(e),
+    let ((phase, decision, queue_position, problem), applied) = ctx.with_books(Some(&id), |b| {
+        let mut applied = Applied::default();
+        let mut problem = None;
+        match b.apply(Timestamp::now(), Event::Submit(submit)) {
+            Ok(a) => applied.extend(a),
+            Err(Error::Engine(e @ EngineError::Immutable { .. })) => problem = Some(e.to_string()),
+            Err(e) => return Err(e),
+        }
+        if b.engine.phase(&id) == Some(Phase::AwaitingApproval) {
+            for (name, approver, spec_hash) in &approvals {
+                match b.apply(
+                    Timestamp::now(),
+                    Event::Approve {
+                        job: id.clone(),
+                        approver: approver.clone(),
+                        spec_hash: spec_hash.clone(),
+                    },
+                ) {
+                    Ok(a) => {
+                        applied.extend(a);
+                        approval_results.push((name.clone(), Ok(())));
+                    }
+                    Err(Error::Engine(e)) => {
+                        approval_results.push((name.clone(), Err(e.to_string())))
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            if b.engine.phase(&id) == Some(Phase::AwaitingApproval) {
-                for (name, approver, spec_hash) in &approvals {
-                    match b.apply(
-                        Timestamp::now(),
-                        Event::Approve {
+        }
+        // Metering from the Job's status.
+        let phase = b.engine.phase(&id);
+        if matches!(phase, Some(Phase::Admitted | Phase::Running)) {
+            match observed {
+                Some(Workload::Running { started }) => {
+                    applied.extend(b.apply(started, Event::Start { job: id.clone() })?);
+                }
+                Some(Workload::Succeeded { started, at }) => {
+                    applied.extend(b.apply(started, Event::Start { job: id.clone() })?);
+                    applied.extend(b.apply(
+                        at,
+                        Event::Finish {
                             job: id.clone(),
-                            approver: approver.clone(),
-                            spec_hash: spec_hash.clone(),
+                            outcome: Outcome::Succeeded,
                         },
-                    ) {
-                        Ok(a) => {
-                            applied.extend(a);
-                            approval_results.push((name.clone(), Ok(())));
-                        }
-                        Err(Error::Engine(e)) => approval_results.push((name.clone(), Err(e.to_string()))),
-                        Err(e) => return Err(e),
-                    }
+                    )?);
                 }
-            }
-            // Metering from the Job's status.
-            let phase = b.engine.phase(&id);
-            if matches!(phase, Some(Phase::Admitted | Phase::Running)) {
-                match observed {
-                    Some(Workload::Running { started }) => {
-                        applied.extend(b.apply(started, Event::Start { job: id.clone() })?);
+                Some(Workload::Failed { started, at }) => {
+                    if let Some(s) = started {
+                        applied.extend(b.apply(s, Event::Start { job: id.clone() })?);
                     }
-                    Some(Workload::Succeeded { started, at }) => {
-                        applied.extend(b.apply(started, Event::Start { job: id.clone() })?);
-                        applied.extend(b.apply(at, Event::Finish { job: id.clone(), outcome: Outcome::Succeeded })?);
-                    }
-                    Some(Workload::Failed { started, at }) => {
-                        if let Some(s) = started {
-                            applied.extend(b.apply(s, Event::Start { job: id.clone() })?);
-                        }
-                        applied.extend(b.apply(at, Event::Finish { job: id.clone(), outcome: Outcome::Failed })?);
-                    }
-                    Some(Workload::DeadlineExceeded { started, at }) => {
-                        if let Some(s) = started {
-                            applied.extend(b.apply(s, Event::Start { job: id.clone() })?);
-                        }
-                        applied.extend(b.apply(at, Event::Finish { job: id.clone(), outcome: Outcome::DeadlineExceeded })?);
-                    }
-                    Some(Workload::NotStarted) | None => {}
+                    applied.extend(b.apply(
+                        at,
+                        Event::Finish {
+                            job: id.clone(),
+                            outcome: Outcome::Failed,
+                        },
+                    )?);
                 }
+                Some(Workload::DeadlineExceeded { started, at }) => {
+                    if let Some(s) = started {
+                        applied.extend(b.apply(s, Event::Start { job: id.clone() })?);
+                    }
+                    applied.extend(b.apply(
+                        at,
+                        Event::Finish {
+                            job: id.clone(),
+                            outcome: Outcome::DeadlineExceeded,
+                        },
+                    )?);
+                }
+                Some(Workload::NotStarted) | None => {}
             }
-            let phase = b.engine.phase(&id);
-            let decision = b.engine.decision(&id).cloned();
-            let position = b.engine.queue_position(&id);
-            Ok(((phase, decision, position, problem), applied))
-        })?;
+        }
+        let phase = b.engine.phase(&id);
+        let decision = b.engine.decision(&id).cloned();
+        let position = b.engine.queue_position(&id);
+        Ok(((phase, decision, position, problem), applied))
+    })?;
     ctx.persist(&applied).await?;
     for (name, result) in approval_results {
         write_approval_status(ctx, &ns, &name, result).await;
@@ -316,7 +348,10 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
     let mut job_ref = workload.as_ref().map(|j| j.name_any());
     if phase == Some(Phase::Admitted) && workload.is_none() {
         let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-        match jobs.create(&PostParams::default(), &build::workload(tj)).await {
+        match jobs
+            .create(&PostParams::default(), &build::workload(tj))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Created by an earlier attempt (ours, by owner uid) or someone else's.
@@ -339,12 +374,21 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
 
     // Status.
     let (ledger_sequence, consumed) = {
-        let b = ctx.books.lock().map_err(|_| Error::Ledger("books lock poisoned".into()))?;
-        (b.decided_seq.get(&id).copied(), b.consumed.get(&id).cloned())
+        let b = ctx
+            .books
+            .lock()
+            .map_err(|_| Error::Ledger("books lock poisoned".into()))?;
+        (
+            b.decided_seq.get(&id).copied(),
+            b.consumed.get(&id).cloned(),
+        )
     };
     let started_at = match observed {
-        Some(Workload::Running { started }) | Some(Workload::Succeeded { started, .. }) => Some(started),
-        Some(Workload::Failed { started, .. }) | Some(Workload::DeadlineExceeded { started, .. }) => started,
+        Some(Workload::Running { started }) | Some(Workload::Succeeded { started, .. }) => {
+            Some(started)
+        }
+        Some(Workload::Failed { started, .. })
+        | Some(Workload::DeadlineExceeded { started, .. }) => started,
         _ => None,
     };
     let consumed = consumed.or_else(|| {
@@ -353,12 +397,21 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
         if phase != Some(Phase::Running) {
             return None;
         }
-        let secs = (Timestamp::now().as_millisecond() - started.as_millisecond()).max(0) as f64 / 1000.0;
+        let secs =
+            (Timestamp::now().as_millisecond() - started.as_millisecond()).max(0) as f64 / 1000.0;
         let d = decision.as_ref()?;
         let p = d.projection.as_ref()?;
         Some(ConsumedStatus {
             accelerator_seconds: komptroller_engine::AcceleratorSeconds(f64::from(p.count) * secs),
-            flop: komptroller_engine::Flop(p.rate.0 * secs * if d.governing.0 < p.upper_bound.0 { p.utilization } else { 1.0 }),
+            flop: komptroller_engine::Flop(
+                p.rate.0
+                    * secs
+                    * if d.governing.0 < p.upper_bound.0 {
+                        p.utilization
+                    } else {
+                        1.0
+                    },
+            ),
         })
     });
     let status = build::status(
@@ -411,7 +464,10 @@ async fn write_status(
     let old_verdict = old.decision.as_ref().and_then(|d| d.verdict);
     let new = status.decision.as_ref();
     let new_verdict = new.and_then(|d| d.verdict);
-    if new_verdict.is_some() && (old_verdict != new_verdict || old.phase != status.phase && status.phase.is_some_and(|p| p.is_terminal())) {
+    if new_verdict.is_some()
+        && (old_verdict != new_verdict
+            || old.phase != status.phase && status.phase.is_some_and(|p| p.is_terminal()))
+    {
         let reason = match status.phase {
             Some(Phase::Queued) => "Queued",
             Some(Phase::AwaitingApproval) => "AwaitingApproval",
@@ -424,7 +480,11 @@ async fn write_status(
             || new.and_then(|d| d.enforced_verdict) != new_verdict;
         let note = new.and_then(|d| d.message.clone()).unwrap_or_default();
         let ev = KubeEvent {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.into(),
             note: Some(note.chars().take(1000).collect()),
             action: "Decide".into(),
@@ -460,12 +520,26 @@ async fn approvals_for(
         if let Some(exp) = &a.spec.expires {
             match exp.parse::<Timestamp>() {
                 Ok(t) if t <= now => {
-                    write_approval_status(ctx, ns, &name, Err(format!("spec.expires: the approval expired at {t}"))).await;
+                    write_approval_status(
+                        ctx,
+                        ns,
+                        &name,
+                        Err(format!("spec.expires: the approval expired at {t}")),
+                    )
+                    .await;
                     continue;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    write_approval_status(ctx, ns, &name, Err(format!("spec.expires: {exp:?} is not an RFC 3339 time: {e}"))).await;
+                    write_approval_status(
+                        ctx,
+                        ns,
+                        &name,
+                        Err(format!(
+                            "spec.expires: {exp:?} is not an RFC 3339 time: {e}"
+                        )),
+                    )
+                    .await;
                     continue;
                 }
             }
@@ -482,7 +556,12 @@ async fn approvals_for(
     Ok(out)
 }
 
-async fn write_approval_status(ctx: &Context, ns: &str, name: &str, result: std::result::Result<(), String>) {
+async fn write_approval_status(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    result: std::result::Result<(), String>,
+) {
     let api: Api<ComputeApproval> = Api::namespaced(ctx.client.clone(), ns);
     let (accepted, message) = match result {
         Ok(()) => (true, "Counted towards the job's escalation.".to_string()),
@@ -495,7 +574,11 @@ async fn write_approval_status(ctx: &Context, ns: &str, name: &str, result: std:
         "status": {"accepted": accepted, "message": message},
     });
     if let Err(e) = api
-        .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
         .await
     {
         tracing::warn!(approval = %name, error = %e, "could not write ComputeApproval status");
@@ -510,10 +593,18 @@ pub fn engine_policy(p: &ComputePolicy) -> Policy {
     }
 }
 
-async fn write_policy_status(client: &Client, p: &ComputePolicy, result: std::result::Result<(), String>) {
+async fn write_policy_status(
+    client: &Client,
+    p: &ComputePolicy,
+    result: std::result::Result<(), String>,
+) {
     let api: Api<ComputePolicy> = Api::all(client.clone());
     let (ok, reason, message) = match &result {
-        Ok(()) => (true, "Loaded", "The policy is valid and in force.".to_string()),
+        Ok(()) => (
+            true,
+            "Loaded",
+            "The policy is valid and in force.".to_string(),
+        ),
         Err(m) => (false, "Invalid", m.clone()),
     };
     let status = json!({
@@ -535,13 +626,22 @@ async fn write_policy_status(client: &Client, p: &ComputePolicy, result: std::re
             }],
         },
     });
-    if p.status.as_ref().and_then(|s| s.content_hash.as_deref()) == Some(content_hash(&p.spec.inner).as_str())
-        && p.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Accepted" && (c.status == "True") == ok))
+    if p.status.as_ref().and_then(|s| s.content_hash.as_deref())
+        == Some(content_hash(&p.spec.inner).as_str())
+        && p.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Accepted" && (c.status == "True") == ok)
+        })
     {
         return;
     }
     if let Err(e) = api
-        .patch_status(&p.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
+        .patch_status(
+            &p.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&status),
+        )
         .await
     {
         tracing::warn!(policy = %p.name_any(), error = %e, "could not write ComputePolicy status");
@@ -551,7 +651,9 @@ async fn write_policy_status(client: &Client, p: &ComputePolicy, result: std::re
 /// Keeps the engine's policies in step with the cluster's ComputePolicies.
 async fn policy_loop(ctx: Arc<Context>) {
     let api: Api<ComputePolicy> = Api::all(ctx.client.clone());
-    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut seen: BTreeMap<String, ()> = BTreeMap::new();
     let mut init: Vec<String> = Vec::new();
     while let Some(ev) = stream.next().await {
@@ -574,11 +676,8 @@ async fn policy_loop(ctx: Arc<Context>) {
                 seen.insert(p.name_any(), ());
             }
             WatchEvent::InitDone => {
-                let gone: Vec<String> = seen
-                    .keys()
-                    .filter(|k| !init.contains(k))
-                    .cloned()
-                    .collect();
+                let gone: Vec<String> =
+                    seen.keys().filter(|k| !init.contains(k)).cloned().collect();
                 for name in gone {
                     remove_policy(&ctx, &name).await;
                     seen.remove(&name);
@@ -626,7 +725,12 @@ async fn remove_policy(ctx: &Context, name: &str) {
         if b.policy_hashes.remove(name).is_none() {
             return Ok(((), Applied::default()));
         }
-        let a = b.apply(Timestamp::now(), Event::RemovePolicy { name: name.to_string() })?;
+        let a = b.apply(
+            Timestamp::now(),
+            Event::RemovePolicy {
+                name: name.to_string(),
+            },
+        )?;
         Ok(((), a))
     });
     if let Ok((_, applied)) = result {
@@ -690,7 +794,12 @@ async fn budget_gauge_loop(ctx: Arc<Context>, period: Duration) {
     use komptroller_engine::policy::BudgetScope;
     loop {
         tokio::time::sleep(period).await;
-        let namespaces: Vec<String> = ctx.namespaces.state().iter().map(|n| n.name_any()).collect();
+        let namespaces: Vec<String> = ctx
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| n.name_any())
+            .collect();
         let Ok(b) = ctx.books.lock() else { continue };
         let now = Timestamp::now();
         let lineages: Vec<String> = b.engine.lineages().into_keys().collect();
@@ -743,16 +852,26 @@ pub async fn run_term(
     // Caches the reconcile reads from.
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let (namespaces, ns_writer) = reflector::store();
-    let ns_stream = reflector::reflector(ns_writer, watcher::watcher(ns_api, watcher::Config::default()).default_backoff())
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+    let ns_stream = reflector::reflector(
+        ns_writer,
+        watcher::watcher(ns_api, watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
     let job_api: Api<Job> = Api::all(client.clone());
-    let job_wc = watcher::Config::default().labels(&format!("{}={}", build::MANAGED_BY.0, build::MANAGED_BY.1));
+    let job_wc = watcher::Config::default().labels(&format!(
+        "{}={}",
+        build::MANAGED_BY.0,
+        build::MANAGED_BY.1
+    ));
     let (jobs, job_writer) = reflector::store_shared(1024);
     let job_subscriber = job_writer.subscribe();
-    let job_stream = reflector::reflector(job_writer, watcher::watcher(job_api, job_wc).default_backoff())
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+    let job_stream = reflector::reflector(
+        job_writer,
+        watcher::watcher(job_api, job_wc).default_backoff(),
+    )
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
     let mut caches = tokio::spawn(async move {
         tokio::join!(ns_stream, job_stream);
     });
@@ -791,9 +910,24 @@ pub async fn run_term(
         metrics.observe_entry(e);
     }
     let loaded = entries.len();
-    let (books, fresh) = restore::rebuild(Engine::new(catalog.clone()), entries, policies, requests, Timestamp::now())?;
-    tracing::info!(entries = loaded, jobs = all_tjs.len(), next_seq = books.head.next_seq, "books rebuilt from the ledger and the cluster");
-    let (ledger, writer) = LedgerWriter::spawn(client.clone(), metrics.clone(), books.head.next_seq - fresh.len() as u64);
+    let (books, fresh) = restore::rebuild(
+        Engine::new(catalog.clone()),
+        entries,
+        policies,
+        requests,
+        Timestamp::now(),
+    )?;
+    tracing::info!(
+        entries = loaded,
+        jobs = all_tjs.len(),
+        next_seq = books.head.next_seq,
+        "books rebuilt from the ledger and the cluster"
+    );
+    let (ledger, writer) = LedgerWriter::spawn(
+        client.clone(),
+        metrics.clone(),
+        books.head.next_seq - fresh.len() as u64,
+    );
     let _abort_writer = AbortOnDrop(writer.abort_handle());
     ledger.enqueue(fresh);
 
@@ -823,11 +957,17 @@ pub async fn run_term(
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
     let store = controller.store();
     let controller = controller
-        .owns_shared_stream(job_subscriber.ok_or_else(|| Error::Ledger("job cache has no subscriber".into()))?)
-        .watches(approvals, watcher::Config::default(), |a: ComputeApproval| {
-            a.namespace()
-                .map(|ns| ObjectRef::new(&a.spec.training_job_name).within(&ns))
-        })
+        .owns_shared_stream(
+            job_subscriber.ok_or_else(|| Error::Ledger("job cache has no subscriber".into()))?,
+        )
+        .watches(
+            approvals,
+            watcher::Config::default(),
+            |a: ComputeApproval| {
+                a.namespace()
+                    .map(|ns| ObjectRef::new(&a.spec.training_job_name).within(&ns))
+            },
+        )
         .reconcile_on(tokio_stream_from(trigger_rx))
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));

@@ -156,17 +156,18 @@ pub fn rebuild(
                 }
                 books.policy_hashes.insert(name, hash);
             }
-            Err(e) => tracing::warn!(policy = %name, error = %e, "invalid ComputePolicy not loaded"),
+            Err(e) => {
+                tracing::warn!(policy = %name, error = %e, "invalid ComputePolicy not loaded")
+            }
         }
     }
     for name in known.keys() {
         if !books.policy_hashes.contains_key(name) {
             // Deleted while nobody led.
             let t = books.at(now);
-            let step = books.engine.apply(
-                t,
-                Event::RemovePolicy { name: name.clone() },
-            )?;
+            let step = books
+                .engine
+                .apply(t, Event::RemovePolicy { name: name.clone() })?;
             let mut step = step;
             if step.records.is_empty() {
                 // The engine never had it: record the removal ourselves.
