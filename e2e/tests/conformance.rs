@@ -1318,3 +1318,62 @@ async fn builtin_unknown_fields_and_type_errors() {
         e.message
     );
 }
+
+#[tokio::test]
+async fn server_side_apply_merges_list_map_items_per_key() {
+    let c = cluster_with_crds(Options::default()).await;
+    let ns = c.temp_namespace("ssamap").await.unwrap();
+    let w = widgets(&c, &ns.name).await;
+    w.create(&PostParams::default(), &widget("m", json!({"size": 1})))
+        .await
+        .unwrap();
+    let status = |conds: Value| json!({"apiVersion": "test.komptroller.dev/v1", "kind": "Widget", "metadata": {"name": "m"}, "status": {"conditions": conds}});
+    // status.conditions is `x-kubernetes-list-type: map` keyed by type in the fixture CRD.
+    w.patch_status(
+        "m",
+        &PatchParams::apply("controller-a"),
+        &Patch::Apply(status(json!([{"type": "Ready", "status": "True"}]))),
+    )
+    .await
+    .unwrap();
+    let o = w
+        .patch_status(
+            "m",
+            &PatchParams::apply("controller-b"),
+            &Patch::Apply(status(json!([{"type": "Audited", "status": "False"}]))),
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = o.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec!["Ready", "Audited"],
+        "each manager owns its own item"
+    );
+    let e = api_err(w.patch_status("m", &PatchParams::apply("controller-b"), &Patch::Apply(status(json!([{"type": "Ready", "status": "False"}, {"type": "Audited", "status": "False"}])))).await);
+    assert_eq!(e.code, 409);
+    let o = w
+        .patch_status(
+            "m",
+            &PatchParams::apply("controller-a"),
+            &Patch::Apply(status(json!([]))),
+        )
+        .await
+        .unwrap();
+    let types: Vec<&str> = o.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["Audited"]);
+    // `listType=set` lists are owned per value too.
+    w.patch("m", &PatchParams::apply("a"), &Patch::Apply(json!({"apiVersion": "test.komptroller.dev/v1", "kind": "Widget", "metadata": {"name": "m"}, "spec": {"size": 1, "tags": ["x"]}}))).await.unwrap();
+    let o = w.patch("m", &PatchParams::apply("b"), &Patch::Apply(json!({"apiVersion": "test.komptroller.dev/v1", "kind": "Widget", "metadata": {"name": "m"}, "spec": {"tags": ["y"]}}))).await.unwrap();
+    assert_eq!(o.data["spec"]["tags"], json!(["x", "y"]));
+}

@@ -1294,6 +1294,17 @@ fn apply_schema(
     }
 }
 
+/// How a list at a managed-fields path is merged: from the CRD schema for
+/// custom resources, from the Go types' markers for built-ins and metadata.
+fn list_kind(def: &ResourceDef, version: &str, path: &[String]) -> patch::ListKind {
+    match def.version(version).and_then(|v| v.schema.clone()) {
+        Some(schema) if path.first().map(String::as_str) != Some("f:metadata") => {
+            schema.list_kind_at(path)
+        }
+        _ => patch::builtin_list_kind(path),
+    }
+}
+
 /// Unknown fields and type errors of built-in kinds (through k8s-openapi).
 fn prune_builtin(
     def: &ResourceDef,
@@ -1736,6 +1747,7 @@ async fn finish_write(
             &def.api_version(version),
             sub.unwrap_or(""),
             scope,
+            &|p: &[String]| list_kind(def, version, p),
             &now,
         );
     }
@@ -2009,6 +2021,7 @@ async fn patch(
                     &def.api_version(version),
                     sub.unwrap_or(""),
                     scope,
+                    &|p: &[String]| list_kind(def, version, p),
                     force,
                     &now_rfc3339(),
                 )

@@ -2,10 +2,10 @@
 //! server-side apply with managed fields.
 //!
 //! Field ownership is tracked at leaf granularity: a path of map keys down
-//! to a scalar, a list or an empty map. Lists are atomic (owned whole) except
-//! `metadata.finalizers`, a set whose items are owned one by one, as the real
-//! server does for `listType=set`. Lists of maps keyed by name (`listType=map`)
-//! are atomic here; the real server merges them per key.
+//! to a scalar, an atomic list or an empty map. `listType=set` lists are owned
+//! per value (`v:` segments) and `listType=map` lists per item (`k:{...}`
+//! segments, the real fieldsV1 notation), from the CRD schema or, for built-in
+//! kinds, from a table of the keyed lists the product uses.
 
 use std::collections::BTreeSet;
 
@@ -27,12 +27,40 @@ pub struct Managed {
     pub fields: BTreeSet<FieldPath>,
 }
 
-fn is_set_list(path: &[String]) -> bool {
-    path.len() == 2 && path[0] == "f:metadata" && path[1] == "f:finalizers"
+/// How a list is merged and owned (`x-kubernetes-list-type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListKind {
+    /// Owned and replaced whole.
+    Atomic,
+    /// Scalars owned one by one (`v:<value>`).
+    Set,
+    /// Maps owned per item, identified by these key fields (`k:{...}`).
+    Map(Vec<String>),
+}
+
+/// Which lists of an object are sets or maps, by field path.
+pub type ListKinds<'a> = &'a dyn Fn(&[String]) -> ListKind;
+
+/// List kinds of built-in types the product touches (metadata of every kind,
+/// conditions, containers, env, volumes), as their Go types declare them.
+pub fn builtin_list_kind(path: &[String]) -> ListKind {
+    let last = path.last().map(String::as_str).unwrap_or_default();
+    match (path.len(), path.first().map(String::as_str), last) {
+        (2, Some("f:metadata"), "f:finalizers") => ListKind::Set,
+        (2, Some("f:metadata"), "f:ownerReferences") => ListKind::Map(vec!["uid".into()]),
+        (_, Some("f:status"), "f:conditions") => ListKind::Map(vec!["type".into()]),
+        (
+            _,
+            Some("f:spec"),
+            "f:containers" | "f:initContainers" | "f:env" | "f:volumes" | "f:volumeMounts"
+            | "f:imagePullSecrets",
+        ) => ListKind::Map(vec!["name".into()]),
+        _ => ListKind::Atomic,
+    }
 }
 
 /// The leaves of an object that are subject to ownership.
-pub fn leaves(obj: &Value, scope: Scope) -> BTreeSet<FieldPath> {
+pub fn leaves(obj: &Value, scope: Scope, lists: ListKinds) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
     let Some(m) = obj.as_object() else {
         return out;
@@ -47,14 +75,19 @@ pub fn leaves(obj: &Value, scope: Scope) -> BTreeSet<FieldPath> {
                 if let Some(meta) = v.as_object() {
                     for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
                         if let Some(mv) = meta.get(mk) {
-                            collect(mv, vec!["f:metadata".into(), format!("f:{mk}")], &mut out);
+                            collect(
+                                mv,
+                                vec!["f:metadata".into(), format!("f:{mk}")],
+                                lists,
+                                &mut out,
+                            );
                         }
                     }
                 }
             }
             "status" if scope == Scope::Main => {}
             _ if scope == Scope::Status && k != "status" => {}
-            _ => collect(v, vec![format!("f:{k}")], &mut out),
+            _ => collect(v, vec![format!("f:{k}")], lists, &mut out),
         }
     }
     out
@@ -71,22 +104,56 @@ pub enum Scope {
     Status,
 }
 
-fn collect(v: &Value, path: FieldPath, out: &mut BTreeSet<FieldPath>) {
+/// The `k:{...}` segment of a keyed list item, if it has every key.
+fn item_key(item: &Value, keys: &[String]) -> Option<String> {
+    let mut m = Map::new();
+    for k in keys {
+        m.insert(k.clone(), item.get(k)?.clone());
+    }
+    Some(format!("k:{}", Value::Object(m)))
+}
+
+fn item_matches(item: &Value, seg: &str) -> bool {
+    let Some(Ok(Value::Object(want))) = seg.strip_prefix("k:").map(serde_json::from_str::<Value>)
+    else {
+        return false;
+    };
+    want.iter().all(|(k, v)| item.get(k) == Some(v))
+}
+
+fn collect(v: &Value, path: FieldPath, lists: ListKinds, out: &mut BTreeSet<FieldPath>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, c) in m {
                 let mut p = path.clone();
                 p.push(format!("f:{k}"));
-                collect(c, p, out);
+                collect(c, p, lists, out);
             }
         }
-        Value::Array(a) if is_set_list(&path) => {
-            for item in a {
-                let mut p = path.clone();
-                p.push(format!("v:{item}"));
-                out.insert(p);
+        // An empty set or keyed list owns no items (and so conflicts with none).
+        Value::Array(a) if a.is_empty() && lists(&path) != ListKind::Atomic => {}
+        Value::Array(a) if !a.is_empty() => match lists(&path) {
+            ListKind::Set if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+                for item in a {
+                    let mut p = path.clone();
+                    p.push(format!("v:{item}"));
+                    out.insert(p);
+                }
             }
-        }
+            ListKind::Map(keys)
+                if a.iter()
+                    .all(|x| x.is_object() && item_key(x, &keys).is_some()) =>
+            {
+                for item in a {
+                    let mut p = path.clone();
+                    p.push(item_key(item, &keys).unwrap_or_default());
+                    collect(item, p, lists, out);
+                }
+            }
+            _ => {
+                out.insert(path);
+            }
+        },
         _ => {
             out.insert(path);
         }
@@ -99,6 +166,8 @@ pub fn get_path<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
     for (i, seg) in path.iter().enumerate() {
         if let Some(k) = seg.strip_prefix("f:") {
             cur = cur.get(k)?;
+        } else if seg.starts_with("k:") {
+            cur = cur.as_array()?.iter().find(|x| item_matches(x, seg))?;
         } else if let Some(item) = seg.strip_prefix("v:") {
             let want: Value = serde_json::from_str(item).ok()?;
             let arr = cur.as_array()?;
@@ -118,18 +187,36 @@ fn set_path(obj: &mut Value, path: &[String], val: Value) {
     };
     let mut cur = obj;
     for seg in parents {
-        let Some(k) = seg.strip_prefix("f:") else {
+        if let Some(k) = seg.strip_prefix("f:") {
+            if !cur.is_object() {
+                *cur = Value::Object(Map::new());
+            }
+            let Some(m) = cur.as_object_mut() else {
+                return;
+            };
+            cur = m
+                .entry(k.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+        } else if let Some(Ok(Value::Object(keys))) =
+            seg.strip_prefix("k:").map(serde_json::from_str::<Value>)
+        {
+            if !cur.is_array() {
+                *cur = Value::Array(Vec::new());
+            }
+            let Some(a) = cur.as_array_mut() else {
+                return;
+            };
+            let idx = match a.iter().position(|x| item_matches(x, seg)) {
+                Some(i) => i,
+                None => {
+                    a.push(Value::Object(keys));
+                    a.len() - 1
+                }
+            };
+            cur = &mut a[idx];
+        } else {
             return;
-        };
-        if !cur.is_object() {
-            *cur = Value::Object(Map::new());
         }
-        let Some(m) = cur.as_object_mut() else {
-            return;
-        };
-        cur = m
-            .entry(k.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
     }
     if let Some(k) = last.strip_prefix("f:") {
         if !cur.is_object() {
@@ -137,6 +224,16 @@ fn set_path(obj: &mut Value, path: &[String], val: Value) {
         }
         if let Some(m) = cur.as_object_mut() {
             m.insert(k.to_string(), val);
+        }
+    } else if last.starts_with("k:") {
+        if !cur.is_array() {
+            *cur = Value::Array(Vec::new());
+        }
+        if let Some(a) = cur.as_array_mut() {
+            match a.iter().position(|x| item_matches(x, last)) {
+                Some(i) => a[i] = val,
+                None => a.push(val),
+            }
         }
     } else if last.starts_with("v:") {
         if !cur.is_array() {
@@ -156,10 +253,15 @@ fn remove_path(obj: &mut Value, path: &[String]) {
     };
     let mut cur = &mut *obj;
     for seg in parents {
-        let Some(k) = seg.strip_prefix("f:") else {
-            return;
+        let next = if let Some(k) = seg.strip_prefix("f:") {
+            cur.get_mut(k)
+        } else if seg.starts_with("k:") {
+            cur.as_array_mut()
+                .and_then(|a| a.iter_mut().find(|x| item_matches(x, seg)))
+        } else {
+            None
         };
-        let Some(next) = cur.get_mut(k) else {
+        let Some(next) = next else {
             return;
         };
         cur = next;
@@ -167,6 +269,10 @@ fn remove_path(obj: &mut Value, path: &[String]) {
     if let Some(k) = last.strip_prefix("f:") {
         if let Some(m) = cur.as_object_mut() {
             m.remove(k);
+        }
+    } else if last.starts_with("k:") {
+        if let Some(a) = cur.as_array_mut() {
+            a.retain(|x| !item_matches(x, last));
         }
     } else if let Some(item) = last.strip_prefix("v:")
         && let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(item), cur.as_array_mut())
@@ -177,7 +283,11 @@ fn remove_path(obj: &mut Value, path: &[String]) {
     let parents_len = parents.len();
     if parents_len > 0 {
         let parent_path = &path[..parents_len];
-        if get_path(obj, parent_path).is_some_and(|v| v.as_object().is_some_and(Map::is_empty)) {
+        let emptied = get_path(obj, parent_path).is_some_and(|v| {
+            v.as_object().is_some_and(Map::is_empty)
+                || (!last.starts_with("f:") && v.as_array().is_some_and(Vec::is_empty))
+        });
+        if emptied {
             remove_path(obj, parent_path);
         }
     }
@@ -306,11 +416,12 @@ pub fn record_update(
     api_version: &str,
     subresource: &str,
     scope: Scope,
+    lists: ListKinds,
     now: &str,
 ) {
     let mut managed = old.map(read_managed).unwrap_or_default();
-    let new_leaves = leaves(new, scope);
-    let old_leaves = old.map(|o| leaves(o, scope)).unwrap_or_default();
+    let new_leaves = leaves(new, scope, lists);
+    let old_leaves = old.map(|o| leaves(o, scope, lists)).unwrap_or_default();
     let changed: BTreeSet<FieldPath> = new_leaves
         .iter()
         .filter(|p| old.and_then(|o| get_path(o, p)) != get_path(new, p))
@@ -358,11 +469,12 @@ pub fn server_side_apply(
     api_version: &str,
     subresource: &str,
     scope: Scope,
+    lists: ListKinds,
     force: bool,
     now: &str,
 ) -> ApiResult<Value> {
     let mut managed = current.map(read_managed).unwrap_or_default();
-    let applied_leaves = leaves(applied, scope);
+    let applied_leaves = leaves(applied, scope, lists);
     let mut conflicts = Vec::new();
     if let Some(cur) = current {
         for p in &applied_leaves {
@@ -436,12 +548,34 @@ pub fn server_side_apply(
         .filter(|m| m.manager == manager && m.operation == "Apply" && m.subresource == subresource)
         .flat_map(|m| m.fields.iter().cloned())
         .collect();
-    for p in previously.difference(&applied_leaves) {
-        let owned_elsewhere = managed
+    let others = |prefix: &[String]| {
+        managed
             .iter()
             .filter(|m| !(m.manager == manager && m.operation == "Apply"))
-            .any(|m| m.fields.iter().any(|o| overlaps(o, p)));
-        if !owned_elsewhere {
+            .any(|m| m.fields.iter().any(|o| overlaps(o, prefix)))
+    };
+    'paths: for p in previously.difference(&applied_leaves) {
+        // An item of a keyed list dropped from the configuration goes whole,
+        // unless another manager owns part of it.
+        for (i, seg) in p.iter().enumerate() {
+            if !seg.starts_with("k:") {
+                continue;
+            }
+            let item = &p[..=i];
+            if !applied_leaves.iter().any(|a| a.starts_with(item)) {
+                if !others(item) {
+                    remove_path(&mut result, item);
+                }
+                continue 'paths;
+            }
+        }
+        // Key fields stay while their item does.
+        let is_key = p.len() >= 2
+            && p[p.len() - 2].starts_with("k:")
+            && p.last()
+                .and_then(|l| l.strip_prefix("f:"))
+                .is_some_and(|f| p[p.len() - 2].contains(&format!("\"{f}\":")));
+        if !is_key && !others(p) {
             remove_path(&mut result, p);
         }
     }
@@ -591,7 +725,7 @@ mod tests {
     fn leaves_and_fields_round_trip() {
         let o = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n", "labels": {"a": "1"}, "finalizers": ["f1", "f2"]},
                        "spec": {"a": 1, "b": {"c": [1, 2]}, "e": {}}, "status": {"s": 1}});
-        let l = leaves(&o, Scope::Main);
+        let l = leaves(&o, Scope::Main, &builtin_list_kind);
         let dotted_all: Vec<String> = l.iter().map(dotted).collect();
         assert_eq!(
             dotted_all,
@@ -606,7 +740,7 @@ mod tests {
         );
         assert_eq!(json_to_fields(&fields_to_json(&l)), l);
         assert_eq!(
-            leaves(&o, Scope::Status)
+            leaves(&o, Scope::Status, &builtin_list_kind)
                 .iter()
                 .map(dotted)
                 .collect::<Vec<_>>(),
@@ -639,25 +773,174 @@ mod tests {
     fn apply_removes_only_unshared_fields() {
         let now = "2026-01-01T00:00:00Z";
         let a1 = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 1, "b": 2}});
-        let o = server_side_apply(None, &a1, "m1", "v1", "", Scope::All, false, now).unwrap();
+        let o = server_side_apply(
+            None,
+            &a1,
+            "m1",
+            "v1",
+            "",
+            Scope::All,
+            &builtin_list_kind,
+            false,
+            now,
+        )
+        .unwrap();
         let b =
             json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"b": 2}});
-        let o = server_side_apply(Some(&o), &b, "m2", "v1", "", Scope::All, false, now).unwrap();
+        let o = server_side_apply(
+            Some(&o),
+            &b,
+            "m2",
+            "v1",
+            "",
+            Scope::All,
+            &builtin_list_kind,
+            false,
+            now,
+        )
+        .unwrap();
         let a2 =
             json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 1}});
-        let o = server_side_apply(Some(&o), &a2, "m1", "v1", "", Scope::All, false, now).unwrap();
+        let o = server_side_apply(
+            Some(&o),
+            &a2,
+            "m1",
+            "v1",
+            "",
+            Scope::All,
+            &builtin_list_kind,
+            false,
+            now,
+        )
+        .unwrap();
         assert_eq!(o["spec"], json!({"a": 1, "b": 2}), "b is still owned by m2");
         let none = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}});
-        let o = server_side_apply(Some(&o), &none, "m2", "v1", "", Scope::All, false, now).unwrap();
+        let o = server_side_apply(
+            Some(&o),
+            &none,
+            "m2",
+            "v1",
+            "",
+            Scope::All,
+            &builtin_list_kind,
+            false,
+            now,
+        )
+        .unwrap();
         assert_eq!(o["spec"], json!({"a": 1}));
         let conflict =
             json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 5}});
-        let e = server_side_apply(Some(&o), &conflict, "m3", "v1", "", Scope::All, false, now)
-            .unwrap_err();
+        let e = server_side_apply(
+            Some(&o),
+            &conflict,
+            "m3",
+            "v1",
+            "",
+            Scope::All,
+            &builtin_list_kind,
+            false,
+            now,
+        )
+        .unwrap_err();
         assert_eq!(e.code, 409);
         assert_eq!(
             e.message,
             "Apply failed with 1 conflict: conflict with \"m1\" using v1: .spec.a"
         );
+    }
+
+    #[test]
+    fn keyed_lists_are_owned_per_item() {
+        let now = "2026-01-01T00:00:00Z";
+        let kinds = |p: &[String]| {
+            if p.last().map(String::as_str) == Some("f:conditions") {
+                ListKind::Map(vec!["type".into()])
+            } else {
+                ListKind::Atomic
+            }
+        };
+        let cfg = |conds: Value| json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "status": {"conditions": conds}});
+        let o = server_side_apply(
+            None,
+            &cfg(json!([{"type": "A", "status": "True"}])),
+            "m1",
+            "v1",
+            "",
+            Scope::All,
+            &kinds,
+            false,
+            now,
+        )
+        .unwrap();
+        let o = server_side_apply(
+            Some(&o),
+            &cfg(json!([{"type": "B", "status": "False"}])),
+            "m2",
+            "v1",
+            "",
+            Scope::All,
+            &kinds,
+            false,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            o["status"]["conditions"],
+            json!([{"type": "A", "status": "True"}, {"type": "B", "status": "False"}]),
+            "both items kept"
+        );
+        let fields = read_managed(&o);
+        assert!(
+            fields[0]
+                .fields
+                .iter()
+                .any(|p| p.contains(&"k:{\"type\":\"A\"}".to_string())),
+            "{fields:?}"
+        );
+        // m2 changing A's status conflicts with m1; its own item does not.
+        let e = server_side_apply(
+            Some(&o),
+            &cfg(json!([{"type": "A", "status": "False"}, {"type": "B", "status": "False"}])),
+            "m2",
+            "v1",
+            "",
+            Scope::All,
+            &kinds,
+            false,
+            now,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("conflict with \"m1\""), "{}", e.message);
+        // m1 drops its item: removed; m2's stays.
+        let o = server_side_apply(
+            Some(&o),
+            &cfg(json!([])),
+            "m1",
+            "v1",
+            "",
+            Scope::All,
+            &kinds,
+            false,
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            o["status"]["conditions"],
+            json!([{"type": "B", "status": "False"}])
+        );
+        // m2 drops one field of its item: the item stays with its key.
+        let o = server_side_apply(
+            Some(&o),
+            &cfg(json!([{"type": "B"}])),
+            "m2",
+            "v1",
+            "",
+            Scope::All,
+            &kinds,
+            false,
+            now,
+        )
+        .unwrap();
+        assert_eq!(o["status"]["conditions"], json!([{"type": "B"}]));
     }
 }

@@ -198,6 +198,30 @@ fn check_structural(s: &Value, path: &str, root: bool, out: &mut Vec<Cause>) {
 }
 
 impl CompiledSchema {
+    /// The list kind (`x-kubernetes-list-type`) at a managed-fields path.
+    pub fn list_kind_at(&self, path: &[String]) -> super::patch::ListKind {
+        use super::patch::ListKind;
+        let mut node = &self.root;
+        for seg in path {
+            let next = if let Some(k) = seg.strip_prefix("f:") {
+                node.properties.get(k).or(node.additional.as_deref())
+            } else {
+                node.items.as_deref()
+            };
+            match next {
+                Some(n) => node = n,
+                None => return ListKind::Atomic,
+            }
+        }
+        match node.list_type.as_deref() {
+            Some("set") => ListKind::Set,
+            Some("map") if !node.list_map_keys.is_empty() => {
+                ListKind::Map(node.list_map_keys.clone())
+            }
+            _ => ListKind::Atomic,
+        }
+    }
+
     pub fn compile(schema: &Value) -> Result<Self, Vec<Cause>> {
         let mut errors = Vec::new();
         let root = compile_node(schema, "", &mut errors);
