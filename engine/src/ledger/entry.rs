@@ -504,31 +504,59 @@ pub fn verify_jsonl_with_threads(
 ) -> Result<Vec<LedgerEntry>, ChainError> {
     let lines = split_lines(bytes);
     let threads = threads.clamp(1, 16);
-    let chunk = lines.len().div_ceil(threads).max(1024);
-    let results: Vec<(Vec<LedgerEntry>, Option<ChainError>)> = if lines.len() <= chunk {
-        vec![check_chunk(0, &lines)]
+    // Small chunks handed out on demand, so a thread slowed by other load
+    // on the machine does not hold the others up.
+    const CHUNK: usize = 4096;
+    let chunks: Vec<&[&[u8]]> = lines.chunks(CHUNK).collect();
+    type Checked = (Vec<LedgerEntry>, Option<ChainError>);
+    let results: Vec<Checked> = if threads == 1 || chunks.len() <= 1 {
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, part)| check_chunk(i * CHUNK, part))
+            .collect()
     } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut slots: Vec<Option<Checked>> = (0..chunks.len()).map(|_| None).collect();
         std::thread::scope(|s| {
-            let handles: Vec<_> = lines
-                .chunks(chunk)
-                .enumerate()
-                .map(|(i, part)| s.spawn(move || check_chunk(i * chunk, part)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        (
-                            Vec::new(),
-                            Some(ChainError::Malformed {
-                                line: 0,
-                                message: "internal error: a verifier thread panicked".into(),
-                            }),
-                        )
+            let workers: Vec<_> = (0..threads.min(chunks.len()))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(part) = chunks.get(i) else {
+                                break;
+                            };
+                            done.push((i, check_chunk(i * CHUNK, part)));
+                        }
+                        done
                     })
                 })
-                .collect()
-        })
+                .collect();
+            for w in workers {
+                // A worker only panics on a bug; its chunks then stay unfilled and are reported below.
+                if let Ok(done) = w.join() {
+                    for (i, r) in done {
+                        slots[i] = Some(r);
+                    }
+                }
+            }
+        });
+        slots
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    (
+                        Vec::new(),
+                        Some(ChainError::Malformed {
+                            line: 0,
+                            message: "internal error: a verifier thread panicked".into(),
+                        }),
+                    )
+                })
+            })
+            .collect()
     };
     let mut entries = Vec::with_capacity(lines.len());
     let mut expected = LedgerHead::GENESIS;

@@ -844,10 +844,13 @@ impl<'a> Validator<'a> {
 /// `a < b` for raw (canonically escaped) key contents, by UTF-16 code units
 /// of the decoded strings.
 fn key_raw_less(a: &[u8], b: &[u8]) -> bool {
+    // UTF-8 byte order equals UTF-16 code unit order for characters below
+    // U+E000 (lead bytes below 0xEE); escapes need decoding first.
+    let plain = |k: &[u8]| k.iter().all(|&c| c < 0xee && c != b'\\');
+    if plain(a) && plain(b) {
+        return a < b;
+    }
     if !a.contains(&b'\\') && !b.contains(&b'\\') {
-        if a.is_ascii() && b.is_ascii() {
-            return a < b;
-        }
         if let (Ok(x), Ok(y)) = (std::str::from_utf8(a), std::str::from_utf8(b)) {
             return key_cmp(x, y).is_lt();
         }
