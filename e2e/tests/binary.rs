@@ -43,10 +43,6 @@ async fn binary_serves_until_sigterm() {
         .await
         .unwrap();
     eprintln!("started in {:?}: {line}", t0.elapsed());
-    assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "starts well under a second (plus process spawn)"
-    );
     // The kubeconfig's default user is a cluster admin.
     let admin = client_from_kubeconfig(&kubeconfig).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");

@@ -1242,13 +1242,13 @@ async fn injected_faults() {
     });
     let t0 = std::time::Instant::now();
     let s = cms
-        .watch(&WatchParams::default().timeout(30), "0")
+        .watch(&WatchParams::default().timeout(60), "0")
         .await
         .unwrap();
     let n = tokio::time::timeout(T, s.count()).await.unwrap();
     assert!(n > 0);
     assert!(
-        t0.elapsed() < Duration::from_secs(5),
+        t0.elapsed() < Duration::from_secs(20),
         "the watch was closed by the server"
     );
     standin.set_faults(Faults::default());

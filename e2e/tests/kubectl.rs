@@ -141,6 +141,13 @@ async fn apply_crds_then_get_with_printer_columns() {
         ],
     );
     assert_eq!(o.stdout, "1", "defaults visible through kubectl");
+    // kubectl explain reads the CRD schema from OpenAPI v3.
+    let o = kubectl(&c, &["explain", "widgets.spec.color"]);
+    assert!(
+        o.ok && o.stdout.contains("enum: red, green, blue"),
+        "{}",
+        o.stdout
+    );
     // Client-side apply again: a patch, generation bumps.
     let changed = std::fs::read_to_string(fixtures().join("widget-a.yaml"))
         .unwrap()
