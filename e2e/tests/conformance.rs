@@ -172,6 +172,25 @@ async fn errors_are_status_objects_with_real_codes() {
         "{}",
         e.message
     );
+    // Objects beyond etcd's 1.5 MiB limit, and bodies beyond 3 MiB.
+    let e = api_err(
+        cms.create(
+            &PostParams::default(),
+            &cm("too-big", json!({"x": "y".repeat(1_600_000)})),
+        )
+        .await,
+    );
+    assert_eq!((e.code, e.reason.as_str()), (413, "RequestEntityTooLarge"));
+    assert_eq!(e.message, "etcdserver: request is too large");
+    let e = api_err(
+        cms.create(
+            &PostParams::default(),
+            &cm("far-too-big", json!({"x": "y".repeat(3_200_000)})),
+        )
+        .await,
+    );
+    assert_eq!(e.code, 413);
+    assert!(e.message.contains("limit is 3145728"), "{}", e.message);
     // Invalid name.
     let e = api_err(
         cms.create(&PostParams::default(), &cm("Not_Valid", json!({})))

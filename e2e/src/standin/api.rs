@@ -29,6 +29,9 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// etcd's default `--max-request-bytes`.
+const MAX_STORED_OBJECT: usize = 1536 * 1024;
+
 pub fn now_rfc3339() -> String {
     let t = jiff::Timestamp::now();
     jiff::Timestamp::from_second(t.as_second())
@@ -266,11 +269,13 @@ fn verb_of(method: &Method, t: &Target, q: &Query) -> &'static str {
 
 async fn read_body(body: Incoming) -> ApiResult<Bytes> {
     let limited = http_body_util::Limited::new(body, MAX_BODY);
-    limited
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}")))
+    limited.collect().await.map(|c| c.to_bytes()).map_err(|_| {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {MAX_BODY}"),
+        )
+    })
 }
 
 fn decode(bytes: &[u8], content_type: &str) -> ApiResult<Value> {
@@ -1754,6 +1759,16 @@ async fn finish_write(
     admission::validate(server, def, version, sub, op, &new, old.as_deref(), ctx).await?;
     if ctx.dry_run {
         return Ok(Commit::Done(new));
+    }
+    // etcd's request limit (1.5 MiB); custom resources are stored as JSON,
+    // built-ins as (smaller) protobuf, so this is exact for the former only.
+    let size = serde_json::to_vec(&new).map_or(0, |b| b.len());
+    if size > MAX_STORED_OBJECT {
+        return Err(ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            "etcdserver: request is too large",
+        ));
     }
     let name = meta_str(&new, "name").to_string();
     let mut store = server.lock();
