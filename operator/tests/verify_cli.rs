@@ -394,3 +394,74 @@ fn coreutils_recompute_an_entry_hash() {
         );
     }
 }
+
+/// `simulate --out DIR` writes its bundle through `bundle::write_outputs`.
+#[test]
+fn the_bundle_holds_every_file_and_verifies() {
+    use komptroller::cmd::bundle::write_outputs;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("out");
+    let mut ledger = Ledger::new();
+    for r in sample_records(120, 5, "2026-04-01T00:00:00Z".parse().expect("time")) {
+        ledger.append(r).expect("append");
+    }
+    let policies = komptroller_engine::manifest::parse_policies(POLICY, "policy").expect("policy");
+    let first = &ledger.entries()[..70];
+    let out = write_outputs(&d, first, &policies, None, None, None).expect("bundle");
+    let names: Vec<String> = out
+        .files
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    for want in [
+        "ledger.jsonl",
+        "report.json",
+        "report.csv",
+        "report.md",
+        "openreport.yaml",
+        "signing-key.pem",
+        "public-key.pem",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+        assert!(d.join(want).exists(), "{want} not written");
+    }
+    let key = out.generated_key.clone().expect("a key was generated");
+    assert!(out.to_string().contains("public-key.pem"));
+    let o = run(bin()
+        .arg("verify")
+        .arg("--report")
+        .arg(d.join("report.json"))
+        .arg("--key")
+        .arg(&key.public_key)
+        .arg("--ledger")
+        .arg(d.join("ledger.jsonl")));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    // A second bundle continuing the first reuses the key and links to it.
+    std::fs::copy(d.join("report.json"), dir.path().join("first.json")).expect("copy");
+    let out2 = write_outputs(
+        &d,
+        ledger.entries(),
+        &policies,
+        None,
+        None,
+        Some(&out.report),
+    )
+    .expect("bundle 2");
+    assert_eq!(out2.generated_key.expect("key").key_id, key.key_id);
+    assert_eq!(out2.report.report.range.from, 70);
+    let o = run(bin()
+        .arg("verify")
+        .arg("--report")
+        .arg(d.join("report.json"))
+        .arg("--key")
+        .arg(&key.public_key)
+        .arg("--ledger")
+        .arg(d.join("ledger.jsonl"))
+        .arg("--previous")
+        .arg(dir.path().join("first.json")));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}

@@ -152,7 +152,8 @@ fn write_file(
 /// - `signing_key`: a PKCS#8 PEM private key. When `None`, the key pair
 ///   `signing-key.pem` / `public-key.pem` in `dir` is reused if both exist,
 ///   else generated there; [`BundleOutputs::generated_key`] says which files.
-/// - `period`: defaults to the span of the entries' times.
+/// - `period`: defaults to the span of the entries' times (for a continuing
+///   report: from the previous report's end to the last entry).
 /// - `previous`: the report this one continues, if any.
 pub fn write_outputs(
     dir: &Path,
@@ -185,7 +186,25 @@ pub fn write_outputs(
             key
         }
     };
-    let period = period.unwrap_or_else(|| Period::covering(entries));
+    let period = period.unwrap_or_else(|| match previous {
+        // A continuing report starts where the previous one ended and covers the new entries.
+        Some(p) => {
+            let start = usize::try_from(p.report.range.to)
+                .unwrap_or(usize::MAX)
+                .min(entries.len());
+            let new = Period::covering(&entries[start..]);
+            let from = p.report.period.to;
+            Period {
+                from,
+                to: if start < entries.len() {
+                    new.to.max(from)
+                } else {
+                    from
+                },
+            }
+        }
+        None => Period::covering(entries),
+    });
     let body = build_report(entries, policies, period, previous)
         .map_err(|e| BundleError(format!("cannot build the report: {e}")))?;
     let report = body
