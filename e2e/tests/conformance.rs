@@ -1229,6 +1229,31 @@ async fn injected_faults() {
         }
     }
     assert!((50..150).contains(&failures), "about half fail: {failures}");
+    // 429: kube-rs's default client retries them (honouring Retry-After); a
+    // client without retries sees the Status.
+    standin.set_faults(Faults {
+        throttle_429: 1.0,
+        ..Faults::default()
+    });
+    let kc = kube::config::Kubeconfig::read_from(c.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    config.default_retry = false;
+    let no_retry: Api<ConfigMap> =
+        Api::namespaced(kube::Client::try_from(config).unwrap(), &ns.name);
+    let e = api_err(no_retry.get("r0").await);
+    assert_eq!((e.code, e.reason.as_str()), (429, "TooManyRequests"));
+    assert_eq!(e.details.map(|d| d.retry_after_seconds), Some(1));
+    standin.set_faults(Faults {
+        throttle_429: 0.2,
+        ..Faults::default()
+    });
+    for _ in 0..5 {
+        cms.list(&ListParams::default())
+            .await
+            .expect("retried past 429s");
+    }
     standin.set_faults(Faults {
         latency_ms: 300,
         ..Faults::default()

@@ -459,6 +459,16 @@ async fn handle_inner(
             return Err(e);
         }
     }
+    let faults = server.faults();
+    if faults.throttle_429 > 0.0 && fastrand::f64() < faults.throttle_429 {
+        let mut e = ApiError::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
     let is_write = matches!(
         verb,
         "create" | "update" | "patch" | "delete" | "deletecollection"

@@ -94,6 +94,9 @@ pub struct Faults {
     pub write_error_500: f64,
     /// Share (0..=1) of writes failing with 409 Conflict.
     pub write_error_409: f64,
+    /// Share (0..=1) of all resource requests answered 429 TooManyRequests
+    /// (API priority and fairness), with `Retry-After: 1`.
+    pub throttle_429: f64,
     /// Watches are closed by the server every this many seconds.
     pub watch_close_every_secs: Option<f64>,
     /// Latency added to every request, in milliseconds.
