@@ -546,7 +546,7 @@ async fn admission_failure_policy_and_timeouts() {
 }
 
 #[tokio::test]
-async fn admission_match_conditions_and_dry_run_side_effects() {
+async fn admission_match_conditions_and_dry_run() {
     let tokens = Tokens::parse("tok-op,system:serviceaccount:ops:operator,uid-op,\"system:serviceaccounts\"\ntok-alice,alice,uid-1,\"devs\"\n").unwrap();
     let c = cluster_with_crds(Options {
         tokens,
@@ -570,7 +570,7 @@ async fn admission_match_conditions_and_dry_run_side_effects() {
         {"name": "not-the-operator", "expression": "request.userInfo.username != 'system:serviceaccount:ops:operator'"},
         {"name": "only-labelled", "expression": "has(object.metadata.labels) && 'check' in object.metadata.labels"}
     ]);
-    cfg["webhooks"][0]["sideEffects"] = json!("Some");
+    cfg["webhooks"][0]["sideEffects"] = json!("NoneOnDryRun");
     let cfgs: Api<DynamicObject> = c
         .dynamic_api(
             &kube::core::GroupVersionKind::gvk(
@@ -614,13 +614,13 @@ async fn admission_match_conditions_and_dry_run_side_effects() {
         dry_run: true,
         ..PostParams::default()
     };
+    // Dry runs reach webhooks declared NoneOnDryRun, flagged as such.
+    let before = server.reviews.lock().unwrap().len();
     let e = api_err(alice.create(&dry, &cm("dry", json!({"check": "1"}))).await);
-    assert_eq!(e.code, 400);
-    assert!(
-        e.message.contains("does not support dry run"),
-        "{}",
-        e.message
-    );
+    assert_eq!(e.code, 403);
+    let reviews = server.reviews.lock().unwrap().clone();
+    assert_eq!(reviews.len(), before + 1);
+    assert_eq!(reviews.last().unwrap()["request"]["dryRun"], true);
 }
 
 #[tokio::test]
@@ -687,4 +687,102 @@ async fn admission_webhook_by_service_reference() {
         e.message
     );
     assert_eq!(server.reviews.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn webhook_configurations_and_roles_are_validated_and_defaulted() {
+    let c = cluster_with_crds(Options::default()).await;
+    let cfgs: Api<DynamicObject> = c
+        .dynamic_api(
+            &kube::core::GroupVersionKind::gvk(
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingWebhookConfiguration",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let base = |hook: Value| {
+        serde_json::from_value::<DynamicObject>(json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "v"}, "webhooks": [hook]})).unwrap()
+    };
+    let good = json!({"name": "validate.komptroller.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+        "clientConfig": {"service": {"namespace": "ops", "name": "hook"}},
+        "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}]});
+    for (broken, field) in [
+        (json!({"name": "short"}), "webhooks[0].name"),
+        (json!({"sideEffects": "Unknown"}), "webhooks[0].sideEffects"),
+        (
+            json!({"admissionReviewVersions": ["v2"]}),
+            "webhooks[0].admissionReviewVersions",
+        ),
+        (
+            json!({"clientConfig": {"url": "http://x.example/"}}),
+            "webhooks[0].clientConfig.url",
+        ),
+        (json!({"timeoutSeconds": 31}), "webhooks[0].timeoutSeconds"),
+    ] {
+        let mut h = good.clone();
+        for (k, v) in broken.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        let e = api_err(cfgs.create(&PostParams::default(), &base(h)).await);
+        assert_eq!(e.code, 422);
+        let causes = e.details.map(|d| d.causes).unwrap_or_default();
+        assert!(
+            causes.iter().any(|c| c.field == field),
+            "{field}: {causes:?}"
+        );
+    }
+    let o = cfgs
+        .create(&PostParams::default(), &base(good))
+        .await
+        .unwrap();
+    let h = &o.data["webhooks"][0];
+    assert_eq!(
+        (
+            h["failurePolicy"].as_str(),
+            h["timeoutSeconds"].as_i64(),
+            h["matchPolicy"].as_str()
+        ),
+        (Some("Fail"), Some(10), Some("Equivalent"))
+    );
+    assert_eq!(h["clientConfig"]["service"]["port"], 443);
+    let roles: Api<DynamicObject> = c
+        .dynamic_api(
+            &kube::core::GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "Role"),
+            Some("default"),
+        )
+        .await
+        .unwrap();
+    let role = |rules: Value| {
+        serde_json::from_value::<DynamicObject>(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r"}, "rules": rules})).unwrap()
+    };
+    let e = api_err(
+        roles
+            .create(
+                &PostParams::default(),
+                &role(json!([{"resources": ["pods"], "verbs": ["get"]}])),
+            )
+            .await,
+    );
+    assert!(
+        e.message.contains("rules[0].apiGroups: Required value"),
+        "{}",
+        e.message
+    );
+    let e = api_err(
+        roles
+            .create(
+                &PostParams::default(),
+                &role(json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])),
+            )
+            .await,
+    );
+    assert!(
+        e.message
+            .contains("namespaced rules cannot apply to non-resource URLs"),
+        "{}",
+        e.message
+    );
 }

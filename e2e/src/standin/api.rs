@@ -1358,6 +1358,246 @@ fn prune_builtin(
     }
 }
 
+/// RBAC rule validation: verbs required; resource rules need API groups and
+/// resources; non-resource URLs only in ClusterRoles and without groups.
+fn rbac_rule_causes(obj: &Value) -> Vec<Cause> {
+    let cluster = obj.get("kind").and_then(Value::as_str) == Some("ClusterRole");
+    let mut out = Vec::new();
+    let rules = obj
+        .get("rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let non_empty = |r: &Value, k: &str| {
+        r.get(k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    for (i, r) in rules.iter().enumerate() {
+        let at = |f: &str| format!("rules[{i}].{f}");
+        if !non_empty(r, "verbs") {
+            out.push(Cause::new(
+                at("verbs"),
+                "FieldValueRequired",
+                "Required value: verbs must contain at least one value",
+            ));
+        }
+        let urls = non_empty(r, "nonResourceURLs");
+        if urls {
+            if !cluster {
+                out.push(Cause::new(
+                    at("nonResourceURLs"),
+                    "FieldValueInvalid",
+                    "Invalid value: namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if non_empty(r, "apiGroups")
+                || non_empty(r, "resources")
+                || non_empty(r, "resourceNames")
+            {
+                out.push(Cause::new(at("nonResourceURLs"), "FieldValueInvalid", "Invalid value: rules cannot apply to both regular resources and non-resource URLs"));
+            }
+            continue;
+        }
+        if !non_empty(r, "apiGroups") {
+            out.push(Cause::new(
+                at("apiGroups"),
+                "FieldValueRequired",
+                "Required value: resource rules must supply at least one api group",
+            ));
+        }
+        if !non_empty(r, "resources") {
+            out.push(Cause::new(
+                at("resources"),
+                "FieldValueRequired",
+                "Required value: resource rules must supply at least one resource",
+            ));
+        }
+    }
+    out
+}
+
+/// Defaults and validation of admission webhook configurations (v1), as
+/// kube-apiserver applies them; a chart with a malformed webhook fails here.
+fn default_and_validate_webhooks(obj: &mut Value, mutating: bool) -> Vec<Cause> {
+    let mut out = Vec::new();
+    let Some(hooks) = obj.get_mut("webhooks").and_then(Value::as_array_mut) else {
+        return out;
+    };
+    let mut names: Vec<String> = Vec::new();
+    for (i, h) in hooks.iter_mut().enumerate() {
+        let at = |f: &str| format!("webhooks[{i}].{f}");
+        let Some(m) = h.as_object_mut() else {
+            continue;
+        };
+        let name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if name.is_empty() {
+            out.push(Cause::new(
+                at("name"),
+                "FieldValueRequired",
+                "Required value",
+            ));
+        } else if name.split('.').count() < 3 || !dns_subdomain_ok(&name) {
+            out.push(Cause::new(at("name"), "FieldValueInvalid", format!("Invalid value: \"{name}\": should be a domain with at least three segments separated by dots")));
+        } else if names.contains(&name) {
+            out.push(Cause::new(
+                at("name"),
+                "FieldValueDuplicate",
+                format!("Duplicate value: \"{name}\""),
+            ));
+        }
+        names.push(name);
+        match m.get("admissionReviewVersions").and_then(Value::as_array) {
+            Some(v) if v.iter().any(|x| x == "v1" || x == "v1beta1") => {}
+            _ => out.push(Cause::new(
+                at("admissionReviewVersions"),
+                "FieldValueRequired",
+                "Required value: must specify one of v1, v1beta1",
+            )),
+        }
+        match m.get("sideEffects").and_then(Value::as_str) {
+            Some("None" | "NoneOnDryRun") => {}
+            Some(other) => out.push(Cause::new(
+                at("sideEffects"),
+                "FieldValueNotSupported",
+                format!(
+                    "Unsupported value: \"{other}\": supported values: \"None\", \"NoneOnDryRun\""
+                ),
+            )),
+            None => out.push(Cause::new(
+                at("sideEffects"),
+                "FieldValueRequired",
+                "Required value: must specify one of None, NoneOnDryRun",
+            )),
+        }
+        m.entry("failurePolicy").or_insert(json!("Fail"));
+        m.entry("matchPolicy").or_insert(json!("Equivalent"));
+        m.entry("timeoutSeconds").or_insert(json!(10));
+        m.entry("namespaceSelector").or_insert(json!({}));
+        m.entry("objectSelector").or_insert(json!({}));
+        if mutating {
+            m.entry("reinvocationPolicy").or_insert(json!("Never"));
+        }
+        match m.get("failurePolicy").and_then(Value::as_str) {
+            Some("Fail" | "Ignore") => {}
+            other => out.push(Cause::new(
+                at("failurePolicy"),
+                "FieldValueNotSupported",
+                format!("Unsupported value: {other:?}: supported values: \"Fail\", \"Ignore\""),
+            )),
+        }
+        if let Some(t) = m.get("timeoutSeconds").and_then(Value::as_i64)
+            && !(1..=30).contains(&t)
+        {
+            out.push(Cause::new(
+                at("timeoutSeconds"),
+                "FieldValueInvalid",
+                format!("Invalid value: {t}: the timeout value must be between 1 and 30 seconds"),
+            ));
+        }
+        let cc = m.entry("clientConfig").or_insert(json!({}));
+        let url = cc.get("url").and_then(Value::as_str).map(String::from);
+        let has_service = cc.get("service").is_some();
+        match (url, has_service) {
+            (Some(_), true) | (None, false) => out.push(Cause::new(
+                at("clientConfig"),
+                "FieldValueRequired",
+                "Required value: exactly one of url or service is required",
+            )),
+            (Some(u), false) => {
+                if !u.starts_with("https://") {
+                    out.push(Cause::new(
+                        at("clientConfig.url"),
+                        "FieldValueInvalid",
+                        format!("Invalid value: \"{u}\": 'https' is the only allowed URL scheme"),
+                    ));
+                }
+                if u.contains('#') || u.contains('?') {
+                    out.push(Cause::new(
+                        at("clientConfig.url"),
+                        "FieldValueInvalid",
+                        format!(
+                            "Invalid value: \"{u}\": fragments and query parameters are not allowed"
+                        ),
+                    ));
+                }
+            }
+            (None, true) => {
+                if let Some(svc) = cc.get_mut("service").and_then(Value::as_object_mut) {
+                    svc.entry("port").or_insert(json!(443));
+                    if svc
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .is_empty()
+                    {
+                        out.push(Cause::new(
+                            at("clientConfig.service.name"),
+                            "FieldValueRequired",
+                            "Required value: service name is required",
+                        ));
+                    }
+                    if svc
+                        .get("namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .is_empty()
+                    {
+                        out.push(Cause::new(
+                            at("clientConfig.service.namespace"),
+                            "FieldValueRequired",
+                            "Required value: service namespace is required",
+                        ));
+                    }
+                    if let Some(p) = svc.get("path").and_then(Value::as_str)
+                        && !p.starts_with('/')
+                    {
+                        out.push(Cause::new(
+                            at("clientConfig.service.path"),
+                            "FieldValueInvalid",
+                            format!("Invalid value: \"{p}\": must start with a '/'"),
+                        ));
+                    }
+                    if let Some(port) = svc.get("port").and_then(Value::as_i64)
+                        && !(1..=65535).contains(&port)
+                    {
+                        out.push(Cause::new(
+                            at("clientConfig.service.port"),
+                            "FieldValueInvalid",
+                            format!("Invalid value: {port}: port is not valid"),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(rules) = m.get_mut("rules").and_then(Value::as_array_mut) {
+            for (j, r) in rules.iter_mut().enumerate() {
+                if let Some(rm) = r.as_object_mut() {
+                    rm.entry("scope").or_insert(json!("*"));
+                    for f in ["operations", "apiGroups", "apiVersions", "resources"] {
+                        if rm
+                            .get(f)
+                            .and_then(Value::as_array)
+                            .is_none_or(Vec::is_empty)
+                        {
+                            out.push(Cause::new(
+                                format!("webhooks[{i}].rules[{j}].{f}"),
+                                "FieldValueRequired",
+                                "Required value",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Defaults and validation of built-in kinds that the product relies on.
 fn builtin_rules(def: &ResourceDef, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
     let name = meta_str(obj, "name").to_string();
@@ -1506,6 +1746,22 @@ fn builtin_rules(def: &ResourceDef, obj: &mut Value, old: Option<&Value>) -> Api
                         format!("Invalid value: {d}: must be greater than 0"),
                     )],
                 ));
+            }
+        }
+        ("rbac.authorization.k8s.io", "roles" | "clusterroles") => {
+            let causes = rbac_rule_causes(obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(&def.kind, &def.group, &name, causes));
+            }
+        }
+        (
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations" | "mutatingwebhookconfigurations",
+        ) => {
+            let mutating = def.plural == "mutatingwebhookconfigurations";
+            let causes = default_and_validate_webhooks(obj, mutating);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(&def.kind, &def.group, &name, causes));
             }
         }
         ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
