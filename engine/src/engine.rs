@@ -389,6 +389,10 @@ pub struct Engine {
     cluster_usage: Usage,
     ns_usage: HashMap<String, Usage>,
     queue: BTreeMap<QueueKey, JobKey>,
+    /// Queued jobs that freed capacity could help (waiting on a cap, or unknown).
+    capacity_waiters: std::collections::BTreeSet<QueueKey>,
+    /// Queued jobs that time could help (waiting on a budget window, or unknown).
+    budget_waiters: std::collections::BTreeSet<QueueKey>,
     crossings: Vec<Crossing>,
     crossed: HashSet<(String, String, String)>,
     next_seq: u64,
@@ -430,6 +434,8 @@ impl Engine {
             cluster_usage: Usage::default(),
             ns_usage: HashMap::new(),
             queue: BTreeMap::new(),
+            capacity_waiters: Default::default(),
+            budget_waiters: Default::default(),
             crossings: Vec::new(),
             crossed: HashSet::new(),
             next_seq: 0,
@@ -678,10 +684,9 @@ impl Engine {
             });
         }
         if job.phase == Phase::Queued {
-            self.queue.insert(
-                (Reverse(job.request.priority), job.submitted_at, job.seq),
-                key.clone(),
-            );
+            let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
+            self.queue.insert(qk, key.clone());
+            self.set_waits(qk, &[]);
         }
         if let Some(old) = self.jobs.insert(key, job) {
             self.unqueue(&old);
@@ -1062,10 +1067,38 @@ impl Engine {
         Ok(())
     }
 
+    fn dequeue(&mut self, qk: &QueueKey) {
+        self.queue.remove(qk);
+        self.capacity_waiters.remove(qk);
+        self.budget_waiters.remove(qk);
+    }
+
+    /// Files a queued job under what could free it.
+    fn set_waits(&mut self, qk: QueueKey, throttled_on: &[String]) {
+        let on_budget = throttled_on.iter().any(|c| c.starts_with("budget/"));
+        let on_other = throttled_on.iter().any(|c| !c.starts_with("budget/"));
+        let unknown = throttled_on.is_empty();
+        if on_other || unknown {
+            self.capacity_waiters.insert(qk);
+        } else {
+            self.capacity_waiters.remove(&qk);
+        }
+        if on_budget || unknown {
+            self.budget_waiters.insert(qk);
+        } else {
+            self.budget_waiters.remove(&qk);
+        }
+    }
+
+    fn any_strict(&self) -> bool {
+        self.policies
+            .values()
+            .any(|p| p.spec.queueing == Queueing::StrictFIFO)
+    }
+
     fn unqueue(&mut self, job: &JobState) {
         if job.phase == Phase::Queued {
-            self.queue
-                .remove(&(Reverse(job.request.priority), job.submitted_at, job.seq));
+            self.dequeue(&(Reverse(job.request.priority), job.submitted_at, job.seq));
         }
     }
 
@@ -1108,11 +1141,20 @@ impl Engine {
             return;
         }
         let mut blocked: HashSet<String> = HashSet::new();
-        let keys: Vec<(QueueKey, JobKey)> =
-            self.queue.iter().map(|(q, k)| (*q, k.clone())).collect();
-        for (qk, key) in keys {
+        // Without StrictFIFO, nobody blocks anybody: scan only the jobs the
+        // trigger could help. With it, every queued job ahead matters.
+        let strict = self.any_strict();
+        let qks: Vec<QueueKey> = match (trigger, strict) {
+            (Trigger::Capacity, false) => self.capacity_waiters.iter().copied().collect(),
+            (Trigger::Time, false) => self.budget_waiters.iter().copied().collect(),
+            _ => self.queue.keys().copied().collect(),
+        };
+        for qk in qks {
+            let Some(key) = self.queue.get(&qk).cloned() else {
+                continue;
+            };
             let Some(job) = self.jobs.get(&key) else {
-                self.queue.remove(&qk);
+                self.dequeue(&qk);
                 continue;
             };
             // Freed capacity cannot help a job waiting only on a budget window,
@@ -1141,6 +1183,7 @@ impl Engine {
                     self.wakeups.insert(w);
                 }
                 // Still waiting: keep the place, refresh the reason quietly.
+                self.set_waits(qk, &eval.throttled_on);
                 if let Some(j) = self.jobs.get_mut(&key) {
                     j.decision = Some(eval.decision);
                     j.throttled_on = eval.throttled_on;
@@ -1148,7 +1191,7 @@ impl Engine {
                 }
                 continue;
             }
-            self.queue.remove(&qk);
+            self.dequeue(&qk);
             self.commit(now, &key, eval, step, false);
         }
     }
@@ -1167,6 +1210,9 @@ impl Engine {
     /// Constraints blocked by queued jobs ahead of `job` (StrictFIFO).
     fn blocked_ahead(&self, qk: QueueKey) -> HashSet<String> {
         let mut out = HashSet::new();
+        if self.queue.is_empty() || !self.any_strict() {
+            return out;
+        }
         for other in self.queue.range(..qk).map(|(_, k)| k) {
             if let Some(o) = self.jobs.get(other) {
                 out.extend(o.throttled_on.iter().cloned());
@@ -1201,12 +1247,13 @@ impl Engine {
             if !was_queued {
                 self.queue.insert(qk, key.clone());
             }
+            self.set_waits(qk, &eval.throttled_on);
             decision.queue_position = u32::try_from(self.queue.range(..qk).count() + 1).ok();
             if let Some(w) = eval.wake_at {
                 self.wakeups.insert(w);
             }
         } else if was_queued {
-            self.queue.remove(&qk);
+            self.dequeue(&qk);
         }
         let charged = if phase == Phase::Admitted {
             eval.charge

@@ -201,6 +201,8 @@ pub struct SimulationSummary {
     pub lineages: BTreeMap<String, LineageTotals>,
     pub crossings: Vec<Crossing>,
     pub mean_queue_wait_seconds: f64,
+    /// Longest the queue got.
+    pub max_queue_depth: u64,
     pub max_queue_wait_seconds: f64,
     pub end: Option<Timestamp>,
 }
@@ -641,6 +643,7 @@ impl Simulation {
         if options.records {
             self.records.extend(step.records);
         }
+        self.summary.max_queue_depth = self.summary.max_queue_depth.max(engine.queue_len() as u64);
         for (id, d) in step.decisions {
             *self
                 .summary
@@ -766,9 +769,10 @@ impl Simulation {
             ));
         }
         out.push_str(&format!(
-            "mean wait of admitted jobs {}, longest {}\n",
+            "mean wait of admitted jobs {}, longest {}; queue depth at most {}\n",
             GoDuration::from_secs(s.mean_queue_wait_seconds as u64),
-            GoDuration::from_secs(s.max_queue_wait_seconds as u64)
+            GoDuration::from_secs(s.max_queue_wait_seconds as u64),
+            s.max_queue_depth
         ));
         out.push_str("\nLINEAGE TOTALS (charged = reserved at admission, never returned; consumed = metered)\n");
         out.push_str(&format!(

@@ -12,7 +12,7 @@ use komptroller_engine::manifest::parse_training_job;
 use komptroller_engine::units::sci;
 use serde_json::json;
 
-use super::{Output, fail, load_policies, read_file};
+use super::{Output, fail, load_policies, print_out, read_file};
 
 #[derive(clap::Args, Debug)]
 pub struct ProjectArgs {
@@ -32,10 +32,7 @@ pub struct ProjectArgs {
 
 pub fn run(args: ProjectArgs) -> ExitCode {
     match project(&args) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+        Ok(text) => print_out(&text),
         Err(message) => fail(&message),
     }
 }

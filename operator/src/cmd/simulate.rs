@@ -11,7 +11,7 @@ use komptroller_engine::simulate::{
     SimulateOptions, generate_trace, parse_trace, read_jsonl_trace, simulate, simulate_stream,
 };
 
-use super::{Output, fail, load_policies, read_file};
+use super::{Output, fail, load_policies, print_out, read_file};
 
 const DEFAULT_POLICY: &str = include_str!("../../assets/default-policy.yaml");
 const DEFAULT_TRACE: &str = include_str!("../../assets/default-trace.yaml");
@@ -52,10 +52,7 @@ Admitted jobs start at once and end after `runtime` (absent: at maxDuration, Dea
 
 pub fn run(args: SimulateArgs) -> ExitCode {
     match simulate_cmd(&args) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+        Ok(text) => print_out(&text),
         Err(message) => fail(&message),
     }
 }
