@@ -1254,13 +1254,35 @@ fn spec_changed(def: &ResourceDef, old: &Value, new: &Value) -> bool {
     }
 }
 
-fn without_volatile(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("managedFields");
-        m.remove("resourceVersion");
-    }
-    v
+/// Equal but for managedFields and resourceVersion (a no-op write), compared
+/// without cloning either object.
+fn same_but_volatile(a: &Value, b: &Value) -> bool {
+    let (Some(am), Some(bm)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let volatile = |k: &str| k == "managedFields" || k == "resourceVersion";
+    let meta_eq = |x: Option<&Value>, y: Option<&Value>| match (
+        x.and_then(Value::as_object),
+        y.and_then(Value::as_object),
+    ) {
+        (Some(xm), Some(ym)) => {
+            xm.iter().filter(|(k, _)| !volatile(k)).count()
+                == ym.iter().filter(|(k, _)| !volatile(k)).count()
+                && xm
+                    .iter()
+                    .filter(|(k, _)| !volatile(k))
+                    .all(|(k, v)| ym.get(k) == Some(v))
+        }
+        _ => x == y,
+    };
+    am.len() == bm.len()
+        && am.iter().all(|(k, v)| {
+            if k == "metadata" {
+                meta_eq(Some(v), bm.get(k))
+            } else {
+                bm.get(k) == Some(v)
+            }
+        })
 }
 
 /// Custom-resource schema: prune or reject unknown fields, default, validate.
@@ -2002,7 +2024,7 @@ async fn finish_write(
                 .unwrap_or(1);
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
-        if without_volatile(o) == without_volatile(&new)
+        if same_but_volatile(o, &new)
             && !(ssa_done
                 && o.pointer("/metadata/managedFields") != new.pointer("/metadata/managedFields"))
         {
