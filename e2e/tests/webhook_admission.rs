@@ -613,3 +613,133 @@ async fn self_managed_certificate_renews_and_replicas_agree() {
     a.terminate(Duration::from_secs(5)).await.unwrap();
     b.terminate(Duration::from_secs(5)).await.unwrap();
 }
+
+async fn wait_phase(env: &Env, name: &str, phases: &[&str]) -> DynamicObject {
+    let tjs = env.admin("TrainingJob").await;
+    e2e::harness::wait_for(&tjs, name, T, |o| {
+        o.data
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .is_some_and(|p| phases.contains(&p))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{name} never reached {phases:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_operator_ignore_still_holds_and_two_approvers_admit() {
+    let env = Env::start().await;
+    env.apply_policy(FRONTIER).await;
+    let alice_tj = env.api_as("alice", "TrainingJob").await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(env.cluster.client(), &env.ns.name);
+    let run = |metrics: String| {
+        vec![
+            "--metrics-addr".to_string(),
+            metrics,
+            "--namespace".to_string(),
+            WEBHOOK_NS.to_string(),
+            "--report-interval".to_string(),
+            "1h".to_string(),
+        ]
+    };
+
+    // The webhook registered with failurePolicy Ignore, then gone.
+    let (mut webhook, _) = env
+        .start_webhook(
+            "webhook",
+            &[
+                "--trainingjob-failure-policy",
+                "Ignore",
+                "--approval-failure-policy",
+                "Ignore",
+            ],
+        )
+        .await;
+    webhook.kill().await.unwrap();
+    // The operator alone (no --webhook-addr) still holds an escalated job.
+    let args = run(format!("127.0.0.1:{}", free_port()));
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.insert(0, "run");
+    let mut op = Process::start(
+        &komptroller(),
+        &args,
+        Some(env.cluster.kubeconfig()),
+        &[("RUST_LOG", "info")],
+    )
+    .unwrap();
+    alice_tj
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(training_job("held-run", 512, 720)).unwrap(),
+        )
+        .await
+        .unwrap();
+    let held = wait_phase(&env, "held-run", &["AwaitingApproval"]).await;
+    assert_eq!(
+        held.data
+            .pointer("/status/decision/rule")
+            .and_then(Value::as_str),
+        Some("tier/eu-systemic-risk")
+    );
+    assert!(
+        jobs.get_opt("held-run").await.unwrap().is_none(),
+        "nothing runs before admission"
+    );
+    op.terminate(Duration::from_secs(10)).await.unwrap();
+
+    // The operator with its webhook (Fail again): two distinct approvers from the group admit.
+    let extra = run(format!("127.0.0.1:{}", free_port()));
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (mut op, _) = env.start_webhook("run", &extra).await;
+    alice_tj
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(training_job("frontier-run", 512, 720)).unwrap(),
+        )
+        .await
+        .unwrap();
+    let tj = wait_phase(&env, "frontier-run", &["AwaitingApproval"]).await;
+    let hash = tj
+        .data
+        .pointer("/status/specHash")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_string();
+    let m = denial(
+        env.api_as("alice", "ComputeApproval")
+            .await
+            .create(
+                &PostParams::default(),
+                &approval("by-alice", "frontier-run", &hash, json!({})),
+            )
+            .await,
+    );
+    assert_contains(&m, &["separation of duties"]);
+    env.api_as("bob", "ComputeApproval")
+        .await
+        .create(
+            &PostParams::default(),
+            &approval("by-bob", "frontier-run", &hash, json!({})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        jobs.get_opt("frontier-run").await.unwrap().is_none(),
+        "one approval of two admits nothing"
+    );
+    env.api_as("carol", "ComputeApproval")
+        .await
+        .create(
+            &PostParams::default(),
+            &approval("by-carol", "frontier-run", &hash, json!({})),
+        )
+        .await
+        .unwrap();
+    wait_phase(&env, "frontier-run", &["Admitted", "Running"]).await;
+    e2e::harness::wait_for(&jobs, "frontier-run", T, |_| true)
+        .await
+        .unwrap();
+    op.terminate(Duration::from_secs(10)).await.unwrap();
+}

@@ -101,6 +101,9 @@ fn encode(response: AdmissionResponse, status: u16) -> Answer {
     // convention (Go's []byte) is a base64 string, which every client reads.
     let body = serde_json::to_value(response.into_review())
         .map(|mut v| {
+            // We register admissionReviewVersions ["v1"] only: always answer v1.
+            v["apiVersion"] = serde_json::Value::from("admission.k8s.io/v1");
+            v["kind"] = serde_json::Value::from("AdmissionReview");
             if let Some(p) = v.pointer_mut("/response/patch")
                 && let Some(bytes) = p.as_array().map(|a| {
                     a.iter()
