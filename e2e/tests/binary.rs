@@ -128,3 +128,49 @@ async fn binary_rejects_bad_arguments() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn harness_real_cluster_mode_through_a_kubeconfig() {
+    // Any cluster named by a kubeconfig is "real" to the harness: here a
+    // separately started kube-standin stands in for kind/k3d.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let bin = Path::new(env!("CARGO_BIN_EXE_kube-standin"));
+    let mut p = Process::start(
+        bin,
+        &["--kubeconfig", kubeconfig.to_str().unwrap()],
+        None,
+        &[],
+    )
+    .unwrap();
+    p.wait_for_line("ready", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let c = e2e::harness::Cluster::real(&kubeconfig).await.unwrap();
+    assert_eq!(c.target, e2e::harness::Target::Real);
+    assert!(
+        matches!(c.require_standin(), Err(e2e::harness::Error::NeedsStandIn)),
+        "stand-in-only scenarios must fail, not pass, on a real cluster"
+    );
+    let crds = c
+        .install_crds(&e2e::harness::crds_dir(), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(crds.len() >= 5, "{crds:?}");
+    let ns = c.temp_namespace("real").await.unwrap();
+    let applied = c
+        .apply_yaml(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: v}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n",
+            Some(&ns.name),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), 2);
+    let name = ns.name.clone();
+    drop(ns);
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.client());
+    e2e::harness::wait_for_deletion(&nss, &name, Duration::from_secs(20))
+        .await
+        .unwrap();
+    p.terminate(Duration::from_secs(5)).await.unwrap();
+}
