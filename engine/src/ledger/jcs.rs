@@ -768,6 +768,13 @@ impl<'a> Validator<'a> {
         self.i += 1;
         let start = self.i;
         loop {
+            // Skip plain bytes in bulk; control characters in them are refused.
+            let rest = &self.b[self.i..];
+            let skip = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+            if rest[..skip].iter().any(|&c| c < 0x20) {
+                return None;
+            }
+            self.i += skip;
             let c = *self.b.get(self.i)?;
             match c {
                 b'"' => {

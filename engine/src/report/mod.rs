@@ -374,7 +374,8 @@ pub fn compute_body(
             *decisions.entry(verdict.as_str().to_string()).or_insert(0) += 1;
         }
     }
-    let cumulative = LedgerTotals::rebuild(entries);
+    // From 0: the same sums, without the window series reports do not need.
+    let cumulative = LedgerTotals::rebuild_from(entries, 0);
     let threshold_crossings = crossings(entries, &reporting_thresholds)?;
     Ok(ReportBody {
         period,
