@@ -786,3 +786,59 @@ async fn webhook_configurations_and_roles_are_validated_and_defaulted() {
         e.message
     );
 }
+
+#[tokio::test]
+async fn rbac_cluster_role_aggregation() {
+    let tokens = Tokens::parse("tok-viewer,viewer,uid-v,\"\"\n").unwrap();
+    let c = cluster_with_crds(Options {
+        tokens,
+        authorization: Authorization::Rbac,
+        ..Options::default()
+    })
+    .await;
+    let ns = c.temp_namespace("agg").await.unwrap();
+    widgets(&c, &ns.name)
+        .await
+        .create(&PostParams::default(), &widget("w", json!({"size": 1})))
+        .await
+        .unwrap();
+    c.apply_yaml(
+        &format!(
+            r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: viewer-view, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}}
+subjects: [{{kind: User, name: viewer, apiGroup: rbac.authorization.k8s.io}}]
+"#,
+            ns = ns.name
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let viewer = as_token(&c, "tok-viewer").await;
+    let ar = c.resolve(&widget_gvk()).await.unwrap().0;
+    let w: Api<DynamicObject> = Api::namespaced_with(viewer, &ns.name, &ar);
+    assert_eq!(
+        api_err(w.get("w").await).code,
+        403,
+        "view does not cover widgets yet"
+    );
+    // A chart-style role aggregated into `view` by label.
+    c.apply_yaml(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: widgets-view
+  labels: {rbac.authorization.k8s.io/aggregate-to-view: "true"}
+rules: [{apiGroups: [test.komptroller.dev], resources: [widgets], verbs: [get, list, watch]}]
+"#,
+        None,
+    )
+    .await
+    .unwrap();
+    w.get("w").await.expect("aggregated into view");
+    assert_eq!(api_err(w.delete("w", &Default::default()).await).code, 403);
+}

@@ -2710,7 +2710,24 @@ pub fn bootstrap(server: &Server) {
         ),
     ];
     for (name, rules) in roles {
-        let obj = json!({"apiVersion": format!("{rbac}/v1"), "kind": "ClusterRole", "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules});
+        let mut obj = json!({"apiVersion": format!("{rbac}/v1"), "kind": "ClusterRole", "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}, "rules": rules});
+        if name != "cluster-admin" {
+            // admin ⊇ edit ⊇ view, and roles labelled aggregate-to-<name> join in.
+            let mut selectors = vec![
+                json!({"matchLabels": {format!("rbac.authorization.k8s.io/aggregate-to-{name}"): "true"}}),
+            ];
+            if name == "admin" {
+                selectors.push(
+                    json!({"matchLabels": {"rbac.authorization.k8s.io/aggregate-to-edit": "true"}}),
+                );
+            }
+            if name != "view" {
+                selectors.push(
+                    json!({"matchLabels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}}),
+                );
+            }
+            obj["aggregationRule"] = json!({"clusterRoleSelectors": selectors});
+        }
         store.put(&ResKey::new(rbac, "clusterroles"), obj);
     }
     let crb = json!({"apiVersion": format!("{rbac}/v1"), "kind": "ClusterRoleBinding", "metadata": {"name": "cluster-admin", "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now}, "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "cluster-admin"}, "subjects": [{"apiGroup": rbac, "kind": "Group", "name": "system:masters"}]});

@@ -201,8 +201,49 @@ fn role_rules(store: &Store, role_ref: &Value, binding_ns: &str) -> Vec<Value> {
         ),
         _ => None,
     };
-    role.and_then(|r| r.get("rules").and_then(Value::as_array).cloned())
-        .unwrap_or_default()
+    let Some(role) = role else {
+        return Vec::new();
+    };
+    let mut rules = role
+        .get("rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    aggregate(store, &role, &mut rules, 0);
+    rules
+}
+
+/// ClusterRole aggregation: a role with `aggregationRule` also grants the
+/// rules of every ClusterRole its selectors match (what the real
+/// clusterrole-aggregation controller writes into it).
+fn aggregate(store: &Store, role: &Value, rules: &mut Vec<Value>, depth: usize) {
+    let Some(selectors) = role
+        .pointer("/aggregationRule/clusterRoleSelectors")
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    if depth > 3 {
+        return;
+    }
+    let me = role.pointer("/metadata/name");
+    for cr in store.list(
+        &ResKey::new("rbac.authorization.k8s.io", "clusterroles"),
+        None,
+    ) {
+        if cr.pointer("/metadata/name") == me {
+            continue;
+        }
+        if selectors
+            .iter()
+            .any(|sel| super::select::LabelSelector::from_object(sel).matches(&cr))
+        {
+            if let Some(r) = cr.get("rules").and_then(Value::as_array) {
+                rules.extend(r.iter().cloned());
+            }
+            aggregate(store, &cr, rules, depth + 1);
+        }
+    }
 }
 
 /// Discovery and health paths every authenticated user may read
