@@ -3,11 +3,16 @@
 //!
 //! Entries are sealed (sequenced and chained) under the engine lock, so the
 //! ledger order is the engine's order, and handed to one writer task that
-//! creates them strictly in sequence. A reconcile waits until its entries
-//! are persisted before it writes status or creates a Job (write-ahead): a
-//! crash loses at most a tail of sealed-but-unwritten entries whose effects
-//! never reached the cluster, so a restart decides those jobs afresh and
-//! nothing is duplicated.
+//! creates up to [`WINDOW`] of them concurrently but acknowledges them in
+//! sequence: `persisted` only ever covers a contiguous prefix. A reconcile
+//! waits until its entries are in that prefix before it writes status or
+//! creates a Job (write-ahead). A crash therefore leaves at most a tail of
+//! entries whose effects never reached the cluster — possibly with holes in
+//! the last [`WINDOW`] sequence numbers. On the next start the contiguous
+//! prefix is the ledger; entries beyond a hole were never acknowledged (no
+//! status, Job or report depends on them) and are deleted, with a warning
+//! naming them, so their sequence numbers can be written again; the jobs
+//! they concerned are decided afresh and nothing is duplicated.
 //!
 //! A create that finds the name taken reads the existing object: the same
 //! canonical line means an earlier attempt of ours succeeded (idempotent);
@@ -26,6 +31,9 @@ use tokio::sync::{mpsc, watch};
 use crate::crd::{ComputeLedgerEntry, ComputeLedgerEntrySpec};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+
+/// Ledger entries written concurrently (acknowledged in order).
+pub const WINDOW: usize = 32;
 
 /// Object name of the entry with sequence `seq`.
 pub fn entry_name(seq: u64) -> String {
@@ -65,7 +73,9 @@ pub fn entry_object(entry: &LedgerEntry) -> Result<ComputeLedgerEntry> {
 }
 
 /// Reads every ledger entry from the cluster, in sequence order, and
-/// verifies the chain (a broken chain stops the operator with the entry named).
+/// verifies the chain (a broken chain stops the operator with the entry
+/// named). Unacknowledged entries beyond a hole in the last [`WINDOW`]
+/// sequence numbers (a crash mid-write) are deleted.
 pub async fn load(client: &Client) -> Result<Vec<LedgerEntry>> {
     let api: Api<ComputeLedgerEntry> = Api::all(client.clone());
     let mut objects = Vec::new();
@@ -79,7 +89,48 @@ pub async fn load(client: &Client) -> Result<Vec<LedgerEntry>> {
             _ => break,
         }
     }
-    parse_objects(objects)
+    let (kept, orphans) = split_at_hole(objects)?;
+    for o in orphans {
+        tracing::warn!(
+            entry = %entry_name(o.spec.sequence),
+            "deleting an unacknowledged ledger entry beyond a hole left by a crash mid-write; its job is decided again"
+        );
+        match api
+            .delete(&entry_name(o.spec.sequence), &Default::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    parse_objects(kept)
+}
+
+/// Splits stored entries into the contiguous prefix from sequence 0 and the
+/// entries beyond its first hole. A hole further back than [`WINDOW`] from
+/// the newest entry cannot come from a crash mid-write: that is an error.
+pub fn split_at_hole(
+    mut objects: Vec<ComputeLedgerEntry>,
+) -> Result<(Vec<ComputeLedgerEntry>, Vec<ComputeLedgerEntry>)> {
+    objects.sort_by_key(|o| o.spec.sequence);
+    let prefix = objects
+        .iter()
+        .enumerate()
+        .take_while(|(i, o)| o.spec.sequence == *i as u64)
+        .count();
+    let orphans = objects.split_off(prefix);
+    if let Some(last) = orphans.last() {
+        let hole = prefix as u64;
+        if last.spec.sequence >= hole + WINDOW as u64 + 1 {
+            return Err(Error::Ledger(format!(
+                "stored ledger: {} is missing but entries up to {} exist; the ledger was damaged, not interrupted",
+                entry_name(hole),
+                entry_name(last.spec.sequence)
+            )));
+        }
+    }
+    Ok((objects, orphans))
 }
 
 /// Parses and verifies stored entries (sorted by sequence).
@@ -189,36 +240,58 @@ async fn write_loop(
     persisted: watch::Sender<u64>,
     conflict: watch::Sender<Option<String>>,
 ) {
+    use futures::StreamExt;
     let api: Api<ComputeLedgerEntry> = Api::all(client);
-    while let Some(entry) = rx.recv().await {
-        let obj = match entry_object(&entry) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(seq = entry.seq, error = %e, "cannot encode ledger entry; ledger writes stop");
-                let _ = conflict.send(Some(entry_name(entry.seq)));
-                return;
-            }
-        };
-        let name = entry_name(entry.seq);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match write_one(&api, &obj).await {
-                Ok(()) => break,
-                Err(Error::LedgerConflict { name }) => {
+    let mut inflight = futures::stream::FuturesOrdered::new();
+    let mut closed = false;
+    loop {
+        tokio::select! {
+            e = rx.recv(), if !closed && inflight.len() < WINDOW => match e {
+                Some(e) => inflight.push_back(write_with_retry(api.clone(), e)),
+                None => closed = true,
+            },
+            r = inflight.next(), if !inflight.is_empty() => match r {
+                Some(Ok(entry)) => {
+                    metrics.observe_entry(&entry);
+                    let _ = persisted.send(entry.seq + 1);
+                }
+                Some(Err(name)) => {
                     metrics.ledger_conflicts.inc();
                     tracing::error!(entry = %name, "ledger entry already exists with different content: another writer; stopping ledger writes");
                     let _ = conflict.send(Some(name));
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(entry = %name, error = %e, retry_in = ?backoff, "writing ledger entry failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                None => {}
+            },
+            else => return,
+        }
+    }
+}
+
+/// Writes one entry, retrying transient errors; `Err(name)` on another writer.
+async fn write_with_retry(
+    api: Api<ComputeLedgerEntry>,
+    entry: LedgerEntry,
+) -> std::result::Result<LedgerEntry, String> {
+    let name = entry_name(entry.seq);
+    let obj = match entry_object(&entry) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(seq = entry.seq, error = %e, "cannot encode ledger entry; ledger writes stop");
+            return Err(name);
+        }
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match write_one(&api, &obj).await {
+            Ok(()) => return Ok(entry),
+            Err(Error::LedgerConflict { name }) => return Err(name),
+            Err(e) => {
+                tracing::warn!(entry = %name, error = %e, retry_in = ?backoff, "writing ledger entry failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        metrics.observe_entry(&entry);
-        let _ = persisted.send(entry.seq + 1);
     }
 }
 
