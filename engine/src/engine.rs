@@ -392,13 +392,16 @@ pub struct Engine {
     /// Queued jobs that freed capacity could help (waiting on a cap, or unknown).
     capacity_waiters: std::collections::BTreeSet<QueueKey>,
     /// Queued jobs that time could help (waiting on a budget window, or unknown).
-    budget_waiters: std::collections::BTreeSet<QueueKey>,
+    budget_waiters: std::collections::BTreeSet<(i64, QueueKey)>,
+    /// When each budget waiter's window frees enough (ms; i64::MIN: unknown, re-check).
+    budget_wake: HashMap<QueueKey, i64>,
     crossings: Vec<Crossing>,
     crossed: HashSet<(String, String, String)>,
     next_seq: u64,
     /// Earliest time a throttled job's budget window frees.
     wakeups: std::collections::BTreeSet<i64>,
     retention_ms: i64,
+    last_prune: i64,
 }
 
 impl Default for Engine {
@@ -436,11 +439,13 @@ impl Engine {
             queue: BTreeMap::new(),
             capacity_waiters: Default::default(),
             budget_waiters: Default::default(),
+            budget_wake: HashMap::new(),
             crossings: Vec::new(),
             crossed: HashSet::new(),
             next_seq: 0,
             wakeups: std::collections::BTreeSet::new(),
             retention_ms: 400 * 86_400_000,
+            last_prune: i64::MIN,
         }
     }
 
@@ -686,7 +691,7 @@ impl Engine {
         if job.phase == Phase::Queued {
             let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
             self.queue.insert(qk, key.clone());
-            self.set_waits(qk, &[]);
+            self.set_waits(qk, &[], None);
         }
         if let Some(old) = self.jobs.insert(key, job) {
             self.unqueue(&old);
@@ -781,6 +786,11 @@ impl Engine {
     }
 
     fn prune(&mut self, now: Timestamp) {
+        // Pruning walks every series; once a simulated day is plenty.
+        if ms(now).saturating_sub(self.last_prune) < 86_400_000 {
+            return;
+        }
+        self.last_prune = ms(now);
         let horizon = ms(now).saturating_sub(self.retention_ms);
         for s in self.windows.iter_mut().flat_map(|m| m.values_mut()) {
             s.prune_before(horizon);
@@ -1070,11 +1080,13 @@ impl Engine {
     fn dequeue(&mut self, qk: &QueueKey) {
         self.queue.remove(qk);
         self.capacity_waiters.remove(qk);
-        self.budget_waiters.remove(qk);
+        if let Some(w) = self.budget_wake.remove(qk) {
+            self.budget_waiters.remove(&(w, *qk));
+        }
     }
 
     /// Files a queued job under what could free it.
-    fn set_waits(&mut self, qk: QueueKey, throttled_on: &[String]) {
+    fn set_waits(&mut self, qk: QueueKey, throttled_on: &[String], wake_at: Option<i64>) {
         let on_budget = throttled_on.iter().any(|c| c.starts_with("budget/"));
         let on_other = throttled_on.iter().any(|c| !c.starts_with("budget/"));
         let unknown = throttled_on.is_empty();
@@ -1083,10 +1095,18 @@ impl Engine {
         } else {
             self.capacity_waiters.remove(&qk);
         }
+        if let Some(w) = self.budget_wake.remove(&qk) {
+            self.budget_waiters.remove(&(w, qk));
+        }
         if on_budget || unknown {
-            self.budget_waiters.insert(qk);
-        } else {
-            self.budget_waiters.remove(&qk);
+            // Due when its window frees; unknown: at every tick.
+            let w = if unknown {
+                i64::MIN
+            } else {
+                wake_at.unwrap_or(i64::MAX)
+            };
+            self.budget_waiters.insert((w, qk));
+            self.budget_wake.insert(qk, w);
         }
     }
 
@@ -1146,7 +1166,18 @@ impl Engine {
         let strict = self.any_strict();
         let qks: Vec<QueueKey> = match (trigger, strict) {
             (Trigger::Capacity, false) => self.capacity_waiters.iter().copied().collect(),
-            (Trigger::Time, false) => self.budget_waiters.iter().copied().collect(),
+            (Trigger::Time, false) => {
+                // Only jobs whose window has freed by now; admitted in queue order.
+                let now_ms = ms(now);
+                let mut due: Vec<QueueKey> = self
+                    .budget_waiters
+                    .iter()
+                    .take_while(|(w, _)| *w <= now_ms)
+                    .map(|(_, qk)| *qk)
+                    .collect();
+                due.sort();
+                due
+            }
             _ => self.queue.keys().copied().collect(),
         };
         for qk in qks {
@@ -1183,7 +1214,7 @@ impl Engine {
                     self.wakeups.insert(w);
                 }
                 // Still waiting: keep the place, refresh the reason quietly.
-                self.set_waits(qk, &eval.throttled_on);
+                self.set_waits(qk, &eval.throttled_on, eval.wake_at);
                 if let Some(j) = self.jobs.get_mut(&key) {
                     j.decision = Some(eval.decision);
                     j.throttled_on = eval.throttled_on;
@@ -1247,7 +1278,7 @@ impl Engine {
             if !was_queued {
                 self.queue.insert(qk, key.clone());
             }
-            self.set_waits(qk, &eval.throttled_on);
+            self.set_waits(qk, &eval.throttled_on, eval.wake_at);
             decision.queue_position = u32::try_from(self.queue.range(..qk).count() + 1).ok();
             if let Some(w) = eval.wake_at {
                 self.wakeups.insert(w);

@@ -840,7 +840,7 @@ impl SplitMix {
 
 /// The policy embedded in generated traces: EU-style tiers with approvals,
 /// 30-day budgets on half the namespaces, cluster and namespace caps.
-const GENERATED_POLICY: &str = r#"{"apiVersion":"komptroller.dev/v1alpha1","kind":"ComputePolicy","metadata":{"name":"generated"},"spec":{"tiers":[{"name":"gpai","threshold":1e23,"action":"Admit"},{"name":"systemic","threshold":1e25,"action":"Escalate","approvals":{"required":2,"groups":["safety"]},"reporting":{"regulation":"EU AI Act Art. 52(1)","notifyWithin":"14d"}},{"name":"frontier","threshold":1e26,"action":"Reject"}],"capacity":{"cluster":{"maxAccelerators":180000},"perNamespace":{"maxAccelerators":6000}}}}"#;
+const GENERATED_POLICY: &str = r#"{"apiVersion":"komptroller.dev/v1alpha1","kind":"ComputePolicy","metadata":{"name":"generated"},"spec":{"tiers":[{"name":"gpai","threshold":1e23,"action":"Admit"},{"name":"systemic","threshold":1e25,"action":"Escalate","approvals":{"required":2,"groups":["safety"]},"reporting":{"regulation":"EU AI Act Art. 52(1)","notifyWithin":"14d"}},{"name":"frontier","threshold":1e26,"action":"Reject"}],"capacity":{"cluster":{"maxAccelerators":180000},"perNamespace":{"maxAccelerators":12000}}}}"#;
 const GENERATED_BUDGETS: &str = r#"{"apiVersion":"komptroller.dev/v1alpha1","kind":"ComputePolicy","metadata":{"name":"generated-budgets"},"spec":{"namespaceSelector":{"matchLabels":{"budgeted":"true"}},"budgets":[{"name":"ns-30d","scope":"Namespace","window":"30d","limit":8e24,"action":"Throttle"}]}}"#;
 
 /// Writes a JSON Lines trace of `submissions` jobs (plus approvals and a few
