@@ -309,3 +309,49 @@ async fn write_one(api: &Api<ComputeLedgerEntry>, obj: &ComputeLedgerEntry) -> R
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(seq: u64) -> ComputeLedgerEntry {
+        ComputeLedgerEntry {
+            metadata: ObjectMeta {
+                name: Some(entry_name(seq)),
+                ..Default::default()
+            },
+            spec: ComputeLedgerEntrySpec {
+                sequence: seq,
+                kind: "Started".into(),
+                time: String::new(),
+                job: None,
+                lineage: None,
+                prev_hash: String::new(),
+                hash: String::new(),
+                entry: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn names_are_zero_padded() {
+        assert_eq!(entry_name(7), "ledger-000000000007");
+    }
+
+    #[test]
+    fn a_crash_hole_in_the_last_window_leaves_the_prefix_and_orphans() {
+        let objects = [0, 1, 2, 4, 6].into_iter().map(stored).collect();
+        let (kept, orphans) = split_at_hole(objects).unwrap();
+        let seqs = |v: &[ComputeLedgerEntry]| v.iter().map(|o| o.spec.sequence).collect::<Vec<_>>();
+        assert_eq!(seqs(&kept), [0, 1, 2]);
+        assert_eq!(seqs(&orphans), [4, 6]);
+    }
+
+    #[test]
+    fn a_hole_far_behind_the_head_is_damage() {
+        let mut seqs: Vec<u64> = (0..10).collect();
+        seqs.extend(11..(12 + WINDOW as u64));
+        let err = split_at_hole(seqs.into_iter().map(stored).collect()).unwrap_err();
+        assert!(err.to_string().contains("ledger-000000000010"), "{err}");
+    }
+}
