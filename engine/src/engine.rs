@@ -322,9 +322,9 @@ struct JobState {
 
 /// What freed up, so a queue scan re-evaluates only jobs it could help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Trigger {
-    /// A job ended: capacity freed.
-    Capacity,
+enum Trigger<'a> {
+    /// A job of this namespace ended: capacity freed there and cluster-wide.
+    Capacity(&'a str),
     /// Time passed: budget windows may have freed.
     Time,
     /// Anything may have changed (policy change, restore).
@@ -391,6 +391,8 @@ pub struct Engine {
     queue: BTreeMap<QueueKey, JobKey>,
     /// Queued jobs that freed capacity could help (waiting on a cap, or unknown).
     capacity_waiters: std::collections::BTreeSet<QueueKey>,
+    /// Queued jobs waiting only on their own namespace's cap, by namespace.
+    ns_capacity_waiters: HashMap<String, std::collections::BTreeSet<QueueKey>>,
     /// Queued jobs that time could help (waiting on a budget window, or unknown).
     budget_waiters: std::collections::BTreeSet<(i64, QueueKey)>,
     /// When each budget waiter's window frees enough (ms; i64::MIN: unknown, re-check).
@@ -438,6 +440,7 @@ impl Engine {
             ns_usage: HashMap::new(),
             queue: BTreeMap::new(),
             capacity_waiters: Default::default(),
+            ns_capacity_waiters: HashMap::new(),
             budget_waiters: Default::default(),
             budget_wake: HashMap::new(),
             crossings: Vec::new(),
@@ -728,11 +731,11 @@ impl Engine {
             Event::Start { job } => self.start(now, &job, &mut step)?,
             Event::Finish { job, outcome } => {
                 self.finish(now, &job, outcome, &mut step)?;
-                self.drain_queue(now, &mut step, Trigger::Capacity);
+                self.drain_queue(now, &mut step, Trigger::Capacity(&job.namespace));
             }
             Event::Delete { job } => {
                 self.delete(now, &job, &mut step)?;
-                self.drain_queue(now, &mut step, Trigger::Capacity);
+                self.drain_queue(now, &mut step, Trigger::Capacity(&job.namespace));
             }
             Event::UpsertPolicy(p) => {
                 p.spec.validate(&p.name)?;
@@ -1078,6 +1081,7 @@ impl Engine {
     }
 
     fn dequeue(&mut self, qk: &QueueKey) {
+        self.unfile_ns_waiter(qk);
         self.queue.remove(qk);
         self.capacity_waiters.remove(qk);
         if let Some(w) = self.budget_wake.remove(qk) {
@@ -1090,10 +1094,28 @@ impl Engine {
         let on_budget = throttled_on.iter().any(|c| c.starts_with("budget/"));
         let on_other = throttled_on.iter().any(|c| !c.starts_with("budget/"));
         let unknown = throttled_on.is_empty();
+        self.capacity_waiters.remove(&qk);
+        self.unfile_ns_waiter(&qk);
         if on_other || unknown {
-            self.capacity_waiters.insert(qk);
-        } else {
-            self.capacity_waiters.remove(&qk);
+            // Waiting only on its own namespace's cap: only that namespace's
+            // finishing jobs can help it.
+            let ns = self.queue.get(&qk).map(|k| k.0.clone());
+            let only_ns = ns.as_ref().is_some_and(|ns| {
+                let own = format!("namespace {ns}");
+                !unknown
+                    && throttled_on
+                        .iter()
+                        .filter(|c| !c.starts_with("budget/"))
+                        .all(|c| c.starts_with("capacity/") && c.ends_with(&own))
+            });
+            match ns {
+                Some(ns) if only_ns => {
+                    self.ns_capacity_waiters.entry(ns).or_default().insert(qk);
+                }
+                _ => {
+                    self.capacity_waiters.insert(qk);
+                }
+            }
         }
         if let Some(w) = self.budget_wake.remove(&qk) {
             self.budget_waiters.remove(&(w, qk));
@@ -1107,6 +1129,17 @@ impl Engine {
             };
             self.budget_waiters.insert((w, qk));
             self.budget_wake.insert(qk, w);
+        }
+    }
+
+    fn unfile_ns_waiter(&mut self, qk: &QueueKey) {
+        if let Some(ns) = self.queue.get(qk).map(|k| k.0.clone())
+            && let Some(set) = self.ns_capacity_waiters.get_mut(&ns)
+        {
+            set.remove(qk);
+            if set.is_empty() {
+                self.ns_capacity_waiters.remove(&ns);
+            }
         }
     }
 
@@ -1156,7 +1189,7 @@ impl Engine {
     }
 
     /// Walks the queue in order and admits what now fits.
-    fn drain_queue(&mut self, now: Timestamp, step: &mut Step, trigger: Trigger) {
+    fn drain_queue(&mut self, now: Timestamp, step: &mut Step, trigger: Trigger<'_>) {
         if self.queue.is_empty() {
             return;
         }
@@ -1165,7 +1198,14 @@ impl Engine {
         // trigger could help. With it, every queued job ahead matters.
         let strict = self.any_strict();
         let qks: Vec<QueueKey> = match (trigger, strict) {
-            (Trigger::Capacity, false) => self.capacity_waiters.iter().copied().collect(),
+            (Trigger::Capacity(ns), false) => {
+                let mut due: Vec<QueueKey> = self.capacity_waiters.iter().copied().collect();
+                if let Some(set) = self.ns_capacity_waiters.get(ns) {
+                    due.extend(set.iter().copied());
+                    due.sort();
+                }
+                due
+            }
             (Trigger::Time, false) => {
                 // Only jobs whose window has freed by now; admitted in queue order.
                 let now_ms = ms(now);
@@ -1195,7 +1235,7 @@ impl Engine {
                     && job.throttled_on.iter().all(|c| c.starts_with(prefix))
             };
             let hopeless = match trigger {
-                Trigger::Capacity => waits_on("budget/"),
+                Trigger::Capacity(_) => waits_on("budget/"),
                 Trigger::Time => waits_on("capacity/"),
                 Trigger::All => false,
             };
