@@ -65,9 +65,8 @@ pub fn to_markdown(report: &SignedReport) -> Result<String, CanonicalError> {
     let _ = writeln!(o, "# Compute report {} – {}\n", b.period.from, b.period.to);
     let _ = writeln!(
         o,
-        "Ledger entries {} to {} ({} entries). Signed with Ed25519 key `{}`.\n",
-        b.range.from,
-        b.range.to.saturating_sub(1),
+        "Covers {} of the ledger ({} in all). Signed with Ed25519 key `{}`.\n",
+        super::entries_text(b.range.from, b.range.to),
         b.totals.entries,
         report.key_id
     );

@@ -320,8 +320,8 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
             );
         }
         checks.push(format!(
-            "ledger: head hash and Merkle root of entries 0 to {} match the report",
-            to.saturating_sub(1)
+            "ledger: head hash and Merkle root of {} match the report",
+            entries_text(0, to)
         ));
 
         let link = b.previous.as_ref().map(|p| PreviousLink {
@@ -375,8 +375,8 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
                 return fail(
                     FailureClass::Input,
                     format!(
-                        "--entry {seq}: the report covers entries 0 to {} only",
-                        to.saturating_sub(1)
+                        "--entry {seq}: not covered by the report, which holds {}",
+                        entries_text(0, to)
                     ),
                 );
             }
@@ -416,6 +416,15 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
         checks,
         inclusion,
     })
+}
+
+/// "entries 3 to 9" or "no entries" for the half-open range `[from, to)`.
+pub fn entries_text(from: u64, to: u64) -> String {
+    if to <= from {
+        "no entries".to_string()
+    } else {
+        format!("entries {from} to {}", to - 1)
+    }
 }
 
 fn short(v: &Value) -> String {
