@@ -1,0 +1,395 @@
+#!/usr/bin/env python3
+"""Checks of the Helm chart charts/komptroller (run by scripts/checks/chart.sh).
+
+Lints and renders with Helm's own SDK (PyPI helm-python-sdk, `import
+helm_python`), tests values-schema rejections, validates every rendered
+manifest with kubernetes-validate --strict against Kubernetes 1.30 and 1.37,
+compares the chart's CRDs with crds/ byte for byte, runs `promtool check
+rules` on the PrometheusRule, and checks that alerts and the dashboard only
+use metrics the operator exports (docs/metrics.md, generated from
+operator/src/metrics.rs). Exits non-zero on any problem, naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "komptroller"
+NAMESPACE = "komptroller-system"
+RELEASE = "komptroller"
+KUBE_VERSIONS = ["1.30.0", "1.37.0"]
+# Kinds defined by other projects' CRDs: kubernetes-validate has no schema
+# for them, so they are skipped there (and said so).
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
+
+failures: list[str] = []
+
+
+def fail(msg: str) -> None:
+    failures.append(msg)
+    print(f"  FAIL: {msg}")
+
+
+def ok(msg: str) -> None:
+    print(f"  ok: {msg}")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+HA = load_yaml(CHART / "values-ha.yaml")
+PROVIDED_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
+SCENARIOS: dict[str, dict] = {
+    "default": {},
+    "ha overlay (values-ha.yaml)": HA,
+    "cert-manager mode": {"webhook": {"certMode": "cert-manager"}},
+    "cert-manager mode with an existing ClusterIssuer": {
+        "webhook": {"certMode": "cert-manager", "certManager": {"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}
+    },
+    "provided mode": {
+        "webhook": {"certMode": "provided", "provided": {"secretName": "my-tls", "caBundle": PROVIDED_CA}}
+    },
+    "webhook disabled": {"webhook": {"enabled": False}},
+    "all optional features on (+ HA, cert-manager)": deep_merge(
+        HA,
+        {
+            "webhook": {"certMode": "cert-manager"},
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "grafanaDashboard": {"enabled": True},
+            "networkPolicy": {
+                "enabled": True,
+                "apiServerCIDRs": ["10.0.0.1/32"],
+                "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+            },
+        },
+    ),
+}
+
+# Values the schema must reject, and a word the message must contain.
+REJECTIONS = [
+    ({"replicaCount": "two"}, "replicaCount"),
+    ({"replicaCount": 0}, "replicaCount"),
+    ({"webhook": {"certMode": "letsencrypt"}}, "certMode"),
+    ({"webhook": {"timeoutSeconds": 60}}, "timeoutSeconds"),
+    ({"webhook": {"failurePolicy": {"trainingJob": "fail"}}}, "trainingJob"),
+    ({"webhook": {"certMode": "provided"}}, "secretName"),
+    ({"serviceMonitor": {"enabled": "yes"}}, "enabled"),
+    ({"prometheusRule": {"budgetUseRatio": 90}}, "budgetUseRatio"),
+    ({"operator": {"logFormat": "xml"}}, "logFormat"),
+    ({"operator": {"reportInterval": "hourly"}}, "reportInterval"),
+    ({"image": {"repository": 42}}, "repository"),
+    ({"replicas": 2}, "replicas"),  # a typo of replicaCount
+]
+
+
+def docs_of(manifests: dict[str, str]) -> list[tuple[str, dict]]:
+    out = []
+    for path, text in sorted(manifests.items()):
+        if not text.strip():
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                out.append((path, doc))
+    return out
+
+
+def check_lint_and_render(chart: helm.Chart) -> dict[str, list[tuple[str, dict]]]:
+    print("\n--- helm lint (strict) and render, with helm-python-sdk", helm.helm_sdk_version())
+    rendered = {}
+    for name, values in SCENARIOS.items():
+        report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
+        problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        problems += [{"error": e} for e in report.get("errors", []) or []]
+        if problems:
+            for p in problems:
+                fail(f"lint [{name}]: {p.get('path', '')} {p['error']}")
+        else:
+            ok(f"lint [{name}]: no warnings or errors")
+        try:
+            chart.validate_schema(values)
+            manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        except helm.HelmError as e:
+            fail(f"render [{name}]: {e}")
+            continue
+        docs = docs_of(manifests)
+        rendered[name] = docs
+        ok(f"render [{name}]: {len(docs)} manifests: " + ", ".join(sorted({d['kind'] for _, d in docs})))
+    return rendered
+
+
+def check_schema_rejections(chart: helm.Chart) -> None:
+    print("\n--- values.schema.json rejects wrong values with a clear message")
+    for values, word in REJECTIONS:
+        try:
+            chart.validate_schema(values)
+        except helm.HelmValuesError as e:
+            msg = " ".join(str(e).split())
+            if word in msg:
+                ok(f"{json.dumps(values)} rejected: {msg[:160]}")
+            else:
+                fail(f"{json.dumps(values)} rejected, but the message does not name {word!r}: {msg}")
+            continue
+        except helm.HelmError as e:
+            fail(f"{json.dumps(values)}: unexpected error {type(e).__name__}: {e}")
+            continue
+        fail(f"{json.dumps(values)} was accepted by values.schema.json")
+
+
+def check_kubernetes_validate(rendered: dict[str, list[tuple[str, dict]]]) -> None:
+    print("\n--- kubernetes-validate --strict against Kubernetes", " and ".join(KUBE_VERSIONS))
+    crd_docs = [(str(p.relative_to(ROOT)), load_yaml(p)) for p in sorted((CHART / "crds").glob("*.yaml"))]
+    seen_skips: set[str] = set()
+    for name, docs in list(rendered.items()) + [("chart crds/", crd_docs)]:
+        count = 0
+        for path, doc in docs:
+            key = (doc.get("apiVersion"), doc.get("kind"))
+            if key in CRD_KINDS:
+                seen_skips.add(f"{key[1]} ({key[0]})")
+                continue
+            for version in KUBE_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                    count += 1
+                except kubernetes_validate.ValidationError as e:
+                    where = "/".join(str(p) for p in e.path)
+                    fail(f"[{name}] {path} {doc['kind']}/{doc['metadata'].get('name')} on {version}: {where}: {e.message}")
+                except kubernetes_validate.SchemaNotFoundError as e:
+                    fail(f"[{name}] {path}: {e.message}")
+        ok(f"[{name}]: {count} validations passed")
+    if seen_skips:
+        print("  skipped (CRD-based kinds kubernetes-validate has no schema for): " + ", ".join(sorted(seen_skips)))
+
+
+def check_crds() -> None:
+    print("\n--- the chart's CRDs equal crds/ (byte compare)")
+    generated = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    in_chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    if not generated:
+        fail("crds/ holds no CRDs")
+    for n in sorted(set(generated) | set(in_chart)):
+        if n not in in_chart:
+            fail(f"charts/komptroller/crds/{n} is missing (cp crds/*.yaml charts/komptroller/crds/)")
+        elif n not in generated:
+            fail(f"charts/komptroller/crds/{n} is not in crds/ (remove it)")
+        elif generated[n] != in_chart[n]:
+            fail(f"charts/komptroller/crds/{n} differs from crds/{n} (cp crds/*.yaml charts/komptroller/crds/)")
+        else:
+            ok(f"crds/{n}")
+
+
+def find(docs: list[tuple[str, dict]], kind: str) -> list[dict]:
+    return [d for _, d in docs if d.get("kind") == kind]
+
+
+def check_invariants(rendered: dict[str, list[tuple[str, dict]]], chart: helm.Chart) -> None:
+    print("\n--- chart invariants (security context, RBAC, webhook modes, HA)")
+    for name, docs in rendered.items():
+        for dep in find(docs, "Deployment"):
+            pod = dep["spec"]["template"]["spec"]
+            psc = pod.get("securityContext", {})
+            for c in pod["containers"]:
+                sc = c.get("securityContext", {})
+                bad = []
+                if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+                    bad.append("runAsNonRoot")
+                if not sc.get("readOnlyRootFilesystem"):
+                    bad.append("readOnlyRootFilesystem")
+                if sc.get("allowPrivilegeEscalation") is not False:
+                    bad.append("allowPrivilegeEscalation: false")
+                if "ALL" not in (sc.get("capabilities", {}).get("drop") or []):
+                    bad.append("capabilities.drop [ALL]")
+                if (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+                    bad.append("seccompProfile RuntimeDefault")
+                if not c.get("resources", {}).get("requests") or not c.get("resources", {}).get("limits"):
+                    bad.append("resources")
+                if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+                    bad.append("livenessProbe /healthz")
+                if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+                    bad.append("readinessProbe /readyz")
+                if bad:
+                    fail(f"[{name}] container {c['name']} lacks: {', '.join(bad)}")
+        for kind in ("ClusterRole", "Role"):
+            for role in find(docs, kind):
+                for rule in role.get("rules", []):
+                    for field in ("apiGroups", "resources", "verbs"):
+                        if "*" in (rule.get(field) or []):
+                            fail(f"[{name}] {kind} {role['metadata']['name']} has a wildcard in {field}: {rule}")
+        # Webhook configurations by mode.
+        mwc, vwc = find(docs, "MutatingWebhookConfiguration"), find(docs, "ValidatingWebhookConfiguration")
+        mode = "self-managed"
+        if "cert-manager" in name:
+            mode = "cert-manager"
+        elif "provided" in name:
+            mode = "provided"
+        elif "disabled" in name:
+            mode = "disabled"
+        if mode in ("self-managed", "disabled"):
+            if mwc or vwc:
+                fail(f"[{name}] renders webhook configurations; the operator manages them in self-managed mode")
+        else:
+            if len(mwc) != 1 or len(vwc) != 1:
+                fail(f"[{name}] must render one Mutating and one ValidatingWebhookConfiguration")
+            hooks = [w for c in mwc + vwc for w in c["webhooks"]]
+            if len(hooks) != 5:
+                fail(f"[{name}] expected 5 webhooks, found {len(hooks)}")
+            for c in mwc + vwc:
+                ann = (c["metadata"].get("annotations") or {}).get("cert-manager.io/inject-ca-from")
+                if mode == "cert-manager" and ann != f"{NAMESPACE}/{RELEASE}-webhook":
+                    fail(f"[{name}] {c['kind']} lacks cert-manager.io/inject-ca-from {NAMESPACE}/{RELEASE}-webhook")
+                for w in c["webhooks"]:
+                    if mode == "provided" and w["clientConfig"].get("caBundle") != PROVIDED_CA:
+                        fail(f"[{name}] webhook {w['name']} lacks the provided caBundle")
+            if mode == "cert-manager" and not find(docs, "Certificate"):
+                fail(f"[{name}] renders no cert-manager Certificate")
+        if "ha" in name.lower() or "HA" in name:
+            dep = find(docs, "Deployment")[0]
+            if dep["spec"]["replicas"] < 2:
+                fail(f"[{name}] replicas < 2")
+            if not find(docs, "PodDisruptionBudget"):
+                fail(f"[{name}] no PodDisruptionBudget")
+            if not dep["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity"):
+                fail(f"[{name}] no pod anti-affinity")
+            env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+            for k in ("KOMPTROLLER_TRAININGJOB_FAILURE_POLICY", "KOMPTROLLER_APPROVAL_FAILURE_POLICY", "KOMPTROLLER_POLICY_FAILURE_POLICY"):
+                if env.get(k) != "Fail":
+                    fail(f"[{name}] {k} is {env.get(k)}, the HA overlay wants Fail")
+    # Every RBAC rule carries a comment saying why: read the rendered text.
+    text = chart.render({}, name=RELEASE, namespace=NAMESPACE)["komptroller/templates/rbac.yaml"]
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups:") and not lines[i - 1].strip().startswith("#"):
+            fail(f"RBAC rule without a comment saying why: {line.strip()} {lines[i + 1].strip()}")
+    if not failures:
+        ok("secure securityContext, probes, resources; RBAC commented and wildcard-free; webhook configurations per mode; HA overlay")
+
+
+def exported_metrics() -> set[str]:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    names: set[str] = set()
+    for name, kind in re.findall(r"^\| `(komptroller_[a-z0-9_]+)` \| (\w+) \|", text, re.M):
+        names.add(name)
+        if kind == "histogram":
+            names.update({name + "_bucket", name + "_sum", name + "_count"})
+    return names
+
+
+def metric_refs(expr: str) -> set[str]:
+    return set(re.findall(r"\bkomptroller_[a-z0-9_]+", expr))
+
+
+def unknown_metrics(exprs: list[str], known: set[str]) -> set[str]:
+    return {m for e in exprs for m in metric_refs(e)} - known
+
+
+def check_alerts_and_dashboard(rendered: dict[str, list[tuple[str, dict]]]) -> None:
+    docs = rendered.get("all optional features on (+ HA, cert-manager)", [])
+    print("\n--- PrometheusRule: promtool check rules")
+    rules = find(docs, "PrometheusRule")
+    if len(rules) != 1:
+        fail("the all-features render has no PrometheusRule")
+        return
+    groups = rules[0]["spec"]["groups"]
+    alerts = [r for g in groups for r in g["rules"] if "alert" in r]
+    wanted = {
+        "KomptrollerLineageCrossedReportingThreshold",
+        "KomptrollerApprovalPendingTooLong",
+        "KomptrollerBudgetNearlyExhausted",
+        "KomptrollerLedgerWriteFailures",
+        "KomptrollerReportOverdue",
+        "KomptrollerOperatorDown",
+    }
+    missing = wanted - {a["alert"] for a in alerts}
+    if missing:
+        fail(f"alerts missing: {sorted(missing)}")
+    promtool = shutil.which("promtool")
+    if not promtool:
+        fail("promtool not found: install the Debian package prometheus (apt-get install prometheus); .ci/run does")
+    else:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump({"groups": groups}, f)
+        r = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+        out = (r.stdout + r.stderr).strip().replace(f.name, "prometheusrule.yaml")
+        print("  " + out.replace("\n", "\n  "))
+        if r.returncode != 0:
+            fail("promtool check rules failed")
+        else:
+            ok(f"promtool check rules: {len(alerts)} alerts")
+
+    print("\n--- alerts and dashboard reference only metrics the operator exports (docs/metrics.md)")
+    known = exported_metrics()
+    if len(known) < 10:
+        fail(f"docs/metrics.md lists only {len(known)} metrics; the table format changed?")
+    # Self-test: the check must catch a metric the operator does not export.
+    if unknown_metrics(["rate(komptroller_made_up_total[5m])"], known) != {"komptroller_made_up_total"}:
+        fail("self-test: the metric reference check did not catch an unknown metric")
+    alert_exprs = [a["expr"] for a in alerts]
+    bad = unknown_metrics(alert_exprs, known)
+    if bad:
+        fail(f"alerts reference metrics the operator does not export: {sorted(bad)}")
+    for a in alerts:
+        if not metric_refs(a["expr"]):
+            fail(f"alert {a['alert']} references no komptroller metric")
+    cms = [d for d in find(docs, "ConfigMap") if "komptroller.json" in d.get("data", {})]
+    if len(cms) != 1:
+        fail("the all-features render has no Grafana dashboard ConfigMap")
+        return
+    if cms[0]["metadata"].get("labels", {}).get("grafana_dashboard") != "1":
+        fail("the dashboard ConfigMap lacks the sidecar label grafana_dashboard: \"1\"")
+    dash = json.loads(cms[0]["data"]["komptroller.json"])
+    dash_exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    bad = unknown_metrics(dash_exprs, known)
+    if bad:
+        fail(f"the dashboard references metrics the operator does not export: {sorted(bad)}")
+    used = {m for e in alert_exprs + dash_exprs for m in metric_refs(e)}
+    ok(f"{len(alert_exprs)} alert and {len(dash_exprs)} dashboard expressions use {len(used)} metrics, all exported")
+
+
+def main() -> int:
+    chart = helm.Chart.load(str(CHART))
+    print(f"chart {chart.name} {chart.version}")
+    rendered = check_lint_and_render(chart)
+    check_schema_rejections(chart)
+    check_kubernetes_validate(rendered)
+    check_crds()
+    check_invariants(rendered, chart)
+    check_alerts_and_dashboard(rendered)
+    if failures:
+        print(f"\nchart checks FAILED: {len(failures)} problem(s)")
+        for f in failures:
+            print(f"  - {f}")
+        return 1
+    print("\nchart checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
