@@ -7,18 +7,23 @@ manifest with kubernetes-validate --strict against Kubernetes 1.30 and 1.37,
 compares the chart's CRDs with crds/ byte for byte, runs `promtool check
 rules` on the PrometheusRule, and checks that alerts and the dashboard only
 use metrics the operator exports (docs/metrics.md, generated from
-operator/src/metrics.rs). Exits non-zero on any problem, naming it.
+operator/src/metrics.rs), and runs `promtool check metrics` on a real scrape
+of `komptroller run` against kube-standin. Exits non-zero on any problem, naming it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import helm_python as helm
@@ -374,6 +379,101 @@ def check_alerts_and_dashboard(rendered: dict[str, list[tuple[str, dict]]]) -> N
         ok(f"{len(alert_exprs)} alert and {len(dash_exprs)} dashboard expressions use {len(used)} metrics, all exported")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_operator() -> str | None:
+    """Runs `komptroller run` against kube-standin (the e2e API-server
+    stand-in), admits the example TrainingJob under policies/default.yaml and
+    returns one /metrics scrape; None (with a failure) when it cannot."""
+    bin_dir = Path(os.environ.get("KOMPTROLLER_BIN_DIR", ROOT / "target" / "debug"))
+    bins = {n: bin_dir / n for n in ("komptroller", "kube-standin")}
+    for n, b in bins.items():
+        if not b.exists():
+            fail(f"{b} is missing: build it with cargo build --workspace --all-targets (scripts/test.sh does)")
+            return None
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        fail("kubectl not found (needed to apply CRDs, a policy and a job to the stand-in)")
+        return None
+    procs: list[subprocess.Popen] = []
+    tmp = Path(tempfile.mkdtemp(prefix="komptroller-chart-"))
+    try:
+        kc = tmp / "kubeconfig"
+        st = subprocess.Popen([str(bins["kube-standin"]), "--kubeconfig", str(kc)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        procs.append(st)
+        line = st.stdout.readline() if st.stdout else ""
+        if "ready" not in line:
+            fail(f"kube-standin did not start: {line.strip()}")
+            return None
+        env = dict(os.environ, KUBECONFIG=str(kc), POD_NAMESPACE="default")
+        run = lambda *a: subprocess.run([kubectl, *a], env=env, capture_output=True, text=True, timeout=60)
+        for args in (["apply", "--server-side", "-f", str(ROOT / "crds")], ["create", "namespace", "research"]):
+            r = run(*args)
+            if r.returncode != 0:
+                fail(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
+                return None
+        port = free_port()
+        log = open(tmp / "operator.log", "w")
+        op = subprocess.Popen([str(bins["komptroller"]), "run", "--metrics-addr", f"127.0.0.1:{port}"],
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(op)
+        for args in (["apply", "-f", str(ROOT / "policies" / "default.yaml")],
+                     ["apply", "-f", str(ROOT / "examples" / "trainingjob.yaml")]):
+            r = run(*args)
+            if r.returncode != 0:
+                fail(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
+                return None
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                    text = resp.read().decode()
+                if "komptroller_decisions_total{" in text:
+                    return text
+            except OSError:
+                pass
+            time.sleep(0.5)
+        log.flush()
+        fail("the operator recorded no decision within 60s; its log:\n" + (tmp / "operator.log").read_text()[-3000:])
+        return None
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_scrape() -> None:
+    print("\n--- a real scrape of komptroller run (on kube-standin): promtool check metrics, names match docs/metrics.md")
+    text = scrape_operator()
+    if text is None:
+        return
+    promtool = shutil.which("promtool")
+    if not promtool:
+        fail("promtool not found: install the Debian package prometheus")
+        return
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    if r.returncode != 0:
+        fail("promtool check metrics: " + (r.stdout + r.stderr).strip())
+    else:
+        ok("promtool check metrics: no problems")
+    documented = dict(re.findall(r"^\| `(komptroller_[a-z0-9_]+)` \| (\w+) \|", (ROOT / "docs" / "metrics.md").read_text(), re.M))
+    scraped = dict(re.findall(r"^# TYPE (komptroller_[a-z0-9_]+) (\w+)$", text, re.M))
+    for name, kind in sorted(scraped.items()):
+        if documented.get(name) != kind:
+            fail(f"scraped {name} ({kind}) is not in docs/metrics.md as a {kind}")
+    ok(f"{len(scraped)} scraped metric families, all documented with their type in docs/metrics.md")
+
+
 def main() -> int:
     chart = helm.Chart.load(str(CHART))
     print(f"chart {chart.name} {chart.version}")
@@ -383,6 +483,7 @@ def main() -> int:
     check_crds()
     check_invariants(rendered, chart)
     check_alerts_and_dashboard(rendered)
+    check_scrape()
     if failures:
         print(f"\nchart checks FAILED: {len(failures)} problem(s)")
         for f in failures:
