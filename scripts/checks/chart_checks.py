@@ -45,6 +45,8 @@ CRD_KINDS = {
 }
 
 failures: list[str] = []
+# The webhook configurations `komptroller run` wrote itself (self-managed mode).
+OPERATOR_WEBHOOKS: list[dict] = []
 
 
 def fail(msg: str) -> None:
@@ -417,11 +419,23 @@ def scrape_operator() -> str | None:
             if r.returncode != 0:
                 fail(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
                 return None
-        port = free_port()
+        port, wport = free_port(), free_port()
         log = open(tmp / "operator.log", "w")
-        op = subprocess.Popen([str(bins["komptroller"]), "run", "--metrics-addr", f"127.0.0.1:{port}"],
+        op = subprocess.Popen([str(bins["komptroller"]), "run", "--metrics-addr", f"127.0.0.1:{port}",
+                               "--webhook-addr", f"127.0.0.1:{wport}", "--webhook-url", f"https://127.0.0.1:{wport}",
+                               "--webhook-configuration", RELEASE],
                               env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(op)
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline:
+            r = run("get", "mutatingwebhookconfiguration,validatingwebhookconfiguration", "-o", "json")
+            items = json.loads(r.stdout).get("items", []) if r.returncode == 0 else []
+            if len(items) == 2:
+                OPERATOR_WEBHOOKS.extend(items)
+                break
+            time.sleep(0.5)
+        # (after the operator's webhook configurations exist, so the job goes through them)
         for args in (["apply", "-f", str(ROOT / "policies" / "default.yaml")],
                      ["apply", "-f", str(ROOT / "examples" / "trainingjob.yaml")]):
             r = run(*args)
@@ -429,7 +443,6 @@ def scrape_operator() -> str | None:
                 fail(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
                 return None
         deadline = time.monotonic() + 60
-        text = ""
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
@@ -474,6 +487,33 @@ def check_scrape() -> None:
     ok(f"{len(scraped)} scraped metric families, all documented with their type in docs/metrics.md")
 
 
+WEBHOOK_FIELDS = ["rules", "failurePolicy", "matchPolicy", "sideEffects", "timeoutSeconds",
+                  "admissionReviewVersions", "reinvocationPolicy"]
+
+
+def check_webhooks_match_operator(rendered: dict[str, list[tuple[str, dict]]]) -> None:
+    print("\n--- the chart's webhook configurations (cert-manager mode) equal those komptroller run writes itself")
+    if len(OPERATOR_WEBHOOKS) != 2:
+        fail("the operator did not write its two webhook configurations on kube-standin")
+        return
+    docs = rendered.get("cert-manager mode", [])
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        ours = {w["name"]: w for c in find(docs, kind) for w in c["webhooks"]}
+        theirs = {w["name"]: w for c in OPERATOR_WEBHOOKS if c["kind"] == kind for w in c["webhooks"]}
+        if set(ours) != set(theirs):
+            fail(f"{kind}: chart webhooks {sorted(ours)} != operator's {sorted(theirs)}")
+            continue
+        for name, w in ours.items():
+            t = theirs[name]
+            for field in WEBHOOK_FIELDS:
+                if w.get(field) != t.get(field):
+                    fail(f"{kind} {name}: {field} is {w.get(field)!r} in the chart, {t.get(field)!r} from the operator")
+            path = w["clientConfig"]["service"]["path"]
+            if not t["clientConfig"].get("url", "").endswith(path):
+                fail(f"{kind} {name}: chart path {path} vs operator {t['clientConfig']}")
+        ok(f"{kind}: {len(ours)} webhooks with the same rules, policies, timeouts and paths")
+
+
 def main() -> int:
     chart = helm.Chart.load(str(CHART))
     print(f"chart {chart.name} {chart.version}")
@@ -484,6 +524,7 @@ def main() -> int:
     check_invariants(rendered, chart)
     check_alerts_and_dashboard(rendered)
     check_scrape()
+    check_webhooks_match_operator(rendered)
     if failures:
         print(f"\nchart checks FAILED: {len(failures)} problem(s)")
         for f in failures:
