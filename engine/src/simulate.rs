@@ -247,6 +247,9 @@ pub struct TraceHeader {
     pub policies: Vec<ComputePolicyDoc>,
 }
 
+/// Trace events read one at a time; an error names the line.
+pub type TraceEvents = Box<dyn Iterator<Item = Result<TraceEvent, String>>>;
+
 /// Reads a JSON Lines trace: the first line is the header (`start`, `title`,
 /// `namespaces`, `policies`), each further line one event, in time order.
 /// Events are read one at a time, so a trace of millions of submissions
@@ -254,13 +257,7 @@ pub struct TraceHeader {
 pub fn read_jsonl_trace<R: std::io::BufRead + 'static>(
     mut reader: R,
     source_name: &str,
-) -> Result<
-    (
-        TraceHeader,
-        Box<dyn Iterator<Item = Result<TraceEvent, String>>>,
-    ),
-    ManifestError,
-> {
+) -> Result<(TraceHeader, TraceEvents), ManifestError> {
     let mut first = String::new();
     reader.read_line(&mut first).map_err(|e| ManifestError {
         source_name: source_name.to_string(),

@@ -153,3 +153,44 @@ fn missing_file_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("does/not/exist.yaml"), "{err}");
 }
+
+#[test]
+fn simulate_out_writes_the_books_and_verify_accepts_them() {
+    let dir = std::env::temp_dir().join(format!("komptroller-sim-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = komptroller(&["simulate", "--out", d]);
+    assert_eq!(code, 0, "{err}");
+    for f in [
+        "ledger.jsonl",
+        "report.json",
+        "report.csv",
+        "report.md",
+        "openreport.yaml",
+        "signing-key.pem",
+        "public-key.pem",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+        assert!(
+            out.contains(&dir.join(f).display().to_string()),
+            "{f} path not printed: {out}"
+        );
+    }
+    let (code, out, err) = komptroller(&[
+        "verify",
+        "--report",
+        &format!("{d}/report.json"),
+        "--key",
+        &format!("{d}/public-key.pem"),
+        "--ledger",
+        &format!("{d}/ledger.jsonl"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let ledger = std::fs::read_to_string(dir.join("ledger.jsonl")).unwrap();
+    assert_eq!(
+        ledger.lines().count(),
+        55,
+        "one entry per engine record of the bundled quarter"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -32,8 +32,16 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 200)]
     pub limit: usize,
     /// Skip the timeline and records (for very large traces).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "out")]
     pub summary_only: bool,
+    /// Write the books to DIR: ledger.jsonl, report.json (signed), report.csv,
+    /// report.md and openreport.yaml.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Ed25519 signing key (PKCS#8 PEM) for the report. None with --out: one is
+    /// generated in DIR (signing-key.pem, public-key.pem) and its paths printed.
+    #[arg(long, value_name = "FILE", requires = "out")]
+    pub key: Option<PathBuf>,
 }
 
 const TRACE_HELP: &str = "\
@@ -97,6 +105,45 @@ fn simulate_cmd(args: &SimulateArgs) -> Result<String, String> {
 }
 
 fn render(
+    sim: &komptroller_engine::simulate::Simulation,
+    args: &SimulateArgs,
+) -> Result<String, String> {
+    let written = match &args.out {
+        Some(dir) => {
+            let mut ledger = komptroller_engine::ledger::Ledger::new();
+            for r in &sim.records {
+                ledger
+                    .append(r.clone())
+                    .map_err(|e| format!("ledger: {e}"))?;
+            }
+            let outputs = super::bundle::write_outputs(
+                dir,
+                ledger.entries(),
+                &sim.policies,
+                args.key.as_deref(),
+                None,
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+            format!("{outputs}")
+        }
+        None => String::new(),
+    };
+    let mut text = render_sim(sim, args)?;
+    if !written.is_empty() {
+        match args.output {
+            // Keep stdout machine-readable: file paths go to stderr.
+            Output::Json => eprint!("{written}"),
+            Output::Text => {
+                text.push('\n');
+                text.push_str(&written);
+            }
+        }
+    }
+    Ok(text)
+}
+
+fn render_sim(
     sim: &komptroller_engine::simulate::Simulation,
     args: &SimulateArgs,
 ) -> Result<String, String> {
