@@ -16,7 +16,7 @@ step "build"
 cargo build --workspace --all-targets
 
 step "generated CRDs match the Rust types (komptroller crd --check crds)"
-./target/debug/komptroller crd --check crds
+"${CARGO_TARGET_DIR:-target}/debug/komptroller" crd --check crds
 
 step "tests (cargo test --workspace)"
 cargo test --workspace
