@@ -6,11 +6,11 @@
 pub mod cmd;
 pub mod controller;
 pub mod crd;
-pub mod telemetry;
-pub mod run;
-pub mod reports;
-pub mod metrics;
-pub mod ledger_store;
-pub mod http;
 pub mod error;
+pub mod http;
+pub mod ledger_store;
+pub mod metrics;
+pub mod reports;
+pub mod run;
+pub mod telemetry;
 pub mod webhook;
