@@ -8,7 +8,11 @@ compares the chart's CRDs with crds/ byte for byte, runs `promtool check
 rules` on the PrometheusRule, and checks that alerts and the dashboard only
 use metrics the operator exports (docs/metrics.md, generated from
 operator/src/metrics.rs), and runs `promtool check metrics` on a real scrape
-of `komptroller run` against kube-standin. Exits non-zero on any problem, naming it.
+of `komptroller run` against kube-standin, where the operator runs with RBAC
+authorization on and only the chart's rendered RBAC (it must admit a job,
+write its ledger, Lease, keys, webhook configurations and a signed report
+with no request denied), and compares the chart's webhook configurations
+with those the operator writes itself. Exits non-zero on any problem, naming it.
 """
 
 from __future__ import annotations
@@ -387,10 +391,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scrape_operator() -> str | None:
+def scrape_operator(rbac_docs: list[dict]) -> str | None:
     """Runs `komptroller run` against kube-standin (the e2e API-server
-    stand-in), admits the example TrainingJob under policies/default.yaml and
-    returns one /metrics scrape; None (with a failure) when it cannot."""
+    stand-in) with RBAC authorization on, as the chart's ServiceAccount bound
+    by the chart's rendered RBAC only; admits the example TrainingJob under
+    policies/default.yaml, waits for a signed report, and returns one
+    /metrics scrape; None (with a failure) when it cannot."""
     bin_dir = Path(os.environ.get("KOMPTROLLER_BIN_DIR", ROOT / "target" / "debug"))
     bins = {n: bin_dir / n for n in ("komptroller", "kube-standin")}
     for n, b in bins.items():
@@ -405,26 +411,37 @@ def scrape_operator() -> str | None:
     tmp = Path(tempfile.mkdtemp(prefix="komptroller-chart-"))
     try:
         kc = tmp / "kubeconfig"
-        st = subprocess.Popen([str(bins["kube-standin"]), "--kubeconfig", str(kc)], stdout=subprocess.PIPE,
+        sa_user = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+        (tmp / "tokens").write_text(f'operator-token,{sa_user},uid-operator,"system:serviceaccounts"\n')
+        st = subprocess.Popen([str(bins["kube-standin"]), "--kubeconfig", str(kc), "--authorization", "RBAC",
+                               "--tokens", str(tmp / "tokens")], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
         procs.append(st)
         line = st.stdout.readline() if st.stdout else ""
         if "ready" not in line:
             fail(f"kube-standin did not start: {line.strip()}")
             return None
-        env = dict(os.environ, KUBECONFIG=str(kc), POD_NAMESPACE="default")
+        env = dict(os.environ, KUBECONFIG=str(kc))
         run = lambda *a: subprocess.run([kubectl, *a], env=env, capture_output=True, text=True, timeout=60)
-        for args in (["apply", "--server-side", "-f", str(ROOT / "crds")], ["create", "namespace", "research"]):
+        # The operator's kubeconfig: the admin's with the ServiceAccount's token.
+        admin = yaml.safe_load(kc.read_text())
+        for u in admin["users"]:
+            u["user"] = {"token": "operator-token"}
+        (tmp / "operator-kubeconfig").write_text(yaml.safe_dump(admin))
+        (tmp / "rbac.yaml").write_text(yaml.safe_dump_all(rbac_docs))
+        for args in (["apply", "--server-side", "-f", str(ROOT / "crds")], ["create", "namespace", "research"],
+                     ["create", "namespace", NAMESPACE], ["apply", "-f", str(tmp / "rbac.yaml")]):
             r = run(*args)
             if r.returncode != 0:
                 fail(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
                 return None
         port, wport = free_port(), free_port()
         log = open(tmp / "operator.log", "w")
+        op_env = dict(os.environ, KUBECONFIG=str(tmp / "operator-kubeconfig"), POD_NAMESPACE=NAMESPACE)
         op = subprocess.Popen([str(bins["komptroller"]), "run", "--metrics-addr", f"127.0.0.1:{port}",
                                "--webhook-addr", f"127.0.0.1:{wport}", "--webhook-url", f"https://127.0.0.1:{wport}",
-                               "--webhook-configuration", RELEASE],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
+                               "--webhook-configuration", RELEASE, "--report-interval", "1s"],
+                              env=op_env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(op)
         deadline = time.monotonic() + 60
         text = ""
@@ -447,14 +464,36 @@ def scrape_operator() -> str | None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
                     text = resp.read().decode()
-                if "komptroller_decisions_total{" in text:
-                    return text
+                if "komptroller_decisions_total{" in text and not re.search(
+                        r"^komptroller_last_report_timestamp_seconds 0$", text, re.M):
+                    break
             except OSError:
                 pass
             time.sleep(0.5)
+        else:
+            log.flush()
+            fail("under the chart's RBAC the operator recorded no decision and signed no report within 60s; its log:\n"
+                 + (tmp / "operator.log").read_text()[-3000:])
+            return None
         log.flush()
-        fail("the operator recorded no decision within 60s; its log:\n" + (tmp / "operator.log").read_text()[-3000:])
-        return None
+        op_log = (tmp / "operator.log").read_text()
+        denied = [l for l in op_log.splitlines() if re.search(r"forbidden|cannot (get|list|watch|create|patch|update|delete)", l, re.I)]
+        if denied:
+            fail("the chart's RBAC denied the operator: " + "\n    ".join(denied[:10]))
+        for what, args in (("Lease", ["-n", NAMESPACE, "get", "lease", "komptroller-leader"]),
+                           ("public-key ConfigMap", ["-n", NAMESPACE, "get", "configmap", "komptroller-signing-key-public"]),
+                           ("signing-key Secret", ["-n", NAMESPACE, "get", "secret", "komptroller-signing-key"]),
+                           ("webhook TLS Secret", ["-n", NAMESPACE, "get", "secret", "komptroller-webhook-tls"]),
+                           ("ComputeReport", ["get", "computereports", "-o", "name"]),
+                           ("ComputeLedgerEntry", ["get", "computeledgerentries", "-o", "name"]),
+                           ("batch Job", ["-n", "research", "get", "jobs", "-o", "name"])):
+            r = run(*args)
+            if r.returncode != 0 or not r.stdout.strip():
+                fail(f"under the chart's RBAC the operator did not write its {what}: {r.stderr.strip()}")
+        if not denied:
+            ok(f"under the chart's RBAC only ({sa_user}, stand-in with RBAC on): webhook configurations, decision, "
+               "ledger, batch Job, Lease, keys and a signed report written; no request denied")
+        return text
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -465,9 +504,10 @@ def scrape_operator() -> str | None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_scrape() -> None:
+def check_scrape(rendered: dict[str, list[tuple[str, dict]]]) -> None:
     print("\n--- a real scrape of komptroller run (on kube-standin): promtool check metrics, names match docs/metrics.md")
-    text = scrape_operator()
+    rbac_kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    text = scrape_operator([d for _, d in rendered.get("default", []) if d.get("kind") in rbac_kinds])
     if text is None:
         return
     promtool = shutil.which("promtool")
@@ -510,7 +550,7 @@ def check_webhooks_match_operator(rendered: dict[str, list[tuple[str, dict]]]) -
                     fail(f"{kind} {name}: {field} is {w.get(field)!r} in the chart, {t.get(field)!r} from the operator")
             path = w["clientConfig"]["service"]["path"]
             if not t["clientConfig"].get("url", "").endswith(path):
-                fail(f"{kind} {name}: chart path {path} vs operator {t['clientConfig']}")
+                fail(f"{kind} {name}: chart path {path} vs operator url {t['clientConfig'].get('url')}")
         ok(f"{kind}: {len(ours)} webhooks with the same rules, policies, timeouts and paths")
 
 
@@ -523,7 +563,7 @@ def main() -> int:
     check_crds()
     check_invariants(rendered, chart)
     check_alerts_and_dashboard(rendered)
-    check_scrape()
+    check_scrape(rendered)
     check_webhooks_match_operator(rendered)
     if failures:
         print(f"\nchart checks FAILED: {len(failures)} problem(s)")
