@@ -412,7 +412,8 @@ def scrape_operator(rbac_docs: list[dict]) -> str | None:
     try:
         kc = tmp / "kubeconfig"
         sa_user = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
-        (tmp / "tokens").write_text(f'operator-token,{sa_user},uid-operator,"system:serviceaccounts"\n')
+        (tmp / "tokens").write_text(f'operator-token,{sa_user},uid-operator,"system:serviceaccounts"\n'
+                                    'approver-token,carol,uid-carol,"safety,system:masters"\n')
         st = subprocess.Popen([str(bins["kube-standin"]), "--kubeconfig", str(kc), "--authorization", "RBAC",
                                "--tokens", str(tmp / "tokens")], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
@@ -428,6 +429,13 @@ def scrape_operator(rbac_docs: list[dict]) -> str | None:
         for u in admin["users"]:
             u["user"] = {"token": "operator-token"}
         (tmp / "operator-kubeconfig").write_text(yaml.safe_dump(admin))
+        for u in admin["users"]:
+            u["user"] = {"token": "approver-token"}
+        (tmp / "approver-kubeconfig").write_text(yaml.safe_dump(admin))
+        (tmp / "escalate.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputePolicy", "metadata": {"name": "chart-check-escalate"},
+            "spec": {"mode": "Enforce", "tiers": [{"name": "large", "threshold": 1e21, "action": "Escalate",
+                                                   "approvals": {"required": 1, "groups": ["safety"]}}]}}))
         (tmp / "rbac.yaml").write_text(yaml.safe_dump_all(rbac_docs))
         for args in (["apply", "--server-side", "-f", str(ROOT / "crds")], ["create", "namespace", "research"],
                      ["create", "namespace", NAMESPACE], ["apply", "-f", str(tmp / "rbac.yaml")]):
@@ -452,13 +460,48 @@ def scrape_operator(rbac_docs: list[dict]) -> str | None:
                 OPERATOR_WEBHOOKS.extend(items)
                 break
             time.sleep(0.5)
-        # (after the operator's webhook configurations exist, so the job goes through them)
-        for args in (["apply", "-f", str(ROOT / "policies" / "default.yaml")],
-                     ["apply", "-f", str(ROOT / "examples" / "trainingjob.yaml")]):
+        # After the operator's webhook configurations exist, so requests go through them.
+        for args in (["apply", "-f", str(ROOT / "policies" / "default.yaml")], ["apply", "-f", str(tmp / "escalate.yaml")]):
             r = run(*args)
             if r.returncode != 0:
                 fail(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
                 return None
+        # Wait until the controller has accepted the escalation policy, so it decides the job under it.
+        deadline = time.monotonic() + 60
+        accepted = ""
+        while time.monotonic() < deadline and accepted != "True":
+            accepted = run("get", "computepolicy", "chart-check-escalate", "-o",
+                           'jsonpath={.status.conditions[?(@.type=="Accepted")].status}').stdout
+            time.sleep(0.3)
+        if accepted != "True":
+            fail("the operator did not accept ComputePolicy chart-check-escalate within 60s")
+            return None
+        time.sleep(1)  # the webhook's policy cache is a separate watch
+        r = run("apply", "-f", str(ROOT / "examples" / "trainingjob.yaml"))
+        if r.returncode != 0:
+            fail(f"kubectl apply examples/trainingjob.yaml: {r.stderr.strip()}")
+            return None
+        get = lambda path: run("-n", "research", "get", "trainingjob", "llama-ft-chat", "-o", f"jsonpath={{{path}}}").stdout
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and get(".status.phase") != "AwaitingApproval":
+            time.sleep(0.5)
+        if get(".status.phase") != "AwaitingApproval":
+            fail(f"the example job did not escalate (phase {get('.status.phase')!r})")
+            return None
+        approval = {"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputeApproval",
+                    "metadata": {"name": "chart-check", "namespace": "research"},
+                    "spec": {"trainingJobName": "llama-ft-chat", "specHash": get(".status.specHash")}}
+        (tmp / "approval.yaml").write_text(yaml.safe_dump(approval))
+        r = subprocess.run([kubectl, "apply", "-f", str(tmp / "approval.yaml")], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, KUBECONFIG=str(tmp / "approver-kubeconfig")))
+        if r.returncode != 0:
+            fail(f"approving as carol (group safety): {r.stderr.strip()}")
+            return None
+        while time.monotonic() < deadline and get(".status.phase") not in ("Admitted", "Running"):
+            time.sleep(0.5)
+        if get(".status.phase") not in ("Admitted", "Running"):
+            fail(f"the approved job was not admitted (phase {get('.status.phase')!r})")
+            return None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -492,7 +535,7 @@ def scrape_operator(rbac_docs: list[dict]) -> str | None:
                 fail(f"under the chart's RBAC the operator did not write its {what}: {r.stderr.strip()}")
         if not denied:
             ok(f"under the chart's RBAC only ({sa_user}, stand-in with RBAC on): webhook configurations, decision, "
-               "ledger, batch Job, Lease, keys and a signed report written; no request denied")
+               "an escalation approved, ledger, batch Job, Lease, keys and a signed report written; no request denied")
         return text
     finally:
         for p in reversed(procs):
