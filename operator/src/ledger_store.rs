@@ -122,7 +122,7 @@ pub fn split_at_hole(
     let orphans = objects.split_off(prefix);
     if let Some(last) = orphans.last() {
         let hole = prefix as u64;
-        if last.spec.sequence >= hole + WINDOW as u64 + 1 {
+        if last.spec.sequence > hole + WINDOW as u64 {
             return Err(Error::Ledger(format!(
                 "stored ledger: {} is missing but entries up to {} exist; the ledger was damaged, not interrupted",
                 entry_name(hole),
