@@ -397,7 +397,10 @@ def scrape_operator(rbac_docs: list[dict]) -> str | None:
     by the chart's rendered RBAC only; admits the example TrainingJob under
     policies/default.yaml, waits for a signed report, and returns one
     /metrics scrape; None (with a failure) when it cannot."""
-    bin_dir = Path(os.environ.get("KOMPTROLLER_BIN_DIR", ROOT / "target" / "debug"))
+    # Where scripts/test.sh built them: $CARGO_TARGET_DIR/debug (default target/debug);
+    # KOMPTROLLER_BIN_DIR overrides.
+    target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
+    bin_dir = Path(os.environ.get("KOMPTROLLER_BIN_DIR", (ROOT / target / "debug")))
     bins = {n: bin_dir / n for n in ("komptroller", "kube-standin")}
     for n, b in bins.items():
         if not b.exists():
