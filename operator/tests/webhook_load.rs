@@ -51,6 +51,39 @@ async fn webhook_200_rps_over_tls() {
     let seconds = env("WEBHOOK_LOAD_SECONDS", 30);
     let connections = env("WEBHOOK_LOAD_CONNECTIONS", 8) as usize;
 
+    // In-process cost of one answer per fixture (no TLS, no HTTP), for reference.
+    {
+        let view = FixedView::load();
+        for name in [
+            "tj-create-small",
+            "tj-create-escalate",
+            "tj-mutate-create",
+            "policy-valid",
+        ] {
+            let route = match name {
+                "tj-mutate-create" => Route::MutateTrainingJob,
+                "policy-valid" => Route::ValidateComputePolicy,
+                _ => Route::ValidateTrainingJob,
+            };
+            let body = fixture(name);
+            let n = 2000;
+            let t = Instant::now();
+            for _ in 0..n {
+                let a = komptroller::webhook::review::handle(
+                    route,
+                    &body,
+                    &view,
+                    jiff::Timestamp::now(),
+                )
+                .await;
+                assert!(a.allowed);
+            }
+            println!(
+                "in-process {name}: {:.1} µs per review",
+                t.elapsed().as_secs_f64() * 1e6 / n as f64
+            );
+        }
+    }
     // Server: the production router and TLS listener, certificate from the self-managed code path.
     let now = jiff::Timestamp::now();
     let (ca, ca_key) = generate_ca(now, 86_400).unwrap();

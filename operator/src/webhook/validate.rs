@@ -15,8 +15,10 @@
 //! `komptroller.dev/submitted-by`, finalizers) stays mutable throughout, so
 //! the operator can always remove its finalizer.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::UserInfo;
@@ -517,15 +519,45 @@ fn job_request(
     })
 }
 
-/// The built-in catalog with the additions of every policy selecting the namespace.
-fn catalog_for(view: PolicyView<'_>) -> Catalog {
-    let mut catalog = Catalog::builtin();
+/// The built-in catalog, parsed once.
+fn builtin() -> &'static Catalog {
+    static BUILTIN: OnceLock<Catalog> = OnceLock::new();
+    BUILTIN.get_or_init(Catalog::builtin)
+}
+
+/// The built-in catalog with the additions of every policy selecting the
+/// namespace (borrowed when there are none, the common case).
+fn catalog_for(view: PolicyView<'_>) -> Cow<'static, Catalog> {
+    let mut catalog = Cow::Borrowed(builtin());
     for p in selecting(view) {
         for a in &p.spec.accelerators {
-            catalog.upsert(a.clone());
+            catalog.to_mut().upsert(a.clone());
         }
     }
     catalog
+}
+
+/// A scratch engine holding `policies` and an empty ledger. Memoized on the
+/// policies themselves (they change rarely; requests come often), so the
+/// answer is exactly that of a fresh engine.
+fn scratch_engine(policies: &[&Policy], now: Timestamp) -> Arc<Engine> {
+    static CACHE: Mutex<Option<(String, Arc<Engine>)>> = Mutex::new(None);
+    let key = format!("{policies:?}");
+    if let Ok(guard) = CACHE.lock()
+        && let Some((k, e)) = guard.as_ref()
+        && *k == key
+    {
+        return e.clone();
+    }
+    let mut engine = Engine::new(builtin().clone());
+    for p in policies {
+        let _ = engine.apply(now, Event::UpsertPolicy((*p).clone()));
+    }
+    let engine = Arc::new(engine);
+    if let Ok(mut guard) = CACHE.lock() {
+        *guard = Some((key, engine.clone()));
+    }
+    engine
 }
 
 fn selecting(view: PolicyView<'_>) -> impl Iterator<Item = &Policy> {
@@ -544,23 +576,20 @@ fn decide_at_submit(
     view: PolicyView<'_>,
     now: Timestamp,
 ) -> Result<Vec<String>, Denial> {
-    let mut engine = Engine::new(Catalog::builtin());
-    let mut any = false;
-    for p in selecting(view) {
-        if engine.apply(now, Event::UpsertPolicy(p.clone())).is_ok() {
-            any = true;
-        }
-    }
-    if !any {
+    let valid: Vec<&Policy> = view
+        .policies
+        .iter()
+        .filter(|p| p.spec.problems().is_empty())
+        .collect();
+    if !valid
+        .iter()
+        .any(|p| p.spec.namespace_selector.matches(view.namespace_labels))
+    {
         return Ok(Vec::new());
     }
-    let id = request.id.clone();
-    if engine.apply(now, Event::Submit(request.clone())).is_err() {
-        return Ok(Vec::new());
-    }
-    let Some(d) = engine.decision(&id) else {
-        return Ok(Vec::new());
-    };
+    let engine = scratch_engine(&valid, now);
+    let d = engine.preview(now, request);
+    let d = &d;
     let rule = d.rule.clone().unwrap_or_default();
     let policy = d.policy.clone().unwrap_or_default();
     if d.verdict == Verdict::Reject && NEVER_RUNS.iter().any(|p| rule.starts_with(p)) {
@@ -627,7 +656,7 @@ pub fn compute_policy(operation: &Operation, object: &DynamicObject) -> Verdictl
         .into_iter()
         .map(|p| (p.field, p.message))
         .collect();
-    let builtin = Catalog::builtin();
+    let builtin = builtin();
     for (i, a) in parsed.accelerators.iter().enumerate() {
         if let Some(e) = builtin.get(&a.name)
             && e.name != a.name
