@@ -207,9 +207,16 @@ impl LedgerWriter {
             if *persisted.borrow() >= next_seq {
                 return Ok(());
             }
-            tokio::select! {
-                r = persisted.changed() => if r.is_err() { return Err(Error::NotLeader) },
-                r = conflict.changed() => if r.is_err() { return Err(Error::NotLeader) },
+            let closed = tokio::select! {
+                r = persisted.changed() => r.is_err(),
+                r = conflict.changed() => r.is_err(),
+            };
+            if closed {
+                // The writer stopped: say why if it was another writer.
+                if let Some(name) = self.conflict.borrow().clone() {
+                    return Err(Error::LedgerConflict { name });
+                }
+                return Err(Error::NotLeader);
             }
         }
     }

@@ -866,9 +866,18 @@ pub async fn run_term(
     ));
     let (jobs, job_writer) = reflector::store_shared(1024);
     let job_subscriber = job_writer.subscribe();
+    // The cache keeps what metering needs: owner, status. Pod templates and
+    // managedFields are dropped to bound memory.
     let job_stream = reflector::reflector(
         job_writer,
-        watcher::watcher(job_api, job_wc).default_backoff(),
+        watcher::watcher(job_api, job_wc)
+            .modify(|j: &mut Job| {
+                j.managed_fields_mut().clear();
+                if let Some(spec) = j.spec.as_mut() {
+                    spec.template = Default::default();
+                }
+            })
+            .default_backoff(),
     )
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
@@ -953,7 +962,14 @@ pub async fn run_term(
 
     let tj_api: Api<TrainingJob> = Api::all(client.clone());
     let approvals: Api<ComputeApproval> = Api::all(client.clone());
-    let controller = Controller::new(tj_api, watcher::Config::default().any_semantic())
+    // managedFields (grown by every server-side apply) are dropped from the cache.
+    let (tj_store, tj_writer) = reflector::store();
+    let tj_stream = watcher::watcher(tj_api, watcher::Config::default().any_semantic())
+        .modify(|tj: &mut TrainingJob| tj.managed_fields_mut().clear())
+        .default_backoff()
+        .reflect(tj_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(tj_stream, tj_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
     let store = controller.store();
     let controller = controller
