@@ -632,11 +632,26 @@ pub async fn apply_configurations(
     let (mutating, validating) = configurations(args, ca_bundle);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    m.patch(&args.webhook_configuration, &pp, &Patch::Apply(&mutating))
-        .await?;
     let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    v.patch(&args.webhook_configuration, &pp, &Patch::Apply(&validating))
-        .await?;
+    // Replicas applying at the same instant may race on the create; the
+    // loser gets 409 and applies again over the winner's (identical) object.
+    for attempt in 1..=5 {
+        let r = async {
+            m.patch(&args.webhook_configuration, &pp, &Patch::Apply(&mutating))
+                .await?;
+            v.patch(&args.webhook_configuration, &pp, &Patch::Apply(&validating))
+                .await?;
+            Ok::<(), kube::Error>(())
+        }
+        .await;
+        match r {
+            Ok(()) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 5 => {
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 
