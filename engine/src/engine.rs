@@ -1516,7 +1516,6 @@ impl Engine {
             governing: Flop,
             lineage_total: Flop,
             tier: Option<String>,
-            approvals_lifted: bool,
         }
         let mut results: Vec<PolicyResult> = Vec::new();
         let mut constraints = Vec::new();
@@ -1875,7 +1874,6 @@ impl Engine {
                 governing,
                 lineage_total,
                 tier: tier_name,
-                approvals_lifted,
             });
         }
 
@@ -1929,7 +1927,6 @@ impl Engine {
         } else {
             None
         };
-        let _ = decider.approvals_lifted;
         Evaluation {
             decision: Decision {
                 verdict,
