@@ -583,29 +583,7 @@ impl Engine {
                         charged_lineages.clone()
                     };
                     if let Some(job) = &r.job {
-                        let req = JobRequest {
-                            id: job.clone(),
-                            namespace_labels: BTreeMap::new(),
-                            model: crate::job::ModelSpec {
-                                name: r.lineage.clone(),
-                                base_model: r.base_lineage.clone(),
-                                ..Default::default()
-                            },
-                            accelerator: crate::job::AcceleratorSpec {
-                                kind: r
-                                    .accelerator
-                                    .as_ref()
-                                    .map(|a| a.kind.clone())
-                                    .unwrap_or_default(),
-                                precision: Default::default(),
-                            },
-                            count: r.accelerator.as_ref().map_or(0, |a| a.count),
-                            max_duration: Default::default(),
-                            priority: 0,
-                            submitter: None,
-                            spec_hash: String::new(),
-                        };
-                        self.charge(r.time, &req, &lineages, *charged);
+                        self.charge(r.time, &job.namespace, &lineages, *charged);
                         self.record_crossings(r.time, &lineages, *charged);
                         admitted_under.insert(job.clone(), lineages);
                     }
@@ -669,14 +647,7 @@ impl Engine {
             let mut lineages = vec![job.request.lineage().to_string()];
             lineages.extend(job.request.base_lineage().map(str::to_string));
             let accelerators = u64::from(job.request.count);
-            self.cluster_usage.rate += rate;
-            self.cluster_usage.accelerators += accelerators;
-            let u = self
-                .ns_usage
-                .entry(job.request.id.namespace.clone())
-                .or_default();
-            u.rate += rate;
-            u.accelerators += accelerators;
+            self.occupy(&job.request.id.namespace, rate, accelerators);
             let basis = self
                 .selecting(&job.request)
                 .iter()
@@ -984,6 +955,15 @@ impl Engine {
             t.accelerator_seconds += acc;
         }
         (acc, flop)
+    }
+
+    /// Takes capacity for an admitted job; [`Self::release`] gives it back.
+    fn occupy(&mut self, namespace: &str, rate: FlopPerSecond, accelerators: u64) {
+        self.cluster_usage.rate += rate;
+        self.cluster_usage.accelerators += accelerators;
+        let u = self.ns_usage.entry(namespace.to_string()).or_default();
+        u.rate += rate;
+        u.accelerators += accelerators;
     }
 
     fn release(&mut self, job: &JobState) {
@@ -1332,13 +1312,8 @@ impl Engine {
             Flop::ZERO
         };
         if phase == Phase::Admitted {
-            self.charge(now, &req, &eval.charged_lineages, charged);
-            let accelerators = u64::from(req.count);
-            self.cluster_usage.rate += eval.rate;
-            self.cluster_usage.accelerators += accelerators;
-            let u = self.ns_usage.entry(req.id.namespace.clone()).or_default();
-            u.rate += eval.rate;
-            u.accelerators += accelerators;
+            self.charge(now, &req.id.namespace, &eval.charged_lineages, charged);
+            self.occupy(&req.id.namespace, eval.rate, u64::from(req.count));
         }
         let changed = fresh || previous != Some(decision.verdict);
         if changed {
@@ -1390,7 +1365,7 @@ impl Engine {
         }
     }
 
-    fn charge(&mut self, now: Timestamp, req: &JobRequest, lineages: &[String], flop: Flop) {
+    fn charge(&mut self, now: Timestamp, namespace: &String, lineages: &[String], flop: Flop) {
         if flop.0 <= 0.0 {
             return;
         }
@@ -1403,7 +1378,7 @@ impl Engine {
         }
         let t = ms(now);
         let cluster = String::new();
-        let keys = std::iter::once((BudgetScope::Namespace, &req.id.namespace))
+        let keys = std::iter::once((BudgetScope::Namespace, namespace))
             .chain(lineages.iter().map(|l| (BudgetScope::Model, l)))
             .chain(std::iter::once((BudgetScope::Cluster, &cluster)));
         for (scope, key) in keys {
