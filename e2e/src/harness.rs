@@ -99,8 +99,15 @@ impl Cluster {
     pub async fn real(kubeconfig: &Path) -> Result<Self> {
         let client = client_from_kubeconfig(kubeconfig).await?;
         let v = client.apiserver_version().await?;
+        // The stand-in reports a `-kube-standin` version suffix; a kubeconfig may
+        // name one running in its own process (as the operator benchmark does).
+        let what = if v.git_version.contains("kube-standin") {
+            "the kube-standin API-server stand-in (own process, by kubeconfig)"
+        } else {
+            "a REAL cluster"
+        };
         eprintln!(
-            "e2e: running against a REAL cluster ({}, {} {})",
+            "e2e: running against {what} ({}, {} {})",
             kubeconfig.display(),
             v.git_version,
             v.platform
