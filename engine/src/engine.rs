@@ -96,6 +96,15 @@ pub enum Event {
     Start { job: JobId },
     /// The workload ended.
     Finish { job: JobId, outcome: Outcome },
+    /// The workload ended at `ended_at`, learnt of only at the event's `now`:
+    /// its run is metered up to `ended_at` (clamped between its start and
+    /// `now`), while the queue is re-evaluated, and the ledger record
+    /// written, at `now`.
+    FinishedAt {
+        job: JobId,
+        outcome: Outcome,
+        ended_at: Timestamp,
+    },
     /// The TrainingJob was deleted.
     Delete { job: JobId },
     /// A policy was created or changed.
@@ -536,6 +545,21 @@ impl Engine {
         }
     }
 
+    /// The whole queue in order, each queued job with its 1-based position,
+    /// in one O(n) walk (asking [`Self::queue_position`] per job is O(n²)).
+    pub fn queue_positions(&self) -> impl Iterator<Item = (&JobId, u32)> + '_ {
+        self.queue
+            .values()
+            .filter_map(|k| self.jobs.get(k).map(|j| &j.request.id))
+            .zip(1u32..)
+    }
+
+    /// When a live (not yet ended) job was first submitted: the time that
+    /// orders it in the queue after its priority.
+    pub fn submitted_at(&self, id: &JobId) -> Option<Timestamp> {
+        self.jobs.get(&key_of(id)).map(|j| j.submitted_at)
+    }
+
     /// 1-based position of a queued job.
     pub fn queue_position(&self, id: &JobId) -> Option<u32> {
         let j = self.jobs.get(&key_of(id))?;
@@ -701,7 +725,15 @@ impl Engine {
             } => self.approve(now, &job, approver, &spec_hash, &mut step)?,
             Event::Start { job } => self.start(now, &job, &mut step)?,
             Event::Finish { job, outcome } => {
-                self.finish(now, &job, outcome, &mut step)?;
+                self.finish(now, now, &job, outcome, &mut step)?;
+                self.drain_queue(now, &mut step, Trigger::Capacity(&job.namespace));
+            }
+            Event::FinishedAt {
+                job,
+                outcome,
+                ended_at,
+            } => {
+                self.finish(now, ended_at.min(now), &job, outcome, &mut step)?;
                 self.drain_queue(now, &mut step, Trigger::Capacity(&job.namespace));
             }
             Event::Delete { job } => {
@@ -980,9 +1012,11 @@ impl Engine {
         }
     }
 
+    /// Ends a job at `now`, metering its run up to `ended_at` (≤ `now`).
     fn finish(
         &mut self,
         now: Timestamp,
+        ended_at: Timestamp,
         id: &JobId,
         outcome: Outcome,
         step: &mut Step,
@@ -996,7 +1030,7 @@ impl Engine {
         if !phase.holds_capacity() {
             return Ok(());
         }
-        let (acc, flop) = self.meter(now, &key);
+        let (acc, flop) = self.meter(ended_at, &key);
         let Some(job) = self.jobs.get_mut(&key) else {
             return Ok(());
         };

@@ -643,3 +643,121 @@ spec:
         assert!(err.contains(needle), "missing {needle} in {err}");
     }
 }
+
+#[test]
+fn queue_positions_list_the_whole_queue_in_order() {
+    let mut e = engine(CAPS);
+    submit(&mut e, t0(), job("a", "first", "m1", 64, 10));
+    submit(&mut e, at(1), job("b", "second", "m2", 64, 10));
+    let mut high = job("c", "third", "m3", 64, 10);
+    high.priority = 5;
+    submit(&mut e, at(2), high);
+    submit(&mut e, at(3), job("d", "fourth", "m4", 64, 10));
+    let listed: Vec<(String, u32)> = e
+        .queue_positions()
+        .map(|(j, p)| (j.name.clone(), p))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("third".into(), 1),
+            ("second".into(), 2),
+            ("fourth".into(), 3)
+        ]
+    );
+    for (j, p) in e.queue_positions() {
+        assert_eq!(e.queue_position(j), Some(p));
+    }
+    assert_eq!(e.submitted_at(&id("b", "second")), Some(at(1)));
+    assert_eq!(e.submitted_at(&id("a", "first")), Some(t0()));
+    assert_eq!(e.submitted_at(&id("z", "nobody")), None);
+}
+
+#[test]
+fn finished_at_meters_to_the_completion_time_and_reevaluates_at_now() {
+    let mut e = engine(CAPS);
+    submit(&mut e, t0(), job("a", "first", "m1", 64, 10));
+    submit(&mut e, at(1), job("b", "second", "m2", 64, 10));
+    e.apply(
+        at(2),
+        Event::Start {
+            job: id("a", "first"),
+        },
+    )
+    .unwrap();
+    // Ended at 5 h, learnt of at 8 h.
+    let step = e
+        .apply(
+            at(8),
+            Event::FinishedAt {
+                job: id("a", "first"),
+                outcome: Outcome::Succeeded,
+                ended_at: at(5),
+            },
+        )
+        .unwrap();
+    assert_eq!(e.phase(&id("a", "first")), Some(Phase::Succeeded));
+    assert_eq!(e.phase(&id("b", "second")), Some(Phase::Admitted));
+    let fin = step
+        .records
+        .iter()
+        .find_map(|r| match &r.event {
+            LedgerEvent::Finished {
+                accelerator_seconds,
+                ..
+            } => Some((r.time, *accelerator_seconds)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(fin.0, at(8), "the record is written when it is learnt");
+    assert_eq!(fin.1.0, 64.0 * 3.0 * 3600.0, "metered start to end: 3 h");
+    let admitted = step
+        .records
+        .iter()
+        .find(|r| {
+            r.job.as_ref().map(|j| j.name.as_str()) == Some("second")
+                && matches!(r.event, LedgerEvent::Decided { .. })
+        })
+        .unwrap();
+    assert_eq!(admitted.time, at(8), "the queue is re-evaluated at now");
+    assert_eq!(e.lineage("m1").accelerator_seconds.0, 64.0 * 3.0 * 3600.0);
+
+    // A completion time after `now` is clamped to `now`; before the start, to zero.
+    submit(&mut e, at(9), job("c", "late", "m3", 8, 10));
+    e.apply(
+        at(9),
+        Event::Start {
+            job: id("c", "late"),
+        },
+    )
+    .unwrap();
+    e.apply(
+        at(10),
+        Event::FinishedAt {
+            job: id("c", "late"),
+            outcome: Outcome::Failed,
+            ended_at: at(50),
+        },
+    )
+    .unwrap();
+    assert_eq!(e.lineage("m3").accelerator_seconds.0, 8.0 * 3600.0);
+    submit(&mut e, at(11), job("d", "early", "m4", 8, 10));
+    e.apply(
+        at(11),
+        Event::Start {
+            job: id("d", "early"),
+        },
+    )
+    .unwrap();
+    e.apply(
+        at(12),
+        Event::FinishedAt {
+            job: id("d", "early"),
+            outcome: Outcome::Succeeded,
+            ended_at: at(3),
+        },
+    )
+    .unwrap();
+    assert_eq!(e.phase(&id("d", "early")), Some(Phase::Succeeded));
+    assert_eq!(e.lineage("m4").accelerator_seconds.0, 0.0);
+}
