@@ -150,10 +150,10 @@ fn main() {
                 name: "report.json",
                 bytes: &report_bytes,
             },
-            public_key: NamedInput {
+            public_keys: &[NamedInput {
                 name: "public-key.pem",
                 bytes: pem.as_bytes(),
-            },
+            }],
             ledger: Some(NamedInput {
                 name: "ledger.jsonl",
                 bytes: &bytes,

@@ -69,6 +69,42 @@ pub fn parse_public_key_pem(pem: &str) -> Result<VerifyingKey, KeyError> {
     VerifyingKey::from_public_key_pem(pem).map_err(|e| KeyError::BadPublicKey(e.to_string()))
 }
 
+/// Reads every public key of a PEM bundle: one or more SPKI
+/// `-----BEGIN PUBLIC KEY-----` blocks, as `cat old.pem new.pem` writes them
+/// (text between blocks is ignored). A private key anywhere is refused.
+pub fn parse_public_keys_pem(pem: &str) -> Result<Vec<VerifyingKey>, KeyError> {
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    if pem.contains("BEGIN PRIVATE KEY") {
+        return parse_public_key_pem(pem).map(|k| vec![k]);
+    }
+    let mut keys = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let block = &rest[start..];
+        let Some(end) = block.find(END) else {
+            return Err(KeyError::BadPublicKey(format!(
+                "public key block {} has no {END} line",
+                keys.len() + 1
+            )));
+        };
+        let (one, after) = block.split_at(end + END.len());
+        let n = keys.len() + 1;
+        keys.push(parse_public_key_pem(one).map_err(|e| match e {
+            KeyError::BadPublicKey(m) if n > 1 => {
+                KeyError::BadPublicKey(format!("public key block {n}: {m}"))
+            }
+            other => other,
+        })?);
+        rest = after;
+    }
+    if keys.is_empty() {
+        // No block at all: the single-key parser names what is wrong.
+        return parse_public_key_pem(pem).map(|k| vec![k]);
+    }
+    Ok(keys)
+}
+
 /// The key id: SHA-256 of the public key's SPKI DER encoding.
 pub fn key_id(key: &VerifyingKey) -> Sha256Digest {
     match key.to_public_key_der() {

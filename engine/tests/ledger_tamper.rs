@@ -74,10 +74,10 @@ fn check(
             name: "report.json",
             bytes: report,
         },
-        public_key: NamedInput {
+        public_keys: &[NamedInput {
             name: "public-key.pem",
             bytes: c.pem.as_bytes(),
-        },
+        }],
         ledger: Some(NamedInput {
             name: "ledger.jsonl",
             bytes: ledger,
@@ -273,4 +273,128 @@ proptest! {
         let err = check(&c, &next_bytes, &c.ledger, Some(&rewritten.canonical_bytes().expect("bytes"))).expect_err("detected");
         prop_assert_eq!(err.class, FailureClass::Previous, "{}", err.message);
     }
+}
+
+fn check_keys(
+    report: &[u8],
+    keys: &[(&str, &[u8])],
+    ledger: &[u8],
+    previous: Option<&[u8]>,
+) -> Result<String, VerifyFailure> {
+    let inputs: Vec<NamedInput<'_>> = keys
+        .iter()
+        .map(|(name, bytes)| NamedInput { name, bytes })
+        .collect();
+    verify_report(&VerifyRequest {
+        report: NamedInput {
+            name: "report.json",
+            bytes: report,
+        },
+        public_keys: &inputs,
+        ledger: Some(NamedInput {
+            name: "ledger.jsonl",
+            bytes: ledger,
+        }),
+        previous: previous.map(|b| NamedInput {
+            name: "previous.json",
+            bytes: b,
+        }),
+        entry: None,
+        allow_longer_ledger: false,
+    })
+    .map(|v| v.checks.join("\n"))
+}
+
+/// Key rotation: the report's keyId selects among several given keys (as
+/// separate files or one PEM bundle); a predecessor signed by the old key
+/// verifies beside a report signed by the new one; a report signed by none
+/// of the keys fails naming its key id.
+#[test]
+fn key_rotation_selects_the_key_by_key_id() {
+    let c = case(20, 4);
+    let old = c.pem.clone();
+    let new_key = signing_key_from_seed(&[201; 32]);
+    let new = public_key_pem(&new_key.verifying_key()).expect("pem");
+    let stranger = signing_key_from_seed(&[202; 32]);
+    let m = 8;
+    let prev = build_report(
+        &c.entries[..m],
+        &policies(),
+        Period::covering(&c.entries[..m]),
+        None,
+    )
+    .expect("build")
+    .sign(&c.key)
+    .expect("sign");
+    let next = build_report(
+        &c.entries,
+        &policies(),
+        Period::covering(&c.entries[m..]),
+        Some(&prev),
+    )
+    .expect("build")
+    .sign(&new_key)
+    .expect("sign");
+    let (prev_b, next_b) = (
+        prev.canonical_bytes().expect("bytes"),
+        next.canonical_bytes().expect("bytes"),
+    );
+    let two = [("old.pem", old.as_bytes()), ("new.pem", new.as_bytes())];
+    let checks = check_keys(&next_b, &two, &c.ledger, Some(&prev_b)).expect("rotation verifies");
+    assert!(
+        checks.contains(&next.key_id.to_hex()) && checks.contains("new.pem"),
+        "{checks}"
+    );
+    assert!(checks.contains(&prev.key_id.to_hex()), "{checks}");
+    // The same two keys as one bundle, in the other order.
+    let bundle = format!("{new}\n{old}");
+    check_keys(
+        &next_b,
+        &[("keys.pem", bundle.as_bytes())],
+        &c.ledger,
+        Some(&prev_b),
+    )
+    .expect("bundle verifies");
+    // Only the new key: the predecessor's signature cannot be checked.
+    let err = check_keys(
+        &next_b,
+        &[("new.pem", new.as_bytes())],
+        &c.ledger,
+        Some(&prev_b),
+    )
+    .expect_err("old key missing");
+    assert_eq!(err.class, FailureClass::Previous, "{}", err.message);
+    // Signed by a key that is none of the given ones.
+    let forged = next.report.clone().sign(&stranger).expect("sign");
+    let err = check_keys(
+        &forged.canonical_bytes().expect("bytes"),
+        &two,
+        &c.ledger,
+        None,
+    )
+    .expect_err("unknown key");
+    assert_eq!(err.class, FailureClass::Signature, "{}", err.message);
+    assert!(
+        err.message.contains(&forged.key_id.to_hex())
+            && err.message.contains("none of the 2 given keys"),
+        "{}",
+        err.message
+    );
+    // A relabelled key id still needs the right signature.
+    let mut relabelled = forged;
+    relabelled.key_id = next.key_id;
+    let err = check_keys(
+        &relabelled.canonical_bytes().expect("bytes"),
+        &two,
+        &c.ledger,
+        None,
+    )
+    .expect_err("relabelled");
+    assert_eq!(err.class, FailureClass::Signature, "{}", err.message);
+    // A private key inside a bundle is refused as bad input.
+    let private = komptroller_engine::signing::private_key_pem(&c.key).expect("pem");
+    let mixed = format!("{new}\n{private}");
+    let err = check_keys(&next_b, &[("mixed.pem", mixed.as_bytes())], &c.ledger, None)
+        .expect_err("private");
+    assert_eq!(err.class, FailureClass::Input, "{}", err.message);
 }

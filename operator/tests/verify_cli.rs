@@ -465,3 +465,106 @@ fn the_bundle_holds_every_file_and_verifies() {
         .arg(dir.path().join("first.json")));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
+
+/// Key rotation: the first report is signed by the old key, the next by a
+/// new one. `--key` repeated, a directory of public keys, or one PEM bundle
+/// all verify the pair; a report signed by none of the given keys exits 3
+/// naming its key id.
+#[test]
+fn verify_selects_among_several_keys_by_key_id() {
+    let f = fixture(30);
+    let text = std::fs::read(f.path("ledger.jsonl")).expect("read");
+    let entries = komptroller_engine::ledger::verify_jsonl(&text).expect("chain");
+    let mut ledger = Ledger::from_entries(entries).expect("ledger");
+    let last = ledger
+        .entries()
+        .last()
+        .map(|e| e.record.time)
+        .expect("time");
+    for mut r in sample_records(20, 9, last) {
+        r.time = r.time.max(last);
+        ledger.append(r).expect("append");
+    }
+    let mut file = std::fs::File::create(f.path("ledger2.jsonl")).expect("create");
+    ledger.write_jsonl(&mut file).expect("write");
+    let new_dir = f.path("new");
+    let o = run(bin().args(["keygen", "--out"]).arg(&new_dir));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run(bin()
+        .arg("report")
+        .arg("--ledger")
+        .arg(f.path("ledger2.jsonl"))
+        .arg("--policy")
+        .arg(f.path("policy.yaml"))
+        .arg("--key")
+        .arg(new_dir.join("signing-key.pem"))
+        .arg("--previous")
+        .arg(f.path("report.json"))
+        .arg("--out")
+        .arg(f.path("report2.json")));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let verify_keys = |keys: &[PathBuf]| {
+        let mut cmd = bin();
+        cmd.arg("verify")
+            .arg("--report")
+            .arg(f.path("report2.json"));
+        for k in keys {
+            cmd.arg("--key").arg(k);
+        }
+        run(cmd
+            .arg("--ledger")
+            .arg(f.path("ledger2.jsonl"))
+            .arg("--previous")
+            .arg(f.path("report.json")))
+    };
+    let old_pub = f.path("public-key.pem");
+    let new_pub = new_dir.join("public-key.pem");
+    // --key twice.
+    let o = verify_keys(&[old_pub.clone(), new_pub.clone()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // A directory of public keys (keygen's directory also holds the private key, which is skipped).
+    let keys_dir = f.path("keys");
+    std::fs::create_dir(&keys_dir).expect("mkdir");
+    std::fs::copy(&old_pub, keys_dir.join("2026-old.pem")).expect("copy");
+    std::fs::copy(&new_pub, keys_dir.join("2026-new.pem")).expect("copy");
+    let o = verify_keys(std::slice::from_ref(&keys_dir));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = verify_keys(&[f.path("."), new_dir.clone()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // One PEM bundle.
+    let bundle = std::fs::read_to_string(&new_pub).expect("read")
+        + &std::fs::read_to_string(&old_pub).expect("read");
+    std::fs::write(f.path("bundle.pem"), bundle).expect("write");
+    let o = verify_keys(&[f.path("bundle.pem")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Only the new key: the previous report (old key) cannot be checked: exit 7.
+    let o = verify_keys(std::slice::from_ref(&new_pub));
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    // Signed by neither of two given keys: exit 3, naming the report's key id.
+    let stranger = f.path("stranger");
+    let o = run(bin().args(["keygen", "--out"]).arg(&stranger));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let report2 =
+        parse_report(&std::fs::read(f.path("report2.json")).expect("read")).expect("parse");
+    let o = run(bin()
+        .arg("verify")
+        .arg("--report")
+        .arg(f.path("report2.json"))
+        .arg("--key")
+        .arg(&old_pub)
+        .arg("--key")
+        .arg(stranger.join("public-key.pem")));
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&report2.key_id.to_hex())
+            && stderr(&o).contains("none of the 2 given keys"),
+        "{}",
+        stderr(&o)
+    );
+    // A directory with no public key is bad input.
+    let empty = f.path("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let o = verify_keys(&[empty]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no *.pem file"), "{}", stderr(&o));
+}

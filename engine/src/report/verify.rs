@@ -3,12 +3,13 @@
 //! first failure, which is named in one sentence with its class (each class
 //! is a distinct exit code).
 
+use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    PreviousLink, ReportError, ReportParseError, SignedReport, compute_body, leaf_hashes,
-    parse_report,
+    PreviousLink, ReportError, ReportParseError, SignatureError, SignedReport, compute_body,
+    leaf_hashes, parse_report,
 };
 use crate::ledger::{ChainError, Sha256Digest, verify_jsonl};
 use crate::merkle;
@@ -73,8 +74,10 @@ pub struct NamedInput<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct VerifyRequest<'a> {
     pub report: NamedInput<'a>,
-    /// SPKI PEM public key.
-    pub public_key: NamedInput<'a>,
+    /// The signers' public keys: SPKI PEM files, each holding one key or a
+    /// bundle of several. The report's (and the previous report's) `keyId`
+    /// selects the key, so a key rotation between reports verifies.
+    pub public_keys: &'a [NamedInput<'a>],
     pub ledger: Option<NamedInput<'a>>,
     pub previous: Option<NamedInput<'a>>,
     /// Produce and check the inclusion proof of this entry (needs `ledger`).
@@ -120,29 +123,89 @@ fn load_report(
     }
 }
 
+/// The given public keys, by key id.
+struct KeyRing<'a> {
+    /// (key id, key, file it came from), in the order given.
+    keys: Vec<(Sha256Digest, VerifyingKey, &'a str)>,
+}
+
+impl<'a> KeyRing<'a> {
+    fn load(inputs: &[NamedInput<'a>]) -> Result<KeyRing<'a>, VerifyFailure> {
+        if inputs.is_empty() {
+            return fail(
+                FailureClass::Input,
+                "no public key given: pass --key with the signer's public-key.pem",
+            );
+        }
+        let mut keys = Vec::new();
+        for input in inputs {
+            let text = std::str::from_utf8(input.bytes).map_err(|_| VerifyFailure {
+                class: FailureClass::Input,
+                message: format!(
+                    "{}: not a PEM text file (expected -----BEGIN PUBLIC KEY-----)",
+                    input.name
+                ),
+            })?;
+            let parsed = signing::parse_public_keys_pem(text).map_err(|e| VerifyFailure {
+                class: FailureClass::Input,
+                message: format!("{}: {e}", input.name),
+            })?;
+            for k in parsed {
+                keys.push((signing::key_id(&k), k, input.name));
+            }
+        }
+        Ok(KeyRing { keys })
+    }
+
+    /// Checks `report`'s signature with the given key its `keyId` names.
+    fn verify(
+        &self,
+        report: &SignedReport,
+        name: &str,
+        class: FailureClass,
+    ) -> Result<&'a str, VerifyFailure> {
+        let failed = |e: SignatureError| VerifyFailure {
+            class,
+            message: format!("{name}: {e}"),
+        };
+        match self.keys.iter().find(|(id, _, _)| *id == report.key_id) {
+            Some((_, key, file)) => {
+                report.verify_signature(key).map_err(failed)?;
+                Ok(*file)
+            }
+            // One key: the error names both ids, as before rotation existed.
+            None if self.keys.len() == 1 => {
+                let (_, key, _) = &self.keys[0];
+                report.verify_signature(key).map_err(failed)?;
+                Ok(self.keys[0].2)
+            }
+            None => Err(VerifyFailure {
+                class,
+                message: format!(
+                    "{name}: the report was signed by key {}, which is none of the {} given keys ({})",
+                    report.key_id,
+                    self.keys.len(),
+                    self.keys
+                        .iter()
+                        .map(|(id, _, file)| format!("{id} from {file}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+}
+
 /// Runs every requested check, in order: signature, previous report,
 /// ledger chain, ledger-to-report match, totals, inclusion.
 pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure> {
     let mut checks = Vec::new();
-    let key_text = std::str::from_utf8(req.public_key.bytes).map_err(|_| VerifyFailure {
-        class: FailureClass::Input,
-        message: format!(
-            "{}: not a PEM text file (expected -----BEGIN PUBLIC KEY-----)",
-            req.public_key.name
-        ),
-    })?;
-    let key = signing::parse_public_key_pem(key_text).map_err(|e| VerifyFailure {
-        class: FailureClass::Input,
-        message: format!("{}: {e}", req.public_key.name),
-    })?;
+    let keys = KeyRing::load(req.public_keys)?;
 
     let report = load_report(req.report, FailureClass::Signature)?;
-    report.verify_signature(&key).map_err(|e| VerifyFailure {
-        class: FailureClass::Signature,
-        message: format!("{}: {e}", req.report.name),
-    })?;
+    let key_file = keys.verify(&report, req.report.name, FailureClass::Signature)?;
     checks.push(format!(
-        "signature: valid Ed25519 signature by key {}",
+        "signature: valid Ed25519 signature by key {} ({key_file})",
         report.key_id
     ));
     let b = &report.report;
@@ -203,10 +266,7 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
 
     if let Some(prev_input) = req.previous {
         let prev = load_report(prev_input, FailureClass::Previous)?;
-        prev.verify_signature(&key).map_err(|e| VerifyFailure {
-            class: FailureClass::Previous,
-            message: format!("{}: {e}", prev_input.name),
-        })?;
+        keys.verify(&prev, prev_input.name, FailureClass::Previous)?;
         let Some(link) = &b.previous else {
             return fail(
                 FailureClass::Previous,
@@ -253,8 +313,8 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
             );
         }
         checks.push(format!(
-            "previous: continues {} (hash {prev_hash}, signed by the same key)",
-            prev_input.name
+            "previous: continues {} (hash {prev_hash}, signed by key {})",
+            prev_input.name, prev.key_id
         ));
     }
 

@@ -30,9 +30,11 @@ pub struct VerifyArgs {
     /// The signed report (report.json).
     #[arg(long, value_name = "FILE")]
     pub report: PathBuf,
-    /// The signer's public key (SPKI PEM, public-key.pem).
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
+    /// The signer's public key (SPKI PEM, public-key.pem). Repeat it, give a
+    /// PEM bundle of several keys, or a directory (its `*.pem` files holding a
+    /// public key) to verify across a key rotation: the report's keyId selects the key.
+    #[arg(long, value_name = "FILE|DIR", required = true)]
+    pub key: Vec<PathBuf>,
     /// The ledger (JSON Lines) from seq 0 to the report's last entry.
     #[arg(long, value_name = "FILE")]
     pub ledger: Option<PathBuf>,
@@ -62,13 +64,48 @@ fn class_name(c: FailureClass) -> &'static str {
     }
 }
 
+/// The key files named by `--key`: each file as given, and for a directory
+/// its `*.pem` files (sorted) that hold a public key, so a `keygen --out`
+/// directory (which also holds the private key) can be passed as is.
+fn read_keys(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    for p in paths {
+        if !p.is_dir() {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            out.push((p.display().to_string(), bytes));
+            continue;
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.extension().is_some_and(|x| x == "pem") && f.is_file())
+            .collect();
+        files.sort();
+        let before = out.len();
+        for f in files {
+            let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            const BEGIN: &[u8] = b"-----BEGIN PUBLIC KEY-----";
+            if bytes.windows(BEGIN.len()).any(|w| w == BEGIN) {
+                out.push((f.display().to_string(), bytes));
+            }
+        }
+        if out.len() == before {
+            return Err(format!(
+                "{}: the directory holds no *.pem file with a public key (-----BEGIN PUBLIC KEY-----)",
+                p.display()
+            ));
+        }
+    }
+    Ok(out)
+}
+
 pub fn run(args: VerifyArgs) -> ExitCode {
     let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let load = |p: &Option<PathBuf>| p.as_ref().map(read).transpose();
-    let (report, key, ledger, previous) = match (|| {
+    let (report, keys, ledger, previous) = match (|| {
         Ok::<_, String>((
             read(&args.report)?,
-            read(&args.key)?,
+            read_keys(&args.key)?,
             load(&args.ledger)?,
             load(&args.previous)?,
         ))
@@ -79,9 +116,12 @@ pub fn run(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let key_inputs: Vec<NamedInput<'_>> = keys
+        .iter()
+        .map(|(name, bytes)| NamedInput { name, bytes })
+        .collect();
     let names = (
         args.report.display().to_string(),
-        args.key.display().to_string(),
         args.ledger.as_ref().map(|p| p.display().to_string()),
         args.previous.as_ref().map(|p| p.display().to_string()),
     );
@@ -90,16 +130,13 @@ pub fn run(args: VerifyArgs) -> ExitCode {
             name: &names.0,
             bytes: &report,
         },
-        public_key: NamedInput {
-            name: &names.1,
-            bytes: &key,
-        },
+        public_keys: &key_inputs,
         ledger: ledger.as_deref().map(|bytes| NamedInput {
-            name: names.2.as_deref().unwrap_or("ledger"),
+            name: names.1.as_deref().unwrap_or("ledger"),
             bytes,
         }),
         previous: previous.as_deref().map(|bytes| NamedInput {
-            name: names.3.as_deref().unwrap_or("previous report"),
+            name: names.2.as_deref().unwrap_or("previous report"),
             bytes,
         }),
         entry: args.entry,
