@@ -552,8 +552,7 @@ def scrape_operator(rbac_docs: list[dict]) -> str | None:
 
 def check_scrape(rendered: dict[str, list[tuple[str, dict]]]) -> None:
     print("\n--- a real scrape of komptroller run (on kube-standin): promtool check metrics, names match docs/metrics.md")
-    rbac_kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-    text = scrape_operator([d for _, d in rendered.get("default", []) if d.get("kind") in rbac_kinds])
+    text = scrape_operator([d for _, d in rendered.get("default", []) if d.get("kind") in RBAC_KINDS])
     if text is None:
         return
     promtool = shutil.which("promtool")
@@ -571,6 +570,45 @@ def check_scrape(rendered: dict[str, list[tuple[str, dict]]]) -> None:
         if documented.get(name) != kind:
             fail(f"scraped {name} ({kind}) is not in docs/metrics.md as a {kind}")
     ok(f"{len(scraped)} scraped metric families, all documented with their type in docs/metrics.md")
+
+
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+RBAC_FIXTURE = ROOT / "e2e" / "tests" / "fixtures" / "chart-rbac.yaml"
+RBAC_FIXTURE_HEADER = """\
+# The chart's RBAC (charts/komptroller, default values, release komptroller in
+# namespace komptroller-system), rendered with Helm's SDK by
+# scripts/checks/chart_checks.py, which fails when this file drifts from the
+# chart. Regenerate: KOMPTROLLER_UPDATE_FIXTURES=1 bash scripts/checks/chart.sh
+# Used by e2e/tests/chart_rbac.rs (every grant used, nothing denied), so that
+# test needs no Python on the machine. Labels are left out.
+"""
+
+
+def rbac_fixture_text(docs: list[tuple[str, dict]]) -> str:
+    out = []
+    for _, d in docs:
+        if d.get("kind") not in RBAC_KINDS:
+            continue
+        d = copy.deepcopy(d)
+        d["metadata"].pop("labels", None)
+        d["metadata"].pop("annotations", None)
+        out.append(d)
+    return RBAC_FIXTURE_HEADER + yaml.safe_dump_all(out, sort_keys=False, width=120)
+
+
+def check_rbac_fixture(rendered: dict[str, list[tuple[str, dict]]]) -> None:
+    print("\n--- the e2e RBAC fixture equals the chart's rendered RBAC (" + str(RBAC_FIXTURE.relative_to(ROOT)) + ")")
+    want = rbac_fixture_text(rendered.get("default", []))
+    if os.environ.get("KOMPTROLLER_UPDATE_FIXTURES") == "1":
+        RBAC_FIXTURE.write_text(want)
+        ok(f"wrote {RBAC_FIXTURE.relative_to(ROOT)}")
+        return
+    have = RBAC_FIXTURE.read_text() if RBAC_FIXTURE.exists() else ""
+    if have != want:
+        fail(f"{RBAC_FIXTURE.relative_to(ROOT)} differs from the chart's rendered RBAC; regenerate it with "
+             "KOMPTROLLER_UPDATE_FIXTURES=1 bash scripts/checks/chart.sh and rerun cargo test -p e2e --test chart_rbac")
+    else:
+        ok(f"{RBAC_FIXTURE.relative_to(ROOT)} matches")
 
 
 WEBHOOK_FIELDS = ["rules", "failurePolicy", "matchPolicy", "sideEffects", "timeoutSeconds",
@@ -607,6 +645,7 @@ def main() -> int:
     check_schema_rejections(chart)
     check_kubernetes_validate(rendered)
     check_crds()
+    check_rbac_fixture(rendered)
     check_invariants(rendered, chart)
     check_alerts_and_dashboard(rendered)
     check_scrape(rendered)

@@ -335,24 +335,19 @@ async fn handle_inner(
         .get("Impersonate-User")
         .and_then(|v| v.to_str().ok())
     {
+        let attrs = Attributes {
+            verb: "impersonate".into(),
+            group: String::new(),
+            resource: "users".into(),
+            subresource: String::new(),
+            name: imp.into(),
+            namespace: String::new(),
+            path: None,
+        };
         let allowed = user.is_master()
-            || (server.authorization == Authorization::Rbac && {
-                let store = server.lock();
-                auth::authorize(
-                    &store,
-                    &user,
-                    &Attributes {
-                        verb: "impersonate".into(),
-                        group: String::new(),
-                        resource: "users".into(),
-                        subresource: String::new(),
-                        name: imp.into(),
-                        namespace: String::new(),
-                        path: None,
-                    },
-                )
-            })
-            || server.authorization == Authorization::AlwaysAllow;
+            || server.authorization == Authorization::AlwaysAllow
+            || auth::authorize(&server.lock(), &user, &attrs);
+        server.audit.record(&user, &attrs, allowed);
         if !allowed {
             return Err(ApiError::forbidden(format!(
                 "users \"{imp}\" is forbidden: User \"{}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
@@ -446,18 +441,15 @@ async fn handle_inner(
         namespace: target.ns.clone().unwrap_or_default(),
         path: None,
     };
-    if server.authorization == Authorization::Rbac {
-        let allowed = {
-            let store = server.lock();
-            auth::authorize(&store, &user, &attrs)
-        };
-        if !allowed {
-            let mut e = ApiError::forbidden(auth::forbidden_message(&user, &attrs));
-            e.name = target.name.clone();
-            e.group = Some(def.group.clone());
-            e.kind = Some(def.plural.clone());
-            return Err(e);
-        }
+    let allowed = server.authorization == Authorization::AlwaysAllow
+        || auth::authorize(&server.lock(), &user, &attrs);
+    server.audit.record(&user, &attrs, allowed);
+    if !allowed {
+        let mut e = ApiError::forbidden(auth::forbidden_message(&user, &attrs));
+        e.name = target.name.clone();
+        e.group = Some(def.group.clone());
+        e.kind = Some(def.plural.clone());
+        return Err(e);
     }
     let faults = server.faults();
     if faults.throttle_429 > 0.0 && fastrand::f64() < faults.throttle_429 {
@@ -629,6 +621,35 @@ fn inject_write_fault(f: &Faults, def: &ResourceDef, name: &str) -> ApiResult<()
     Ok(())
 }
 
+fn authorize_create_by_apply(
+    server: &Server,
+    def: &ResourceDef,
+    ns: &str,
+    name: &str,
+    user: &UserInfo,
+) -> ApiResult<()> {
+    let attrs = Attributes {
+        verb: "create".into(),
+        group: def.group.clone(),
+        resource: def.plural.clone(),
+        subresource: String::new(),
+        name: name.into(),
+        namespace: ns.into(),
+        path: None,
+    };
+    let allowed = server.authorization == Authorization::AlwaysAllow
+        || auth::authorize(&server.lock(), user, &attrs);
+    server.audit.record(user, &attrs, allowed);
+    if allowed {
+        return Ok(());
+    }
+    let mut e = ApiError::forbidden(auth::forbidden_message(user, &attrs));
+    e.name = Some(name.into());
+    e.group = Some(def.group.clone());
+    e.kind = Some(def.plural.clone());
+    Err(e)
+}
+
 fn authorize_path(server: &Server, user: &UserInfo, verb: &str, path: &str) -> ApiResult<()> {
     if server.authorization != Authorization::Rbac {
         return Ok(());
@@ -727,6 +748,15 @@ fn admin_endpoint(
                 &json!({"compactedResourceVersion": s.compacted_rv.to_string()}),
                 &[],
             ))
+        }
+        (&Method::GET, "audit") => Ok(json_response(
+            200,
+            &json!({"records": server.audit.records()}),
+            &[],
+        )),
+        (&Method::DELETE, "audit") => {
+            server.audit.clear();
+            Ok(json_response(200, &json!({"cleared": true}), &[]))
         }
         (&Method::GET, "stats") => {
             let s = server.lock();
@@ -2293,6 +2323,11 @@ async fn patch(
                 }
                 if old.is_none() && sub.is_some() {
                     return Err(ApiError::not_found(&def.group, &def.plural, name));
+                }
+                if old.is_none() {
+                    // kube-apiserver authorizes an apply that creates the
+                    // object as `create` too (api-concepts, "Patch and apply").
+                    authorize_create_by_apply(server, def, ns, name, &ctx.user)?;
                 }
                 let applied = body.clone();
                 if def.is_custom() && ctx.validation == FieldValidation::Strict {

@@ -371,3 +371,91 @@ fn qualified_res(group: &str, res: &str) -> String {
         format!("{res}.{group}")
     }
 }
+
+/// One line of the request audit log: who asked to do what, where. Requests
+/// with the same key are counted together, so the log stays small under load.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditKey {
+    pub user: String,
+    pub verb: String,
+    pub api_group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+}
+
+/// How often a key was allowed and denied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditCount {
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+/// An audit-log line as [`crate::standin::StandIn::audit`] and
+/// `GET /_standin/audit` return it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    #[serde(flatten)]
+    pub key: AuditKey,
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+/// The authorization decisions on resource requests (and impersonation),
+/// recorded whatever the authorization mode (under AlwaysAllow every
+/// request is allowed).
+#[derive(Debug, Default)]
+pub struct AuditLog(std::sync::Mutex<HashMap<AuditKey, AuditCount>>);
+
+impl AuditLog {
+    pub fn record(&self, user: &UserInfo, a: &Attributes, allowed: bool) {
+        if a.path.is_some() {
+            return;
+        }
+        let key = AuditKey {
+            user: user.username.clone(),
+            verb: a.verb.clone(),
+            api_group: a.group.clone(),
+            resource: a.resource.clone(),
+            subresource: a.subresource.clone(),
+            namespace: a.namespace.clone(),
+        };
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let c = m.entry(key).or_default();
+        if allowed {
+            c.allowed += 1;
+        } else {
+            c.denied += 1;
+        }
+    }
+
+    /// Every key seen, sorted (user, verb, group, resource, subresource, namespace).
+    pub fn records(&self) -> Vec<AuditRecord> {
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<AuditRecord> = m
+            .iter()
+            .map(|(k, c)| AuditRecord {
+                key: k.clone(),
+                allowed: c.allowed,
+                denied: c.denied,
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    pub fn clear(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}

@@ -124,6 +124,9 @@ pub struct Server {
     pub watch_gone: std::sync::atomic::AtomicU64,
     /// Bumped to close every open watch.
     pub watch_epoch: tokio::sync::watch::Sender<u64>,
+    /// Authorization decisions on resource requests, by user, verb, group,
+    /// resource, subresource and namespace.
+    pub audit: auth::AuditLog,
 }
 
 impl Server {
@@ -214,6 +217,7 @@ impl StandIn {
             watch_requests: std::sync::atomic::AtomicU64::new(0),
             watch_gone: std::sync::atomic::AtomicU64::new(0),
             watch_epoch: tokio::sync::watch::channel(0).0,
+            audit: auth::AuditLog::default(),
         });
         api::bootstrap(&server);
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
@@ -304,6 +308,18 @@ impl StandIn {
             self.server.watch_requests.load(Relaxed),
             self.server.watch_gone.load(Relaxed),
         )
+    }
+
+    /// The request audit log: every (user, verb, API group, resource,
+    /// subresource, namespace) asked for since the start (or the last
+    /// [`clear_audit`](Self::clear_audit)), with how often it was allowed
+    /// and denied.
+    pub fn audit(&self) -> Vec<auth::AuditRecord> {
+        self.server.audit.records()
+    }
+
+    pub fn clear_audit(&self) {
+        self.server.audit.clear();
     }
 
     /// Number of objects held.

@@ -47,6 +47,9 @@ pub fn builtin_list_kind(path: &[String]) -> ListKind {
     let last = path.last().map(String::as_str).unwrap_or_default();
     match (path.len(), path.first().map(String::as_str), last) {
         (2, Some("f:metadata"), "f:finalizers") => ListKind::Set,
+        // Mutating/ValidatingWebhookConfiguration (`listType=map`, key `name`),
+        // so cert-manager's cainjector and an applier co-own a webhook.
+        (1, _, "f:webhooks") => ListKind::Map(vec!["name".into()]),
         (2, Some("f:metadata"), "f:ownerReferences") => ListKind::Map(vec!["uid".into()]),
         (_, Some("f:status"), "f:conditions") => ListKind::Map(vec!["type".into()]),
         (

@@ -1,6 +1,7 @@
 //! Helpers shared by the e2e test files.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod operator;
 pub mod webhook;
 
 use std::path::PathBuf;
