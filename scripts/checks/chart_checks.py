@@ -573,42 +573,54 @@ def check_scrape(rendered: dict[str, list[tuple[str, dict]]]) -> None:
 
 
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-RBAC_FIXTURE = ROOT / "e2e" / "tests" / "fixtures" / "chart-rbac.yaml"
-RBAC_FIXTURE_HEADER = """\
-# The chart's RBAC (charts/komptroller, default values, release komptroller in
-# namespace komptroller-system), rendered with Helm's SDK by
-# scripts/checks/chart_checks.py, which fails when this file drifts from the
-# chart. Regenerate: KOMPTROLLER_UPDATE_FIXTURES=1 bash scripts/checks/chart.sh
-# Used by e2e/tests/chart_rbac.rs (every grant used, nothing denied), so that
-# test needs no Python on the machine. Labels are left out.
+# Rendered manifests the e2e suite applies to kube-standin (so cargo test needs
+# no Python): file -> (render scenario, kinds, what for).
+E2E_FIXTURES = {
+    ROOT / "e2e" / "tests" / "fixtures" / "chart-rbac.yaml": (
+        "default", RBAC_KINDS,
+        "The chart's RBAC (default values). Used by e2e/tests/chart_rbac.rs (every grant used, nothing denied)."),
+    ROOT / "e2e" / "tests" / "fixtures" / "chart-cert-manager.yaml": (
+        "cert-manager mode", {"Certificate", "Deployment", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"},
+        "The cert-manager Certificate, Deployment and webhook configurations of --set webhook.certMode=cert-manager.\n"
+        "# Used by e2e/tests/webhook_certs.rs (cainjector and the mounted Secret emulated)."),
+}
+FIXTURE_HEADER = """\
+# Rendered from charts/komptroller (release komptroller in namespace
+# komptroller-system) with Helm's SDK by scripts/checks/chart_checks.py, which
+# fails when this file drifts from the chart. Regenerate:
+#   KOMPTROLLER_UPDATE_FIXTURES=1 bash scripts/checks/chart.sh
+# Labels are left out.
 """
 
 
-def rbac_fixture_text(docs: list[tuple[str, dict]]) -> str:
+def fixture_text(docs: list[tuple[str, dict]], kinds: set[str], what: str) -> str:
     out = []
     for _, d in docs:
-        if d.get("kind") not in RBAC_KINDS:
+        if d.get("kind") not in kinds:
             continue
         d = copy.deepcopy(d)
         d["metadata"].pop("labels", None)
-        d["metadata"].pop("annotations", None)
+        if not d["metadata"].get("annotations"):
+            d["metadata"].pop("annotations", None)
         out.append(d)
-    return RBAC_FIXTURE_HEADER + yaml.safe_dump_all(out, sort_keys=False, width=120)
+    return FIXTURE_HEADER + "# " + what + "\n" + yaml.safe_dump_all(out, sort_keys=False, width=120)
 
 
-def check_rbac_fixture(rendered: dict[str, list[tuple[str, dict]]]) -> None:
-    print("\n--- the e2e RBAC fixture equals the chart's rendered RBAC (" + str(RBAC_FIXTURE.relative_to(ROOT)) + ")")
-    want = rbac_fixture_text(rendered.get("default", []))
-    if os.environ.get("KOMPTROLLER_UPDATE_FIXTURES") == "1":
-        RBAC_FIXTURE.write_text(want)
-        ok(f"wrote {RBAC_FIXTURE.relative_to(ROOT)}")
-        return
-    have = RBAC_FIXTURE.read_text() if RBAC_FIXTURE.exists() else ""
-    if have != want:
-        fail(f"{RBAC_FIXTURE.relative_to(ROOT)} differs from the chart's rendered RBAC; regenerate it with "
-             "KOMPTROLLER_UPDATE_FIXTURES=1 bash scripts/checks/chart.sh and rerun cargo test -p e2e --test chart_rbac")
-    else:
-        ok(f"{RBAC_FIXTURE.relative_to(ROOT)} matches")
+def check_e2e_fixtures(rendered: dict[str, list[tuple[str, dict]]]) -> None:
+    print("\n--- the e2e fixtures equal the chart's rendered manifests")
+    for path, (scenario, kinds, what) in E2E_FIXTURES.items():
+        rel = path.relative_to(ROOT)
+        want = fixture_text(rendered.get(scenario, []), kinds, what)
+        if os.environ.get("KOMPTROLLER_UPDATE_FIXTURES") == "1":
+            path.write_text(want)
+            ok(f"wrote {rel}")
+            continue
+        have = path.read_text() if path.exists() else ""
+        if have != want:
+            fail(f"{rel} differs from the chart's rendering [{scenario}]; regenerate it with "
+                 "KOMPTROLLER_UPDATE_FIXTURES=1 bash scripts/checks/chart.sh and rerun cargo test -p e2e")
+        else:
+            ok(f"{rel} matches [{scenario}]")
 
 
 WEBHOOK_FIELDS = ["rules", "failurePolicy", "matchPolicy", "sideEffects", "timeoutSeconds",
@@ -645,7 +657,7 @@ def main() -> int:
     check_schema_rejections(chart)
     check_kubernetes_validate(rendered)
     check_crds()
-    check_rbac_fixture(rendered)
+    check_e2e_fixtures(rendered)
     check_invariants(rendered, chart)
     check_alerts_and_dashboard(rendered)
     check_scrape(rendered)

@@ -118,7 +118,18 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>,
         .map_err(|e| WebhookError::Tls(format!("serving key: {e}")))?;
     let signer =
         any_supported_type(&key).map_err(|e| WebhookError::Tls(format!("serving key: {e}")))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+    let ck = CertifiedKey::new(chain, signer);
+    // A certificate rotated without its key (files replaced one at a time)
+    // must not be served: every handshake would fail. The caller keeps the
+    // previous pair and tries again at the next check.
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(ck))
+        }
+        Err(e) => Err(WebhookError::Tls(format!(
+            "the serving key does not belong to the serving certificate ({e}); a rotation that replaced one file but not yet the other?"
+        ))),
+    }
 }
 
 /// notAfter of the first certificate of a PEM text.
@@ -744,6 +755,10 @@ mod tests {
         let r = renew(Some(&b), &names, later, life).unwrap();
         assert_eq!(r.ca_pem, b.ca_pem);
         assert_ne!(r.cert_pem, b.cert_pem);
+        // A key that is not the certificate's is refused.
+        let other = renew(None, &names, now, life).unwrap();
+        let e = certified_key(&b.cert_pem, &other.key_pem).unwrap_err();
+        assert!(e.to_string().contains("does not belong"), "{e}");
         // A new name: renew.
         let more = vec!["127.0.0.1".to_string(), "other.example".to_string()];
         assert!(
