@@ -13,7 +13,8 @@
 //! a crash hole, and injected write conflicts. The stand-in's audit log then
 //! shows every request the operator made: none may be denied, and every
 //! (verb, API group, resource) the chart grants must have been used, except
-//! the grants in [`UNREACHED`], each with the reason no scenario reaches it.
+//! the grants in [`NOT_RELIABLY_REACHED`], each with the reason no scenario
+//! reaches it every time.
 //!
 //! Needs the `komptroller` binary (`cargo build -p komptroller`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -32,9 +33,9 @@ use serde_json::{Value, json};
 
 const NS: &str = "research";
 
-/// Grants no scenario here reaches, each with the reason (reviewed: a grant
-/// that becomes unused for another reason fails the test).
-const UNREACHED: &[(&str, &str, &str, &str)] = &[
+/// Grants the scenarios here do not reach every time, each with the reason
+/// (reviewed: any other grant left unused fails the test).
+const NOT_RELIABLY_REACHED: &[(&str, &str, &str, &str)] = &[
     (
         "watch",
         "apiextensions.k8s.io",
@@ -48,9 +49,9 @@ const UNREACHED: &[(&str, &str, &str, &str)] = &[
         "patch",
         "events.k8s.io",
         "events",
-        "kube's Recorder patches an Event (a series) only when the same event is published again for \
-     the same object at the same resourceVersion; the controller publishes once per verdict change, \
-     after which the object's resourceVersion has moved on. Kept so a future repeat is not a 403.",
+        "kube's Recorder patches an Event (a series) only when the same event is published again \
+         for the same object at the same resourceVersion: a reconcile retried after a failed \
+         write, which the injected conflicts below cause in some runs and not in others.",
     ),
 ];
 
@@ -373,7 +374,7 @@ subjects: [{kind: Group, name: researchers, apiGroup: rbac.authorization.k8s.io}
     }
     op.process.terminate(Duration::from_secs(10)).await.unwrap();
 
-    // The audit: nothing denied, every grant used (or listed in UNREACHED).
+    // The audit: nothing denied, every grant used (or listed in NOT_RELIABLY_REACHED).
     let used = used_by(&standin.audit(), OPERATOR_SA);
     let mut report = String::new();
     for ((v, g, r, ns), (allowed, denied)) in &used {
@@ -391,28 +392,26 @@ subjects: [{kind: Group, name: researchers, apiGroup: rbac.authorization.k8s.io}
         denied.is_empty(),
         "the chart's RBAC denied the operator: {denied:?}"
     );
-    let unreached: BTreeSet<(String, String, String)> = UNREACHED
+    let unreliable: BTreeSet<(String, String, String)> = NOT_RELIABLY_REACHED
         .iter()
         .map(|(v, g, r, _)| (v.to_string(), g.to_string(), r.to_string()))
         .collect();
     let mut unused = Vec::new();
     for g in &granted {
         let key = (g.0.clone(), g.1.clone(), g.2.clone());
-        match (grant_used(g, &used), unreached.contains(&key)) {
-            (true, true) => unused.push(format!(
-                "{key:?} is listed in UNREACHED but was used: remove it from the list"
-            )),
+        match (grant_used(g, &used), unreliable.contains(&key)) {
             (false, false) => unused.push(format!(
                 "{key:?} (namespace {:?}) is granted by the chart and never used",
                 g.3
             )),
-            _ => {}
+            (hit, true) => eprintln!("{key:?}: used this run: {hit}"),
+            (true, false) => {}
         }
     }
-    for (v, g, r, _) in UNREACHED {
+    for (v, g, r, _) in NOT_RELIABLY_REACHED {
         assert!(
             granted.iter().any(|x| x.0 == *v && x.1 == *g && x.2 == *r),
-            "UNREACHED lists ({v}, {g}, {r}), which the chart no longer grants"
+            "NOT_RELIABLY_REACHED lists ({v}, {g}, {r}), which the chart no longer grants"
         );
     }
     assert!(unused.is_empty(), "{}", unused.join("\n"));
