@@ -46,6 +46,20 @@ pub struct Env {
 
 impl Env {
     pub async fn start(users: &[(&str, &str)], options: Options) -> Env {
+        let env = Env::start_bare(users, options).await;
+        env.install_crds().await;
+        env
+    }
+
+    pub async fn install_crds(&self) {
+        self.cluster
+            .install_crds(&repo().join("crds"), T)
+            .await
+            .unwrap();
+    }
+
+    /// As `start`, without the CRDs.
+    pub async fn start_bare(users: &[(&str, &str)], options: Options) -> Env {
         let mut tokens = String::new();
         for (user, groups) in users {
             tokens.push_str(&format!("tok-{user},{user},uid-{user},\"{groups}\"\n"));
@@ -56,7 +70,6 @@ impl Env {
         })
         .await
         .unwrap();
-        cluster.install_crds(&repo().join("crds"), T).await.unwrap();
         cluster
             .apply_yaml(
                 &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {OPERATOR_NS}}}\n"),
