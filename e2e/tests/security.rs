@@ -842,3 +842,62 @@ rules: [{apiGroups: [test.komptroller.dev], resources: [widgets], verbs: [get, l
     w.get("w").await.expect("aggregated into view");
     assert_eq!(api_err(w.delete("w", &Default::default()).await).code, 403);
 }
+
+#[tokio::test]
+async fn apply_that_creates_needs_create_and_the_audit_log_records_every_decision() {
+    let tokens = Tokens::parse("tok-pat,pat,uid-pat,\"patchers\"\n").unwrap();
+    let c = cluster_with_crds(Options {
+        tokens,
+        authorization: Authorization::Rbac,
+        ..Options::default()
+    })
+    .await;
+    let standin = c.require_standin().unwrap();
+    c.apply_yaml(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: patch-only, namespace: default}
+rules: [{apiGroups: [""], resources: [configmaps], verbs: [get, patch]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: patch-only, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: patch-only}
+subjects: [{kind: Group, name: patchers}]
+"#,
+        None,
+    )
+    .await
+    .unwrap();
+    standin.clear_audit();
+    let pat: Api<ConfigMap> = Api::namespaced(as_token(&c, "tok-pat").await, "default");
+    let pp = PatchParams::apply("pat");
+    let doc = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"},
+        "data": {"a": "1"}});
+    // Creating by apply is authorized as create too (as kube-apiserver does).
+    let e = api_err(pat.patch("applied", &pp, &Patch::Apply(&doc)).await);
+    assert_eq!(e.code, 403);
+    assert!(
+        e.message.contains("cannot create resource \"configmaps\""),
+        "{}",
+        e.message
+    );
+    // Once it exists, patch alone is enough.
+    Api::<ConfigMap>::namespaced(c.client(), "default")
+        .create(&PostParams::default(), &cm("applied", json!({})))
+        .await
+        .unwrap();
+    pat.patch("applied", &pp, &Patch::Apply(&doc))
+        .await
+        .unwrap();
+    let audit = standin.audit();
+    let of = |verb: &str| {
+        audit
+            .iter()
+            .find(|r| r.key.user == "pat" && r.key.verb == verb && r.key.resource == "configmaps")
+            .map(|r| (r.allowed, r.denied, r.key.namespace.clone()))
+    };
+    assert_eq!(of("patch"), Some((2, 0, "default".into())), "{audit:?}");
+    assert_eq!(of("create"), Some((0, 1, "default".into())), "{audit:?}");
+}
