@@ -3,9 +3,14 @@
 //! The books (projected and consumed FLOP, accelerator-seconds, decisions)
 //! are counted from ledger entries as the leader persists them, and rebuilt
 //! from the whole ledger when a replica becomes leader, so `sum()` of a
-//! counter equals the ledger's total. Only the leader exports the books;
-//! followers export zero for them (query with `max by (...)` across
-//! replicas, or scrape the leader).
+//! counter equals the ledger's total. Only the leader exports the books and
+//! every other series derived from its state ([`exported_by_every_replica`]
+//! says which are not): a follower's `/metrics` carries only
+//! `komptroller_is_leader` (0) and its own reconcile series, never zeros
+//! standing in for the books, so `sum()` across replicas is the leader's
+//! value. (Keeping followers' books current from the ledger would make
+//! `sum()` count every replica; a follower knows nothing current about the
+//! queue or running jobs either.)
 //!
 //! Cardinality is bounded: `namespace` by the namespaces that run training
 //! jobs; `lineage` by [`MAX_LINEAGES`] distinct values (later ones are
@@ -148,6 +153,18 @@ pub const METRICS: &[MetricDoc] = &[
     },
 ];
 
+/// The metrics every replica exports; all others only the leader does.
+pub const REPLICA_METRICS: &[&str] = &[
+    "komptroller_is_leader",
+    "komptroller_reconcile_duration_seconds",
+    "komptroller_reconcile_errors_total",
+];
+
+/// Whether a follower exports the metric `name` too.
+pub fn exported_by_every_replica(name: &str) -> bool {
+    REPLICA_METRICS.contains(&name)
+}
+
 fn doc(name: &str) -> &'static MetricDoc {
     // METRICS is a constant table; every name used below is in it (tested).
     METRICS
@@ -288,10 +305,18 @@ impl Metrics {
         m
     }
 
-    /// The text exposition format.
+    /// The text exposition format. A follower (`komptroller_is_leader` 0)
+    /// leaves out the leader's series.
     pub fn render(&self) -> String {
+        let leader = self.is_leader.get() == 1;
+        let families: Vec<_> = self
+            .registry
+            .gather()
+            .into_iter()
+            .filter(|f| leader || exported_by_every_replica(f.name()))
+            .collect();
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 
@@ -469,7 +494,7 @@ pub fn reference_markdown() -> String {
          Generated from `operator/src/metrics.rs` (`METRICS`); do not edit by hand.\n\
          Regenerate with `UPDATE_DOCS=1 cargo test -p komptroller --lib metrics`.\n\n\
          Served by `komptroller run` at `http://<--metrics-addr>/metrics`.\n\n\
-         | name | type | labels | meaning |\n|---|---|---|---|\n",
+         | name | type | labels | exported by | meaning |\n|---|---|---|---|---|\n",
     );
     for m in METRICS {
         let labels = if m.labels.is_empty() {
@@ -481,9 +506,14 @@ pub fn reference_markdown() -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let by = if exported_by_every_replica(m.name) {
+            "every replica"
+        } else {
+            "the leader"
+        };
         out.push_str(&format!(
-            "| `{}` | {} | {} | {} |\n",
-            m.name, m.kind, labels, m.help
+            "| `{}` | {} | {} | {} | {} |\n",
+            m.name, m.kind, labels, by, m.help
         ));
     }
     out.push_str(&format!(
@@ -499,7 +529,14 @@ pub fn reference_markdown() -> String {
          | `error` | {} | {} |\n\n\
          The book counters are rebuilt from the ledger when a replica becomes leader, so\n\
          `sum(komptroller_consumed_flop_total)` equals the ledger's consumed FLOP total.\n\
-         Followers export zero for them.\n",
+         \n\
+         ## Replicas\n\n\
+         Only the leader (the replica holding the Lease) exports the metrics marked\n\
+         \"the leader\": a follower leaves them out entirely rather than exporting\n\
+         zeros, so `sum()` across replicas equals the leader's value and needs no\n\
+         `max by`. Every replica exports `komptroller_is_leader` (1 on the leader, 0\n\
+         elsewhere) and its own reconcile series. After a failover the new leader\n\
+         rebuilds the books from the ledger before exporting them.\n",
         crate::error::Error::LABELS.join(", "),
         crate::error::Error::LABELS.len()
     ));
@@ -535,6 +572,37 @@ mod tests {
             );
         }
         assert!(!families.contains("komptroller_fallback"));
+    }
+
+    #[test]
+    fn a_follower_exports_no_book_series() {
+        let m = Metrics::new();
+        m.is_leader.set(1);
+        m.lineage_charged.with_label_values(&["llama"]).set(1e24);
+        m.queue_depth.set(3);
+        m.reconcile_errors.with_label_values(&["kube"]).inc();
+        let leader = m.render();
+        assert!(leader.contains("komptroller_lineage_charged_flop{lineage=\"llama\"}"));
+        assert!(leader.contains("komptroller_queue_depth 3"));
+        m.is_leader.set(0);
+        let follower = m.render();
+        assert!(follower.contains("komptroller_is_leader 0"), "{follower}");
+        assert!(follower.contains("komptroller_reconcile_errors_total"));
+        for d in METRICS {
+            if !exported_by_every_replica(d.name) {
+                assert!(
+                    !follower.contains(d.name),
+                    "a follower exports {}:\n{follower}",
+                    d.name
+                );
+            }
+        }
+        for name in REPLICA_METRICS {
+            assert!(
+                METRICS.iter().any(|d| d.name == *name),
+                "{name} undocumented"
+            );
+        }
     }
 
     #[test]
