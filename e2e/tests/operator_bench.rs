@@ -15,6 +15,10 @@
 //! event carrying the decision. Mix: 9 in 10 jobs are admitted (8 GPUs, run
 //! 5 s, metered), 1 in 10 is over a Reject tier. Also the operator's peak RSS
 //! (VmHWM) and CPU seconds per 1,000 decisions.
+//!
+//! `BENCH_PHASES` (`burst,steady`) picks the phases; `BENCH_OPERATOR_LOG`
+//! sets the operator's `RUST_LOG` (e.g. `warn,komptroller=info,
+//! komptroller::timing=debug` logs where each reconcile's time goes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -27,7 +31,7 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::watcher;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -97,6 +101,8 @@ async fn rig() -> Rig {
         .await
         .unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
+    let log =
+        std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn,komptroller=info".into());
     let mut operator = Process::start(
         &release_binary("komptroller"),
         &[
@@ -111,7 +117,7 @@ async fn rig() -> Rig {
             "1h",
         ],
         Some(&kc),
-        &[("RUST_LOG", "warn,komptroller=info")],
+        &[("RUST_LOG", log.as_str())],
     )
     .unwrap();
     operator
@@ -202,8 +208,16 @@ async fn operator_burst_and_steady_rate() {
     let n = env_or("BENCH_JOBS", 15_000);
     let rate = env_or("BENCH_RATE", 100);
     let steady_secs = env_or("BENCH_STEADY_SECS", 30);
+    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "burst,steady".into());
+    if phases.contains("burst") {
+        burst(n).await;
+    }
+    if phases.contains("steady") {
+        steady(rate, steady_secs).await;
+    }
+}
 
-    // Burst.
+async fn burst(n: u64) {
     let r = rig().await;
     let ns = r.cluster.temp_namespace("bench").await.unwrap();
     let api = r
@@ -261,8 +275,9 @@ async fn operator_burst_and_steady_rate() {
     );
     drop(ns);
     drop(r);
+}
 
-    // Steady rate.
+async fn steady(rate: u64, steady_secs: u64) {
     let r = rig().await;
     let ns = r.cluster.temp_namespace("steady").await.unwrap();
     let api = r
@@ -313,5 +328,9 @@ async fn operator_burst_and_steady_rate() {
         percentile(&lat, 0.99).as_secs_f64() * 1000.0,
         lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
     );
-    let _ = Value::Null;
+    let (_, hwm_kb) = proc_stats(r.operator.id().unwrap());
+    println!(
+        "BENCH steady: operator peak RSS {:.1} MiB",
+        hwm_kb as f64 / 1024.0
+    );
 }

@@ -78,17 +78,7 @@ pub fn entry_object(entry: &LedgerEntry) -> Result<ComputeLedgerEntry> {
 /// sequence numbers (a crash mid-write) are deleted.
 pub async fn load(client: &Client) -> Result<Vec<LedgerEntry>> {
     let api: Api<ComputeLedgerEntry> = Api::all(client.clone());
-    let mut objects = Vec::new();
-    let mut lp = ListParams::default().limit(2000);
-    loop {
-        let page = api.list(&lp).await?;
-        let next = page.metadata.continue_.clone();
-        objects.extend(page.items);
-        match next {
-            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
-            _ => break,
-        }
-    }
+    let objects = list_objects(&api).await?;
     let (kept, orphans) = split_at_hole(objects)?;
     for o in orphans {
         tracing::warn!(
@@ -105,6 +95,39 @@ pub async fn load(client: &Client) -> Result<Vec<LedgerEntry>> {
         }
     }
     parse_objects(kept)
+}
+
+/// Every stored entry object, page by page.
+async fn list_objects(api: &Api<ComputeLedgerEntry>) -> Result<Vec<ComputeLedgerEntry>> {
+    let mut objects = Vec::new();
+    let mut lp = ListParams::default().limit(2000);
+    loop {
+        let page = api.list(&lp).await?;
+        let next = page.metadata.continue_.clone();
+        objects.extend(page.items);
+        match next {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    Ok(objects)
+}
+
+/// Reads back the persisted ledger, entries `0..upto` (what the writer has
+/// acknowledged), verified. Unlike [`load`] it never deletes anything: the
+/// writer may have entries beyond `upto` in flight.
+pub async fn read_persisted(client: &Client, upto: u64) -> Result<Vec<LedgerEntry>> {
+    let api: Api<ComputeLedgerEntry> = Api::all(client.clone());
+    let mut objects = list_objects(&api).await?;
+    objects.retain(|o| o.spec.sequence < upto);
+    let entries = parse_objects(objects)?;
+    if entries.len() as u64 != upto {
+        return Err(Error::Ledger(format!(
+            "stored ledger: {} of the {upto} acknowledged entries were read back",
+            entries.len()
+        )));
+    }
+    Ok(entries)
 }
 
 /// Splits stored entries into the contiguous prefix from sequence 0 and the
@@ -251,14 +274,28 @@ async fn write_loop(
     let api: Api<ComputeLedgerEntry> = Api::all(client);
     let mut inflight = futures::stream::FuturesOrdered::new();
     let mut closed = false;
+    let mut report = tokio::time::interval(Duration::from_secs(2));
+    let mut written = 0u64;
     loop {
         tokio::select! {
+            _ = report.tick() => {
+                tracing::debug!(
+                    target: "komptroller::timing",
+                    queued = rx.len(),
+                    in_flight = inflight.len(),
+                    written,
+                    persisted = *persisted.borrow(),
+                    "ledger writer"
+                );
+                written = 0;
+            }
             e = rx.recv(), if !closed && inflight.len() < WINDOW => match e {
                 Some(e) => inflight.push_back(write_with_retry(api.clone(), e)),
                 None => closed = true,
             },
             r = inflight.next(), if !inflight.is_empty() => match r {
                 Some(Ok(entry)) => {
+                    written += 1;
                     metrics.observe_entry(&entry);
                     let _ = persisted.send(entry.seq + 1);
                 }

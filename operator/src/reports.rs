@@ -171,24 +171,22 @@ pub async fn write_report(
     if persisted == 0 || persisted <= from {
         return Ok(None);
     }
-    let (entries, policies) = {
+    // The ledger is read back from the cluster (what an auditor verifies),
+    // rather than kept in memory between reports.
+    let policies: Vec<Policy> = {
         let b = ctx
             .books
             .lock()
             .map_err(|_| Error::Report("books lock poisoned".into()))?;
-        let n = usize::try_from(persisted)
-            .unwrap_or(usize::MAX)
-            .min(b.entries.len());
-        let policies: Vec<Policy> = b
-            .engine
+        b.engine
             .policies()
             .map(|(name, spec)| Policy {
                 name: name.to_string(),
                 spec: spec.clone(),
             })
-            .collect();
-        (b.entries[..n].to_vec(), policies)
+            .collect()
     };
+    let entries = crate::ledger_store::read_persisted(client, persisted).await?;
     let first = usize::try_from(from).unwrap_or(0).min(entries.len());
     let mut period = Period::covering(&entries[first..]);
     if let Some(p) = previous {

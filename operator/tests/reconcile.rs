@@ -164,14 +164,15 @@ fn context(client: Client, policies: Vec<Policy>) -> Arc<Context> {
         ),
         client,
         metrics,
-        books: Mutex::new(Books::new(engine, Vec::new())),
+        books: Mutex::new(Books::new(engine, &[])),
         ledger,
         catalog: Catalog::builtin(),
         trigger,
-        jobs: reflector::store().0,
+        jobs: Arc::default(),
         namespaces: reflector::store().0,
         queue_dirty: tokio::sync::Notify::new(),
         wakeup_changed: tokio::sync::Notify::new(),
+        refresh_all_held: Default::default(),
     })
 }
 
@@ -194,12 +195,23 @@ fn writes(log: &Log) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The first request matching `pred`, waiting for it (Events are published
+/// in the background, after the reconcile returned).
+async fn eventually(log: &Log, pred: impl Fn(&Seen) -> bool) -> Seen {
+    loop {
+        if let Some(s) = log.lock().unwrap().iter().find(|s| pred(s)) {
+            return s.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn position(w: &[(String, String)], pred: impl Fn(&str) -> bool) -> Option<usize> {
     w.iter().position(|(_, p)| pred(p))
 }
 
 #[tokio::test]
-async fn admitted_job_is_ledgered_before_its_job_and_status() {
+async fn admitted_job_is_ledgered_before_its_status_and_job() {
     tokio::time::timeout(TIMEOUT, async {
         let (client, log) = mock_api(Script::default());
         let ctx = context(client, vec![]);
@@ -211,7 +223,9 @@ async fn admitted_job_is_ledgered_before_its_job_and_status() {
             position(&w, |p| p.ends_with("/computeledgerentries")).expect("ledger entry written");
         let job = position(&w, |p| p.ends_with("/jobs")).expect("Job created");
         let status = position(&w, |p| p.ends_with("/status")).expect("status written");
-        assert!(ledger < job && job < status, "write-ahead order: {w:?}");
+        // Write-ahead: the entry first; the decision is shown as soon as it
+        // is durable, and the workload is created after.
+        assert!(ledger < status && status < job, "write-ahead order: {w:?}");
         let seen = log.lock().unwrap().clone();
         let job_body = &seen
             .iter()
@@ -241,10 +255,8 @@ async fn admitted_job_is_ledgered_before_its_job_and_status() {
             status.pointer("/status/decision/ledgerSequence"),
             Some(&json!(0))
         );
-        assert!(
-            seen.iter().any(|s| s.path.ends_with("/events")),
-            "an Event for the verdict"
-        );
+        // An Event for the verdict.
+        eventually(&log, |s| s.path.ends_with("/events")).await;
     })
     .await
     .expect("scenario timed out");
@@ -271,11 +283,7 @@ async fn rejected_job_gets_no_workload() {
             status.pointer("/status/decision/rule"),
             Some(&json!("tier/ceiling"))
         );
-        let event = &seen
-            .iter()
-            .find(|s| s.path.ends_with("/events"))
-            .unwrap()
-            .body;
+        let event = eventually(&log, |s| s.path.ends_with("/events")).await.body;
         assert_eq!(event.get("type"), Some(&json!("Warning")));
     })
     .await

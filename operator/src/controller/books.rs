@@ -1,8 +1,10 @@
-//! The leader's books: the engine, the ledger head and the entries sealed so
-//! far, behind one lock. Every event goes through [`Books::apply`], which
-//! seals the engine's records in the engine's order; the caller hands the
-//! entries to the ledger writer while still holding the lock, so the ledger
-//! order is the decision order.
+//! The leader's books: the engine and the ledger head, behind one lock.
+//! Every event goes through [`Books::apply`], which seals the engine's
+//! records in the engine's order; the caller hands the entries to the ledger
+//! writer while still holding the lock, so the ledger order is the decision
+//! order. Sealed entries are not kept here (with 15,000 jobs they were the
+//! largest part of the operator's memory): reports read the persisted
+//! ledger back from the cluster (`reports::write_report`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -36,8 +38,6 @@ impl Applied {
 pub struct Books {
     pub engine: Engine,
     pub head: LedgerHead,
-    /// Every entry sealed so far (for reports), in sequence order.
-    pub entries: Vec<LedgerEntry>,
     /// Engine time never goes backwards (budget windows assume it).
     last: Timestamp,
     /// Content hash of each loaded policy, to ignore re-lists.
@@ -49,7 +49,9 @@ pub struct Books {
 }
 
 impl Books {
-    pub fn new(engine: Engine, entries: Vec<LedgerEntry>) -> Books {
+    /// Books over the ledger `entries` (in sequence order), which are
+    /// indexed, not kept.
+    pub fn new(engine: Engine, entries: &[LedgerEntry]) -> Books {
         let head = entries
             .last()
             .map(LedgerHead::after)
@@ -62,16 +64,14 @@ impl Books {
         let mut books = Books {
             engine,
             head,
-            entries: Vec::new(),
             last,
             policy_hashes: BTreeMap::new(),
             decided_seq: HashMap::new(),
             consumed: HashMap::new(),
         };
-        for e in &entries {
+        for e in entries {
             books.index(e);
         }
-        books.entries = entries;
         books
     }
 
@@ -109,7 +109,6 @@ impl Books {
                 .seal(r)
                 .map_err(|e| Error::Ledger(e.to_string()))?;
             self.index(&e);
-            self.entries.push(e.clone());
             out.push(e);
         }
         Ok(out)

@@ -20,6 +20,7 @@
 pub mod books;
 pub mod build;
 pub mod restore;
+pub mod workloads;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,7 @@ use tokio::sync::mpsc;
 
 use self::books::{Applied, Books};
 use self::build::{StatusInputs, Workload};
+use self::workloads::{WorkloadRecord, Workloads};
 use crate::crd::{
     ComputeApproval, ComputePolicy, ConsumedStatus, FINALIZER, TrainingJob, TrainingJobStatus,
 };
@@ -65,12 +67,15 @@ pub struct Context {
     pub catalog: Catalog,
     /// Reconciles of other TrainingJobs (a decision about them changed).
     pub trigger: mpsc::UnboundedSender<ObjectRef<TrainingJob>>,
-    pub jobs: Store<Job>,
+    /// The Jobs the operator created, reduced to owner and workload state.
+    pub jobs: Arc<Workloads>,
     pub namespaces: Store<Namespace>,
     /// Set when the queue changed: the waiting jobs' positions are refreshed.
     pub queue_dirty: tokio::sync::Notify,
     /// Set after any event: the wakeup timer re-reads `next_wakeup`.
     pub wakeup_changed: tokio::sync::Notify,
+    /// Set when a policy changed: every waiting job's status is refreshed.
+    pub refresh_all_held: std::sync::atomic::AtomicBool,
 }
 
 fn job_ref(id: &JobId) -> ObjectRef<TrainingJob> {
@@ -166,28 +171,17 @@ pub fn error_policy(tj: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> A
 }
 
 async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
+    let mut timing = StepTiming::start(tj);
     let ns = tj.namespace().unwrap_or_default();
     let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &ns);
     let id = id_of(tj);
     let has_finalizer = tj.finalizers().iter().any(|f| f == FINALIZER);
 
-    // Deletion: record the final accounting, then let the object go.
+    // Deletion: record the final accounting, then let the object go. The
+    // books see the deletion even when our finalizer is not (yet) on it.
     if tj.meta().deletion_timestamp.is_some() {
+        record_deletion(ctx, &id).await?;
         if has_finalizer {
-            let (_, applied) = ctx.with_books(Some(&id), |b| {
-                let known = b.engine.phase(&id).is_some();
-                let applied = if known {
-                    match b.apply(Timestamp::now(), Event::Delete { job: id.clone() }) {
-                        Ok(a) => a,
-                        Err(Error::Engine(EngineError::UnknownJob(_))) => Applied::default(),
-                        Err(e) => return Err(e),
-                    }
-                } else {
-                    Applied::default()
-                };
-                Ok(((), applied))
-            })?;
-            ctx.persist(&applied).await?;
             let remaining: Vec<String> = tj
                 .finalizers()
                 .iter()
@@ -211,8 +205,14 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
-    // The finalizer first, so deletion always passes through the books.
-    if !has_finalizer {
+    // The finalizer (so deletion always passes through the books) is added
+    // while the decision's ledger entries are written: both must be done
+    // before the status shows the decision. A job deleted before the
+    // finalizer landed is gone (404): its deletion is recorded here.
+    let add_finalizer = async {
+        if has_finalizer {
+            return Ok(());
+        }
         let mut fins = tj.finalizers().to_vec();
         fins.push(FINALIZER.to_string());
         let patch =
@@ -222,28 +222,28 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
-        .await?;
-    }
+        .await
+        .map(|_| ())
+    };
 
     // Dereference and build.
     let req = match build::job_request(tj, ctx.namespace_labels(&ns), &ctx.catalog) {
         Ok(r) => r,
         Err(message) => {
+            if let Err(e) = add_finalizer.await {
+                return finalizer_failed(ctx, &id, e).await;
+            }
             let status = build::invalid_status(tj, &message, Timestamp::now());
             write_status(ctx, &api, tj, status).await?;
             return Ok(Action::await_change());
         }
     };
     let job_name = build::job_name(&tj.name_any());
-    let workload: Option<Arc<Job>> =
-        ctx.jobs
-            .get(&ObjectRef::new(&job_name).within(&ns))
-            .filter(|j| {
-                j.owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == tj.uid().as_ref())
-            });
-    let observed = workload.as_deref().map(build::observe);
+    let workload: Option<WorkloadRecord> = ctx
+        .jobs
+        .get(&ns, &job_name)
+        .filter(|j| j.owned_by(tj.uid().as_deref()));
+    let observed = workload.as_ref().map(|j| j.observed);
 
     // Approvals are read only for jobs that wait for them.
     let waiting = ctx
@@ -299,37 +299,19 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
                 }
                 Some(Workload::Succeeded { started, at }) => {
                     applied.extend(b.apply(started, Event::Start { job: id.clone() })?);
-                    applied.extend(b.apply(
-                        at,
-                        Event::Finish {
-                            job: id.clone(),
-                            outcome: Outcome::Succeeded,
-                        },
-                    )?);
+                    applied.extend(finished_at(b, &id, Outcome::Succeeded, at)?);
                 }
                 Some(Workload::Failed { started, at }) => {
                     if let Some(s) = started {
                         applied.extend(b.apply(s, Event::Start { job: id.clone() })?);
                     }
-                    applied.extend(b.apply(
-                        at,
-                        Event::Finish {
-                            job: id.clone(),
-                            outcome: Outcome::Failed,
-                        },
-                    )?);
+                    applied.extend(finished_at(b, &id, Outcome::Failed, at)?);
                 }
                 Some(Workload::DeadlineExceeded { started, at }) => {
                     if let Some(s) = started {
                         applied.extend(b.apply(s, Event::Start { job: id.clone() })?);
                     }
-                    applied.extend(b.apply(
-                        at,
-                        Event::Finish {
-                            job: id.clone(),
-                            outcome: Outcome::DeadlineExceeded,
-                        },
-                    )?);
+                    applied.extend(finished_at(b, &id, Outcome::DeadlineExceeded, at)?);
                 }
                 Some(Workload::NotStarted) | None => {}
             }
@@ -339,38 +321,25 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
         let position = b.engine.queue_position(&id);
         Ok(((phase, decision, position, problem), applied))
     })?;
-    ctx.persist(&applied).await?;
+    timing.step("decide");
+    let (persisted, finalizer) = tokio::join!(ctx.persist(&applied), add_finalizer);
+    persisted?;
+    if let Err(e) = finalizer {
+        return finalizer_failed(ctx, &id, e).await;
+    }
+    timing.step("ledger");
     for (name, result) in approval_results {
         write_approval_status(ctx, &ns, &name, result).await;
     }
 
-    // Apply: the workload exists exactly when admitted.
-    let mut job_ref = workload.as_ref().map(|j| j.name_any());
-    if phase == Some(Phase::Admitted) && workload.is_none() {
-        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-        match jobs
-            .create(&PostParams::default(), &build::workload(tj))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                // Created by an earlier attempt (ours, by owner uid) or someone else's.
-                if let Some(existing) = jobs.get_opt(&job_name).await?
-                    && !existing
-                        .owner_references()
-                        .iter()
-                        .any(|o| Some(&o.uid) == tj.uid().as_ref())
-                {
-                    return Err(Error::Invalid(format!(
-                        "a Job named {job_name} in {ns} exists and is not owned by TrainingJob {}; delete or rename it",
-                        tj.name_any()
-                    )));
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-        job_ref = Some(job_name.clone());
-    }
+    // The workload exists exactly when admitted; its deterministic name goes
+    // into the status written below, and it is created right after.
+    let create_workload = phase == Some(Phase::Admitted) && workload.is_none();
+    let job_ref = if create_workload {
+        Some(job_name.clone())
+    } else {
+        workload.as_ref().map(|j| j.name.clone())
+    };
 
     // Status.
     let (ledger_sequence, consumed) = {
@@ -430,11 +399,145 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
         Timestamp::now(),
     );
     write_status(ctx, &api, tj, status).await?;
+    timing.step("status");
+
+    // Apply: create the workload of an admitted job.
+    if create_workload {
+        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+        match jobs
+            .create(&PostParams::default(), &build::workload(tj))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Created by an earlier attempt (ours, by owner uid) or someone else's.
+                if let Some(existing) = jobs.get_opt(&job_name).await?
+                    && !existing
+                        .owner_references()
+                        .iter()
+                        .any(|o| Some(&o.uid) == tj.uid().as_ref())
+                {
+                    return Err(Error::Invalid(format!(
+                        "a Job named {job_name} in {ns} exists and is not owned by TrainingJob {}; delete or rename it",
+                        tj.name_any()
+                    )));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    timing.step("job");
+    timing.finish();
 
     Ok(match phase {
         Some(Phase::Running) => Action::requeue(Duration::from_secs(60)),
         _ => Action::requeue(Duration::from_secs(600)),
     })
+}
+
+/// Meters a workload that ended at `at` (the Job's completion time), learnt
+/// of now: the run is charged up to `at`, while the queue is re-checked and
+/// the entry written at the (monotonic) engine time of now. A late reconcile
+/// therefore never over-meters a run.
+fn finished_at(b: &mut Books, id: &JobId, outcome: Outcome, at: Timestamp) -> Result<Applied> {
+    b.apply(
+        Timestamp::now(),
+        Event::FinishedAt {
+            job: id.clone(),
+            outcome,
+            ended_at: at,
+        },
+    )
+}
+
+/// Records a TrainingJob's deletion in the books (its final accounting),
+/// when the engine knows it, and waits until the ledger has it.
+async fn record_deletion(ctx: &Context, id: &JobId) -> Result<()> {
+    let (_, applied) = ctx.with_books(Some(id), |b| {
+        if b.engine.phase(id).is_none() {
+            return Ok(((), Applied::default()));
+        }
+        match b.apply(Timestamp::now(), Event::Delete { job: id.clone() }) {
+            Ok(a) => Ok(((), a)),
+            Err(Error::Engine(EngineError::UnknownJob(_))) => Ok(((), Applied::default())),
+            Err(e) => Err(e),
+        }
+    })?;
+    ctx.persist(&applied).await
+}
+
+/// The finalizer patch failed: a job already gone (404) was deleted before
+/// it landed, so its deletion is recorded now; anything else is retried.
+async fn finalizer_failed(ctx: &Context, id: &JobId, e: kube::Error) -> Result<Action> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            record_deletion(ctx, id).await?;
+            Ok(Action::await_change())
+        }
+        e => Err(e.into()),
+    }
+}
+
+/// Where a reconcile's time goes, logged at debug level under the target
+/// `komptroller::timing` (one line per reconcile: each step's milliseconds,
+/// and for a job's first decision its age since creation).
+struct StepTiming {
+    first_decision: bool,
+    created_ms: Option<i64>,
+    began: Instant,
+    last: Instant,
+    steps: Vec<(&'static str, u128)>,
+}
+
+impl StepTiming {
+    fn start(tj: &TrainingJob) -> StepTiming {
+        let now = Instant::now();
+        StepTiming {
+            first_decision: tj
+                .status
+                .as_ref()
+                .and_then(|s| s.decision.as_ref())
+                .is_none(),
+            created_ms: tj
+                .meta()
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_millisecond()),
+            began: now,
+            last: now,
+            steps: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.steps
+            .push((name, now.duration_since(self.last).as_millis()));
+        self.last = now;
+    }
+
+    fn finish(&self) {
+        if !tracing::enabled!(target: "komptroller::timing", tracing::Level::DEBUG) {
+            return;
+        }
+        let age_ms = self
+            .created_ms
+            .map(|c| Timestamp::now().as_millisecond() - c);
+        let steps: String = self
+            .steps
+            .iter()
+            .map(|(n, ms)| format!("{n}={ms}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::debug!(
+            target: "komptroller::timing",
+            first_decision = self.first_decision,
+            age_ms,
+            total_ms = self.began.elapsed().as_millis() as u64,
+            steps = %steps,
+            "reconcile timing"
+        );
+    }
 }
 
 /// Writes the status (server-side apply, forced) when it changed, and an
@@ -490,9 +593,15 @@ async fn write_status(
             action: "Decide".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&ev, &tj.object_ref(&())).await {
-            tracing::warn!(error = %e, "could not publish Event");
-        }
+        // Published in the background: the Event is for people, and the
+        // reconcile's slot is better spent on the next decision.
+        let recorder = ctx.recorder.clone();
+        let reference = tj.object_ref(&());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::warn!(error = %e, "could not publish Event");
+            }
+        });
     }
     Ok(())
 }
@@ -743,20 +852,45 @@ async fn remove_policy(ctx: &Context, name: &str) {
 /// Triggers every TrainingJob that waits (queued or awaiting approval), so
 /// their status shows the new reason and position.
 fn trigger_held(ctx: &Context) {
+    ctx.refresh_all_held
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     ctx.queue_dirty.notify_one();
 }
 
-/// Refreshes waiting jobs' statuses (queue positions) when the queue changed,
-/// at most every `period`.
+/// Refreshes waiting jobs' statuses when the queue changed, at most every
+/// `period`: the whole queue's positions are read in one walk
+/// (`Engine::queue_positions`), and only the jobs whose shown position (or
+/// queued-ness) differs are reconciled; after a policy change every waiting
+/// job is (its reason may have changed).
 async fn queue_refresh_loop(ctx: Arc<Context>, store: Store<TrainingJob>, period: Duration) {
+    use std::collections::HashMap;
     loop {
         ctx.queue_dirty.notified().await;
+        let all = ctx
+            .refresh_all_held
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        let positions: HashMap<(String, String), u32> = match ctx.books.lock() {
+            Ok(b) => b
+                .engine
+                .queue_positions()
+                .map(|(id, p)| ((id.namespace.clone(), id.name.clone()), p))
+                .collect(),
+            Err(_) => continue,
+        };
+        let mut triggered = 0usize;
         for tj in store.state() {
-            let phase = tj.status.as_ref().and_then(|s| s.phase);
-            if matches!(phase, Some(Phase::Queued | Phase::AwaitingApproval)) {
+            let status = tj.status.as_ref();
+            let phase = status.and_then(|s| s.phase);
+            let held = matches!(phase, Some(Phase::Queued | Phase::AwaitingApproval));
+            let key = (tj.namespace().unwrap_or_default(), tj.name_any());
+            let want = positions.get(&key).copied();
+            let shown = status.and_then(|s| s.queue_position);
+            if (held && all) || want != shown || (phase == Some(Phase::Queued)) != want.is_some() {
+                triggered += 1;
                 let _ = ctx.trigger.send(ObjectRef::from_obj(&*tj));
             }
         }
+        tracing::debug!(target: "komptroller::timing", queued = positions.len(), triggered, "queue positions refreshed");
         tokio::time::sleep(period).await;
     }
 }
@@ -864,29 +998,19 @@ pub async fn run_term(
         build::MANAGED_BY.0,
         build::MANAGED_BY.1
     ));
-    let (jobs, job_writer) = reflector::store_shared(1024);
-    let job_subscriber = job_writer.subscribe();
-    // The cache keeps what metering needs: owner, status. Pod templates and
-    // managedFields are dropped to bound memory.
-    let job_stream = reflector::reflector(
-        job_writer,
-        watcher::watcher(job_api, job_wc)
-            .modify(|j: &mut Job| {
-                j.managed_fields_mut().clear();
-                if let Some(spec) = j.spec.as_mut() {
-                    spec.template = Default::default();
-                }
-            })
-            .default_backoff(),
-    )
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
+    let jobs = Arc::new(Workloads::default());
+    let (trigger, trigger_rx) = mpsc::unbounded_channel();
+    let job_stream = {
+        let jobs = jobs.clone();
+        let trigger = trigger.clone();
+        async move { workloads::watch_jobs(job_api, job_wc, &jobs, trigger).await }
+    };
     let mut caches = tokio::spawn(async move {
         tokio::join!(ns_stream, job_stream);
     });
     let _abort_caches = AbortOnDrop(caches.abort_handle());
     tokio::select! {
-        r = async { tokio::try_join!(namespaces.wait_until_ready(), jobs.wait_until_ready()) } => {
+        r = async { tokio::join!(namespaces.wait_until_ready(), jobs.wait_until_ready()).0 } => {
             r.map_err(|e| Error::Ledger(format!("cache: {e}")))?;
         }
         _ = &mut caches => return Err(Error::Ledger("caches stopped".into())),
@@ -940,7 +1064,6 @@ pub async fn run_term(
     let _abort_writer = AbortOnDrop(writer.abort_handle());
     ledger.enqueue(fresh);
 
-    let (trigger, trigger_rx) = mpsc::unbounded_channel();
     let reporter = Reporter {
         controller: "komptroller".into(),
         instance: Some(config.reporter.clone()),
@@ -957,6 +1080,7 @@ pub async fn run_term(
         namespaces,
         queue_dirty: tokio::sync::Notify::new(),
         wakeup_changed: tokio::sync::Notify::new(),
+        refresh_all_held: std::sync::atomic::AtomicBool::new(true),
     });
     *books_out.write().await = Some(ctx.clone());
 
@@ -964,18 +1088,20 @@ pub async fn run_term(
     let approvals: Api<ComputeApproval> = Api::all(client.clone());
     // managedFields (grown by every server-side apply) are dropped from the cache.
     let (tj_store, tj_writer) = reflector::store();
+    // Only changes a reconcile must answer pass: a new object or spec
+    // (generation), deletion, our finalizer. Status writes (ours) do not,
+    // or every status write would trigger a reconcile that writes again
+    // (live metering of a running job changes with every look).
     let tj_stream = watcher::watcher(tj_api, watcher::Config::default().any_semantic())
         .modify(|tj: &mut TrainingJob| tj.managed_fields_mut().clear())
         .default_backoff()
         .reflect(tj_writer)
-        .applied_objects();
+        .applied_objects()
+        .predicate_filter(reconcile_worthy, Default::default());
     let controller = Controller::for_stream(tj_stream, tj_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
     let store = controller.store();
     let controller = controller
-        .owns_shared_stream(
-            job_subscriber.ok_or_else(|| Error::Ledger("job cache has no subscriber".into()))?,
-        )
         .watches(
             approvals,
             watcher::Config::default(),
@@ -997,6 +1123,18 @@ pub async fn run_term(
         name = ledger.conflicted() => Err(Error::LedgerConflict { name }),
         _ = caches => Err(Error::Ledger("caches stopped".into())),
     }
+}
+
+/// What of a TrainingJob a reconcile answers to (the controller's watch
+/// predicate): its identity, spec generation, deletion and finalizers.
+fn reconcile_worthy(tj: &TrainingJob) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tj.uid().hash(&mut h);
+    tj.meta().generation.hash(&mut h);
+    tj.meta().deletion_timestamp.is_some().hash(&mut h);
+    tj.finalizers().hash(&mut h);
+    Some(h.finish())
 }
 
 fn tokio_stream_from<T: Send + 'static>(

@@ -141,7 +141,7 @@ pub fn rebuild(
 ) -> Result<(Books, Vec<LedgerEntry>)> {
     let known = ledger_policy_hashes(&entries);
     let hist = histories(&entries);
-    let mut books = Books::new(engine, entries);
+    let mut books = Books::new(engine, &entries);
     let mut fresh = Vec::new();
     // 1. Policies first (the replay finds crossings against their tiers). A
     //    policy unchanged since its last ledger entry is loaded silently.
@@ -188,8 +188,9 @@ pub fn rebuild(
         }
     }
     // 2. Totals, windows and crossings from the ledger.
-    let entries_snapshot: Vec<_> = books.entries.iter().map(|e| e.record.clone()).collect();
-    books.engine.replay_ledger(entries_snapshot.iter());
+    books
+        .engine
+        .replay_ledger(entries.iter().chain(fresh.iter()).map(|e| &e.record));
     // 3. The jobs the ledger decided, in the phase it records.
     let mut restored: Vec<(Timestamp, JobRequest, RestoredJob)> = Vec::new();
     for req in jobs {
