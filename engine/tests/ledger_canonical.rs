@@ -144,6 +144,43 @@ mod validator {
         }
     }
 
+    /// The verifier's one-pass decoder: accepts exactly what is canonical,
+    /// and decodes it to what serde_json decodes.
+    fn decoder_agrees(b: &[u8]) -> Result<(), TestCaseError> {
+        let decoded = komptroller_engine::ledger::from_canonical_json::<Value>(b);
+        prop_assert_eq!(
+            decoded.is_ok(),
+            is_canonical_json(b),
+            "{}",
+            String::from_utf8_lossy(b)
+        );
+        if let Ok(v) = decoded {
+            let reference: Value = serde_json::from_slice(b).expect("canonical JSON parses");
+            prop_assert_eq!(v, reference);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn the_one_pass_decoder_accepts_canonical_encodings(v in json_value()) {
+            let c = canonical_json(&v).expect("encode");
+            decoder_agrees(&c)?;
+        }
+
+        #[test]
+        fn the_one_pass_decoder_judges_any_single_byte_change_like_the_validator(
+            v in json_value(), pos in any::<prop::sample::Index>(), byte in any::<u8>(),
+        ) {
+            let mut c = canonical_json(&v).expect("encode");
+            let i = pos.index(c.len());
+            c[i] = byte;
+            decoder_agrees(&c)?;
+        }
+    }
+
     #[test]
     fn non_canonical_spellings_are_refused() {
         for bad in [
@@ -163,6 +200,11 @@ mod validator {
             b"",
         ] {
             assert!(!is_canonical_json(bad), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                komptroller_engine::ledger::from_canonical_json::<Value>(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         for good in [
             &b"{\"a\":1,\"b\":[true,false,null]}"[..],
@@ -171,6 +213,7 @@ mod validator {
             b"\"\xc3\xa9\"",
         ] {
             assert!(is_canonical_json(good), "{}", String::from_utf8_lossy(good));
+            decoder_agrees(good).expect("agrees");
         }
     }
 }

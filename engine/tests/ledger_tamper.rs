@@ -3,7 +3,9 @@
 //! report signed by another key and a previous report that does not match
 //! are all detected by the verifier.
 
-use komptroller_engine::ledger::{Ledger, LedgerEntry, sample::sample_records, write_jsonl};
+use komptroller_engine::ledger::{
+    Ledger, LedgerEntry, sample::sample_records, verify_jsonl, verify_jsonl_facts, write_jsonl,
+};
 use komptroller_engine::policy::Policy;
 use komptroller_engine::report::{
     FailureClass, NamedInput, Period, SignedReport, VerifyFailure, VerifyRequest, build_report,
@@ -397,4 +399,65 @@ fn key_rotation_selects_the_key_by_key_id() {
     let err = check_keys(&next_b, &[("mixed.pem", mixed.as_bytes())], &c.ledger, None)
         .expect_err("private");
     assert_eq!(err.class, FailureClass::Input, "{}", err.message);
+}
+
+/// The verifier's in-place path (no typed entries, several threads) against
+/// the typed one: the same entries, or the same first error, word for word.
+fn in_place_agrees_with_typed(ledger: &[u8], threads: usize) -> Result<(), TestCaseError> {
+    let mut seen = Vec::new();
+    let in_place = verify_jsonl_facts(ledger, threads, |e| seen.push((e.seq, e.hash)));
+    match verify_jsonl(ledger) {
+        Ok(entries) => {
+            prop_assert_eq!(in_place, Ok(entries.len() as u64));
+            let typed: Vec<_> = entries.iter().map(|e| (e.seq, e.hash)).collect();
+            prop_assert_eq!(seen, typed);
+        }
+        Err(e) => prop_assert_eq!(in_place.map_err(|e| e.to_string()), Err(e.to_string())),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES * 4))]
+
+    #[test]
+    fn the_in_place_check_names_the_same_first_error_as_the_typed_one(
+        n in 1usize..40, seed in any::<u64>(), pos in any::<prop::sample::Index>(), byte in any::<u8>(),
+    ) {
+        let c = case(n, seed);
+        in_place_agrees_with_typed(&c.ledger, 1)?;
+        let i = pos.index(c.ledger.len());
+        let mut l = c.ledger.clone();
+        l[i] = byte;
+        in_place_agrees_with_typed(&l, 1)?;
+    }
+}
+
+/// A ledger of several chunks checked on several threads: the result and
+/// the first error in file order do not depend on the number of threads,
+/// and the report verifies.
+#[test]
+fn several_threads_give_the_same_result_and_first_error() {
+    let c = case(9_500, 11);
+    check(&c, &c.report_bytes, &c.ledger, None).expect("verifies");
+    for threads in [1, 2, 3, 8] {
+        in_place_agrees_with_typed(&c.ledger, threads).expect("agrees");
+    }
+    let lines: Vec<&[u8]> = c.ledger.split(|&b| b == b'\n').collect();
+    let offset = |line: usize| lines[..line].iter().map(|l| l.len() + 1).sum::<usize>();
+    // Two breaks, in different chunks: the first in file order is named.
+    let mut l = c.ledger.clone();
+    l[offset(9_000) + 30] ^= 0x01;
+    l[offset(5_000) + 30] ^= 0x01;
+    for threads in [1, 2, 3, 8] {
+        in_place_agrees_with_typed(&l, threads).expect("agrees");
+        let err = verify_jsonl_facts(&l, threads, |_| {}).expect_err("broken");
+        assert_eq!(err.line(), 5_001, "{err}");
+    }
+    let err = check(&c, &c.report_bytes, &l, None).expect_err("broken");
+    assert!(
+        matches!(err.class, FailureClass::Chain | FailureClass::Input),
+        "{err:?}"
+    );
+    assert!(err.message.contains("line 5001"), "{}", err.message);
 }

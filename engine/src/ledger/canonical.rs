@@ -46,3 +46,16 @@ pub fn reference_canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serd
 pub fn is_canonical_json(bytes: &[u8]) -> bool {
     jcs::is_canonical(bytes)
 }
+
+/// Decodes `T` from `bytes` that must be exactly RFC 8785 canonical JSON,
+/// checking the canonical form while decoding, in one pass: strings without
+/// escapes are borrowed, numbers parsed once. Succeeds exactly when
+/// [`is_canonical_json`] holds and `serde_json` decodes `T` (with the same
+/// value) for structs, options, sequences, maps, numbers, strings, booleans
+/// and unit-variant enums written as strings (what the ledger holds). The
+/// error does not say what is wrong; decode with `serde_json` to name it.
+pub fn from_canonical_json<'de, T: serde::Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> Result<T, CanonicalError> {
+    Ok(jcs::from_canonical_slice(bytes)?)
+}

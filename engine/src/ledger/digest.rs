@@ -72,17 +72,30 @@ impl FromStr for Sha256Digest {
         if b.len() != 64 {
             return Err(err());
         }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
+        // Lookup table: the nibble of a lowercase hex digit, 0xff otherwise.
+        const NIBBLE: [u8; 256] = {
+            let mut t = [0xffu8; 256];
+            let mut c = 0;
+            while c < 10 {
+                t[b'0' as usize + c] = c as u8;
+                c += 1;
+            }
+            let mut c = 0;
+            while c < 6 {
+                t[b'a' as usize + c] = 10 + c as u8;
+                c += 1;
+            }
+            t
         };
         let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            match (nibble(b[2 * i]), nibble(b[2 * i + 1])) {
-                (Some(h), Some(l)) => *o = (h << 4) | l,
-                _ => return Err(err()),
-            }
+        let mut bad = 0u8;
+        for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+            let (h, l) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            bad |= h | l;
+            *o = (h << 4) | (l & 0x0f);
+        }
+        if bad & 0xf0 != 0 {
+            return Err(err());
         }
         Ok(Sha256Digest(out))
     }

@@ -8,6 +8,7 @@
 mod canonical;
 mod digest;
 mod entry;
+mod facts;
 mod jcs;
 mod record;
 #[doc(hidden)]
@@ -18,5 +19,6 @@ mod wire;
 pub use canonical::*;
 pub use digest::*;
 pub use entry::*;
+pub use facts::*;
 pub use record::*;
 pub use totals::*;

@@ -23,9 +23,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::entry::LedgerEntry;
-use super::record::{LedgerEvent, LedgerRecord};
+use super::facts::{EventFacts, JobRef, RecordFacts};
+use super::record::LedgerRecord;
 use crate::decision::Verdict;
-use crate::job::JobId;
 use crate::units::{AcceleratorSeconds, Flop};
 
 /// The tier key for admissions that matched no tier.
@@ -72,10 +72,15 @@ pub struct LedgerTotals {
     cluster: Sums,
     /// Charges in entry order, per budget scope.
     charges: HashMap<ScopeKey, Vec<(Timestamp, Flop)>>,
-    admissions: HashMap<JobId, Admission>,
+    /// Admitted jobs by [`job_key`].
+    admissions: HashMap<String, Admission>,
     entries: u64,
     /// Reports need no window series; skipping them saves an allocation per charge.
     no_windows: bool,
+    /// Per-lineage sums over every record applied, counted or not (reports' `cumulative`).
+    cumulative: Option<BTreeMap<String, Sums>>,
+    /// Scratch for [`job_key`], so lookups do not allocate.
+    key: String,
 }
 
 /// Applies `f` to the sums for `key`, inserting zeros first if absent
@@ -87,6 +92,18 @@ fn with_entry(map: &mut BTreeMap<String, Sums>, key: &str, f: impl Fn(&mut Sums)
         let mut s = Sums::default();
         f(&mut s);
         map.insert(key.to_string(), s);
+    }
+}
+
+/// One string for a job identity (namespace, name, uid), written into `out`.
+fn job_key(out: &mut String, j: &JobRef<'_>) {
+    out.clear();
+    for (i, part) in [j.namespace, j.name, j.uid].into_iter().enumerate() {
+        if i > 0 {
+            // Not allowed in Kubernetes names, so the parts cannot run together.
+            out.push('\u{0}');
+        }
+        out.push_str(part);
     }
 }
 
@@ -119,145 +136,155 @@ impl LedgerTotals {
     /// admissions recorded earlier in `entries` (for a report's period).
     /// Window series are not kept ([`LedgerTotals::window_charged`] is 0).
     pub fn rebuild_from(entries: &[LedgerEntry], from: usize) -> LedgerTotals {
-        let mut t = LedgerTotals {
-            no_windows: true,
-            ..LedgerTotals::default()
-        };
+        let mut t = LedgerTotals::for_report();
         for (i, e) in entries.iter().enumerate() {
-            t.apply_inner(&e.record, i >= from);
+            t.apply_facts(&RecordFacts::of(&e.record), i >= from);
         }
         t
     }
 
-    /// Adds one record's effect. Call in ledger order.
-    pub fn apply(&mut self, r: &LedgerRecord) {
-        self.apply_inner(r, true);
+    /// Empty totals for a report: no window series, and per-lineage sums
+    /// over every record applied ([`LedgerTotals::cumulative`]) beside the
+    /// counted ones.
+    pub fn for_report() -> LedgerTotals {
+        LedgerTotals {
+            no_windows: true,
+            cumulative: Some(BTreeMap::new()),
+            ..LedgerTotals::default()
+        }
     }
 
-    /// With `count` false only remembers admissions (for attribution).
-    fn apply_inner(&mut self, r: &LedgerRecord, count: bool) {
-        if !count {
-            if let (
-                LedgerEvent::Decided {
-                    verdict: Verdict::Admit,
-                    charged_lineages,
-                    tier,
-                    ..
-                },
-                Some(job),
-            ) = (&r.event, &r.job)
-            {
-                let lineages = if charged_lineages.is_empty() {
-                    r.lineage.iter().cloned().collect()
-                } else {
-                    charged_lineages.clone()
-                };
-                self.admissions.insert(
-                    job.clone(),
-                    Admission {
-                        lineages,
-                        namespace: job.namespace.clone(),
-                        accelerator: r.accelerator.as_ref().map(|a| a.kind.clone()),
-                        tier: tier.clone().unwrap_or_else(|| NO_TIER.to_string()),
-                    },
-                );
-            }
-            return;
+    /// Adds one record's effect. Call in ledger order.
+    pub fn apply(&mut self, r: &LedgerRecord) {
+        self.apply_facts(&RecordFacts::of(r), true);
+    }
+
+    /// Adds one record's effect, read from its [`RecordFacts`]. With `count`
+    /// false the record only counts toward [`LedgerTotals::cumulative`] and
+    /// is remembered for attribution (records before a report's period).
+    pub fn apply_facts(&mut self, r: &RecordFacts<'_>, count: bool) {
+        if count {
+            self.entries += 1;
         }
-        self.entries += 1;
-        match &r.event {
-            LedgerEvent::Decided {
+        match r.event {
+            EventFacts::Decided {
                 verdict: Verdict::Admit,
                 charged,
                 charged_lineages,
                 tier,
                 ..
             } => {
-                let lineages: Vec<String> = if charged_lineages.is_empty() {
-                    r.lineage.iter().cloned().collect()
+                let own = if charged_lineages.is_empty() {
+                    r.lineage
                 } else {
-                    charged_lineages.clone()
+                    None
                 };
-                let namespace = r.job.as_ref().map(|j| j.namespace.clone());
-                let tier = tier.clone().unwrap_or_else(|| NO_TIER.to_string());
-                let accelerator = r.accelerator.as_ref().map(|a| a.kind.clone());
+                let lineages = || charged_lineages.iter().chain(own);
+                let tier = tier.unwrap_or(NO_TIER);
                 let charge = |s: &mut Sums| {
-                    s.charged += *charged;
+                    s.charged += charged;
                     s.admitted += 1;
                 };
-                for l in &lineages {
-                    charge(self.lineages.entry(l.clone()).or_default());
-                    self.push_charge(ScopeKey::Model(l.clone()), r.time, *charged);
-                }
-                if let Some(ns) = &namespace {
-                    charge(self.namespaces.entry(ns.clone()).or_default());
-                    self.push_charge(ScopeKey::Namespace(ns.clone()), r.time, *charged);
-                }
-                if let Some(a) = &accelerator {
-                    charge(self.accelerators.entry(a.clone()).or_default());
-                }
-                charge(self.tiers.entry(tier.clone()).or_default());
-                charge(&mut self.cluster);
-                self.push_charge(ScopeKey::Cluster, r.time, *charged);
-                if let Some(job) = &r.job {
-                    self.admissions.insert(
-                        job.clone(),
-                        Admission {
-                            lineages,
-                            namespace: job.namespace.clone(),
-                            accelerator,
-                            tier,
-                        },
-                    );
-                }
-            }
-            LedgerEvent::Finished {
-                accelerator_seconds,
-                consumed,
-                ..
-            }
-            | LedgerEvent::DeadlineExceeded {
-                accelerator_seconds,
-                consumed,
-            }
-            | LedgerEvent::Deleted {
-                accelerator_seconds,
-                consumed,
-            } => {
-                let fallback;
-                let admission = match r.job.as_ref().and_then(|j| self.admissions.get(j)) {
-                    Some(a) => a,
-                    None => {
-                        fallback = Admission {
-                            lineages: r.lineage.iter().cloned().collect(),
-                            namespace: r
-                                .job
-                                .as_ref()
-                                .map(|j| j.namespace.clone())
-                                .unwrap_or_default(),
-                            accelerator: r.accelerator.as_ref().map(|a| a.kind.clone()),
-                            tier: NO_TIER.to_string(),
-                        };
-                        &fallback
+                if let Some(c) = &mut self.cumulative {
+                    for l in lineages() {
+                        with_entry(c, l, charge);
                     }
-                };
-                let consume = |s: &mut Sums| {
-                    s.consumed += *consumed;
-                    s.accelerator_seconds += *accelerator_seconds;
-                };
-                for l in &admission.lineages {
-                    with_entry(&mut self.lineages, l, consume);
                 }
-                if r.job.is_some() {
-                    with_entry(&mut self.namespaces, &admission.namespace, consume);
+                if count {
+                    for l in lineages() {
+                        with_entry(&mut self.lineages, l, charge);
+                        if !self.no_windows {
+                            self.push_charge(ScopeKey::Model(l.to_string()), r.time, charged);
+                        }
+                    }
+                    if let Some(job) = &r.job {
+                        with_entry(&mut self.namespaces, job.namespace, charge);
+                        if !self.no_windows {
+                            self.push_charge(
+                                ScopeKey::Namespace(job.namespace.to_string()),
+                                r.time,
+                                charged,
+                            );
+                        }
+                    }
+                    if let Some(a) = r.accelerator {
+                        with_entry(&mut self.accelerators, a, charge);
+                    }
+                    with_entry(&mut self.tiers, tier, charge);
+                    charge(&mut self.cluster);
+                    self.push_charge(ScopeKey::Cluster, r.time, charged);
                 }
-                if let Some(a) = &admission.accelerator {
-                    with_entry(&mut self.accelerators, a, consume);
+                if let Some(job) = &r.job {
+                    job_key(&mut self.key, job);
+                    let admission = Admission {
+                        lineages: lineages().map(str::to_string).collect(),
+                        namespace: job.namespace.to_string(),
+                        accelerator: r.accelerator.map(str::to_string),
+                        tier: tier.to_string(),
+                    };
+                    if let Some(a) = self.admissions.get_mut(self.key.as_str()) {
+                        *a = admission;
+                    } else {
+                        self.admissions.insert(self.key.clone(), admission);
+                    }
                 }
-                with_entry(&mut self.tiers, &admission.tier, consume);
-                consume(&mut self.cluster);
             }
-            _ => {}
+            EventFacts::Metered {
+                consumed,
+                accelerator_seconds,
+            } => {
+                let consume = |s: &mut Sums| {
+                    s.consumed += consumed;
+                    s.accelerator_seconds += accelerator_seconds;
+                };
+                let admission = match &r.job {
+                    Some(j) => {
+                        job_key(&mut self.key, j);
+                        self.admissions.get(self.key.as_str())
+                    }
+                    None => None,
+                };
+                match admission {
+                    Some(a) => {
+                        if let Some(c) = &mut self.cumulative {
+                            for l in &a.lineages {
+                                with_entry(c, l, consume);
+                            }
+                        }
+                        if count {
+                            for l in &a.lineages {
+                                with_entry(&mut self.lineages, l, consume);
+                            }
+                            with_entry(&mut self.namespaces, &a.namespace, consume);
+                            if let Some(acc) = &a.accelerator {
+                                with_entry(&mut self.accelerators, acc, consume);
+                            }
+                            with_entry(&mut self.tiers, &a.tier, consume);
+                            consume(&mut self.cluster);
+                        }
+                    }
+                    // Never admitted: its own lineage, namespace and accelerator, no tier.
+                    None => {
+                        if let (Some(c), Some(l)) = (&mut self.cumulative, r.lineage) {
+                            with_entry(c, l, consume);
+                        }
+                        if count {
+                            if let Some(l) = r.lineage {
+                                with_entry(&mut self.lineages, l, consume);
+                            }
+                            if let Some(j) = &r.job {
+                                with_entry(&mut self.namespaces, j.namespace, consume);
+                            }
+                            if let Some(acc) = r.accelerator {
+                                with_entry(&mut self.accelerators, acc, consume);
+                            }
+                            with_entry(&mut self.tiers, NO_TIER, consume);
+                            consume(&mut self.cluster);
+                        }
+                    }
+                }
+            }
+            EventFacts::Decided { .. } | EventFacts::Other => {}
         }
     }
 
@@ -316,5 +343,12 @@ impl LedgerTotals {
 
     pub fn cluster(&self) -> Sums {
         self.cluster
+    }
+
+    /// Per-lineage sums over every record applied, counted or not (only
+    /// for [`LedgerTotals::for_report`] totals; empty otherwise).
+    pub fn cumulative(&self) -> &BTreeMap<String, Sums> {
+        static EMPTY: BTreeMap<String, Sums> = BTreeMap::new();
+        self.cumulative.as_ref().unwrap_or(&EMPTY)
     }
 }

@@ -18,6 +18,7 @@ use serde::de::Error as _;
 
 use super::digest::Sha256Digest;
 use super::entry::LedgerEntry;
+use super::facts::{EventFacts, JobRef, RecordFacts, StrList, Text};
 use super::record::{AcceleratorUse, LedgerEvent, LedgerRecord};
 use crate::catalog::Precision;
 use crate::decision::Verdict;
@@ -26,46 +27,55 @@ use crate::policy::Mode;
 use crate::projection::Projection;
 use crate::units::{AcceleratorSeconds, Flop, FlopPerSecond, Seconds};
 
+/// A ledger entry decoded without copying its strings: every string
+/// borrows the line unless it holds an escape. The same decoder serves the
+/// verifier's fast path (borrowed) and [`LedgerEntry`]'s `Deserialize`
+/// (converted to owned), so both accept and refuse exactly the same input.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(super) struct EntryIn {
-    seq: u64,
-    prev_hash: Sha256Digest,
-    hash: Sha256Digest,
+pub(super) struct EntryIn<'a> {
+    pub(super) seq: u64,
+    pub(super) prev_hash: Sha256Digest,
+    pub(super) hash: Sha256Digest,
     time: Timestamp,
-    #[serde(default)]
-    job: Option<JobIdIn>,
-    #[serde(default)]
-    lineage: Option<String>,
-    #[serde(default)]
-    base_lineage: Option<String>,
-    #[serde(default)]
-    accelerator: Option<AcceleratorIn>,
-    actor: String,
-    event: EventIn,
+    #[serde(default, borrow)]
+    job: Option<JobIdIn<'a>>,
+    #[serde(default, borrow)]
+    lineage: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    base_lineage: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    accelerator: Option<AcceleratorIn<'a>>,
+    #[serde(borrow)]
+    actor: Text<'a>,
+    #[serde(borrow)]
+    event: EventIn<'a>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JobIdIn {
-    namespace: String,
-    name: String,
-    #[serde(default)]
-    uid: String,
+struct JobIdIn<'a> {
+    #[serde(borrow)]
+    namespace: Text<'a>,
+    #[serde(borrow)]
+    name: Text<'a>,
+    #[serde(default, borrow)]
+    uid: Text<'a>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AcceleratorIn {
-    #[serde(rename = "type")]
-    kind: String,
+struct AcceleratorIn<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Text<'a>,
     count: u32,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ProjectionIn {
-    accelerator: String,
+struct ProjectionIn<'a> {
+    #[serde(borrow)]
+    accelerator: Text<'a>,
     count: u32,
     precision: Precision,
     rate: f64,
@@ -94,34 +104,142 @@ enum EventKind {
 /// Every field of every event kind, flat; which ones may appear depends on `kind`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct EventIn {
+struct EventIn<'a> {
     kind: EventKind,
     verdict: Option<Verdict>,
     enforced_verdict: Option<Verdict>,
     mode: Option<Mode>,
-    policy: Option<String>,
-    rule: Option<String>,
-    tier: Option<String>,
-    reason: Option<String>,
-    projection: Option<ProjectionIn>,
+    #[serde(borrow)]
+    policy: Option<Text<'a>>,
+    #[serde(borrow)]
+    rule: Option<Text<'a>>,
+    #[serde(borrow)]
+    tier: Option<Text<'a>>,
+    #[serde(borrow)]
+    reason: Option<Text<'a>>,
+    #[serde(borrow)]
+    projection: Option<ProjectionIn<'a>>,
     governing: Option<f64>,
     charged: Option<f64>,
-    charged_lineages: Option<Vec<String>>,
-    approver: Option<String>,
-    groups: Option<Vec<String>>,
-    spec_hash: Option<String>,
+    #[serde(borrow)]
+    charged_lineages: Option<Vec<Text<'a>>>,
+    #[serde(borrow)]
+    approver: Option<Text<'a>>,
+    #[serde(borrow)]
+    groups: Option<Vec<Text<'a>>>,
+    #[serde(borrow)]
+    spec_hash: Option<Text<'a>>,
     succeeded: Option<bool>,
     accelerator_seconds: Option<f64>,
     consumed: Option<f64>,
-    content_hash: Option<String>,
+    #[serde(borrow)]
+    content_hash: Option<Text<'a>>,
 }
 
 fn need<T, E: serde::de::Error>(v: Option<T>, kind: &str, field: &str) -> Result<T, E> {
     v.ok_or_else(|| E::custom(format!("{kind} event: missing field `{field}`")))
 }
 
-impl EventIn {
+fn owned(s: Text<'_>) -> String {
+    s.into_owned()
+}
+
+fn owned_list(v: Option<Vec<Text<'_>>>) -> Vec<String> {
+    v.map_or_else(Vec::new, |v| v.into_iter().map(owned).collect())
+}
+
+impl EventKind {
+    fn name(self) -> &'static str {
+        match self {
+            EventKind::Decided => "Decided",
+            EventKind::Approved => "Approved",
+            EventKind::Started => "Started",
+            EventKind::Finished => "Finished",
+            EventKind::DeadlineExceeded => "DeadlineExceeded",
+            EventKind::Deleted => "Deleted",
+            EventKind::PolicyChanged => "PolicyChanged",
+        }
+    }
+}
+
+impl<'a> EventIn<'a> {
+    /// Refuses fields this kind does not have (as the derived decoder of
+    /// `LedgerEvent` would) and requires the ones it must have.
+    fn check<E: serde::de::Error>(&self) -> Result<(), E> {
+        let present: [(&str, bool); 18] = [
+            ("verdict", self.verdict.is_some()),
+            ("enforcedVerdict", self.enforced_verdict.is_some()),
+            ("mode", self.mode.is_some()),
+            ("policy", self.policy.is_some()),
+            ("rule", self.rule.is_some()),
+            ("tier", self.tier.is_some()),
+            ("reason", self.reason.is_some()),
+            ("projection", self.projection.is_some()),
+            ("governing", self.governing.is_some()),
+            ("charged", self.charged.is_some()),
+            ("chargedLineages", self.charged_lineages.is_some()),
+            ("approver", self.approver.is_some()),
+            ("groups", self.groups.is_some()),
+            ("specHash", self.spec_hash.is_some()),
+            ("succeeded", self.succeeded.is_some()),
+            ("acceleratorSeconds", self.accelerator_seconds.is_some()),
+            ("consumed", self.consumed.is_some()),
+            ("contentHash", self.content_hash.is_some()),
+        ];
+        let (allowed, required): (&[&str], &[&str]) = match self.kind {
+            EventKind::Decided => (
+                &[
+                    "verdict",
+                    "enforcedVerdict",
+                    "mode",
+                    "policy",
+                    "rule",
+                    "tier",
+                    "reason",
+                    "projection",
+                    "governing",
+                    "charged",
+                    "chargedLineages",
+                ],
+                &[
+                    "verdict",
+                    "enforcedVerdict",
+                    "mode",
+                    "reason",
+                    "governing",
+                    "charged",
+                ],
+            ),
+            EventKind::Approved => (
+                &["approver", "groups", "specHash"],
+                &["approver", "specHash"],
+            ),
+            EventKind::Started => (&[], &[]),
+            EventKind::Finished => (
+                &["succeeded", "acceleratorSeconds", "consumed"],
+                &["succeeded", "acceleratorSeconds", "consumed"],
+            ),
+            EventKind::DeadlineExceeded | EventKind::Deleted => (
+                &["acceleratorSeconds", "consumed"],
+                &["acceleratorSeconds", "consumed"],
+            ),
+            EventKind::PolicyChanged => (&["policy", "contentHash"], &["policy", "contentHash"]),
+        };
+        let name = self.kind.name();
+        if let Some((field, _)) = present.iter().find(|(f, p)| *p && !allowed.contains(f)) {
+            return Err(E::custom(format!("{name} event: unknown field `{field}`")));
+        }
+        if let Some(field) = required
+            .iter()
+            .find(|f| present.iter().any(|(g, p)| g == *f && !p))
+        {
+            return Err(E::custom(format!("{name} event: missing field `{field}`")));
+        }
+        Ok(())
+    }
+
     fn into_event<E: serde::de::Error>(self) -> Result<LedgerEvent, E> {
+        self.check::<E>()?;
         let EventIn {
             kind,
             verdict,
@@ -143,77 +261,25 @@ impl EventIn {
             consumed,
             content_hash,
         } = self;
-        // Fields present that this kind does not have are refused, as the derived decoder would.
-        let present: [(&str, bool); 18] = [
-            ("verdict", verdict.is_some()),
-            ("enforcedVerdict", enforced_verdict.is_some()),
-            ("mode", mode.is_some()),
-            ("policy", policy.is_some()),
-            ("rule", rule.is_some()),
-            ("tier", tier.is_some()),
-            ("reason", reason.is_some()),
-            ("projection", projection.is_some()),
-            ("governing", governing.is_some()),
-            ("charged", charged.is_some()),
-            ("chargedLineages", charged_lineages.is_some()),
-            ("approver", approver.is_some()),
-            ("groups", groups.is_some()),
-            ("specHash", spec_hash.is_some()),
-            ("succeeded", succeeded.is_some()),
-            ("acceleratorSeconds", accelerator_seconds.is_some()),
-            ("consumed", consumed.is_some()),
-            ("contentHash", content_hash.is_some()),
-        ];
-        let allowed: &[&str] = match kind {
-            EventKind::Decided => &[
-                "verdict",
-                "enforcedVerdict",
-                "mode",
-                "policy",
-                "rule",
-                "tier",
-                "reason",
-                "projection",
-                "governing",
-                "charged",
-                "chargedLineages",
-            ],
-            EventKind::Approved => &["approver", "groups", "specHash"],
-            EventKind::Started => &[],
-            EventKind::Finished => &["succeeded", "acceleratorSeconds", "consumed"],
-            EventKind::DeadlineExceeded | EventKind::Deleted => &["acceleratorSeconds", "consumed"],
-            EventKind::PolicyChanged => &["policy", "contentHash"],
-        };
-        let name = match kind {
-            EventKind::Decided => "Decided",
-            EventKind::Approved => "Approved",
-            EventKind::Started => "Started",
-            EventKind::Finished => "Finished",
-            EventKind::DeadlineExceeded => "DeadlineExceeded",
-            EventKind::Deleted => "Deleted",
-            EventKind::PolicyChanged => "PolicyChanged",
-        };
-        if let Some((field, _)) = present.iter().find(|(f, p)| *p && !allowed.contains(f)) {
-            return Err(E::custom(format!("{name} event: unknown field `{field}`")));
-        }
+        let name = kind.name();
         Ok(match kind {
             EventKind::Decided => LedgerEvent::Decided {
                 verdict: need(verdict, name, "verdict")?,
                 enforced_verdict: need(enforced_verdict, name, "enforcedVerdict")?,
                 mode: need(mode, name, "mode")?,
-                policy,
-                rule,
-                tier,
-                reason: need(reason, name, "reason")?,
+                policy: policy.map(owned),
+                rule: rule.map(owned),
+                tier: tier.map(owned),
+                reason: owned(need(reason, name, "reason")?),
                 projection: projection.map(ProjectionIn::into_projection),
                 governing: Flop(need(governing, name, "governing")?),
                 charged: Flop(need(charged, name, "charged")?),
-                charged_lineages: charged_lineages.unwrap_or_default(),
+                charged_lineages: owned_list(charged_lineages),
             },
             EventKind::Approved => LedgerEvent::Approved {
-                approver: need(approver, name, "approver")?,
-                groups: groups.unwrap_or_default(),
-                spec_hash: need(spec_hash, name, "specHash")?,
+                approver: owned(need(approver, name, "approver")?),
+                groups: owned_list(groups),
+                spec_hash: owned(need(spec_hash, name, "specHash")?),
             },
             EventKind::Started => LedgerEvent::Started,
             EventKind::Finished => LedgerEvent::Finished {
@@ -242,8 +308,8 @@ impl EventIn {
                 consumed: Flop(need(consumed, name, "consumed")?),
             },
             EventKind::PolicyChanged => LedgerEvent::PolicyChanged {
-                policy: need(policy, name, "policy")?,
-                content_hash: need(content_hash, name, "contentHash")?,
+                policy: owned(need(policy, name, "policy")?),
+                content_hash: owned(need(content_hash, name, "contentHash")?),
             },
         })
     }
@@ -263,10 +329,10 @@ fn kind_of(e: &LedgerEvent) -> EventKind {
     }
 }
 
-impl ProjectionIn {
+impl ProjectionIn<'_> {
     fn into_projection(self) -> Projection {
         Projection {
-            accelerator: self.accelerator,
+            accelerator: owned(self.accelerator),
             count: self.count,
             precision: self.precision,
             rate: FlopPerSecond(self.rate),
@@ -282,7 +348,7 @@ impl ProjectionIn {
     }
 }
 
-impl EntryIn {
+impl<'a> EntryIn<'a> {
     pub(super) fn into_entry<E: serde::de::Error>(self) -> Result<LedgerEntry, E> {
         Ok(LedgerEntry {
             seq: self.seq,
@@ -291,26 +357,142 @@ impl EntryIn {
             record: LedgerRecord {
                 time: self.time,
                 job: self.job.map(|j| JobId {
-                    namespace: j.namespace,
-                    name: j.name,
-                    uid: j.uid,
+                    namespace: owned(j.namespace),
+                    name: owned(j.name),
+                    uid: owned(j.uid),
                 }),
-                lineage: self.lineage,
-                base_lineage: self.base_lineage,
+                lineage: self.lineage.map(owned),
+                base_lineage: self.base_lineage.map(owned),
                 accelerator: self.accelerator.map(|a| AcceleratorUse {
-                    kind: a.kind,
+                    kind: owned(a.kind),
                     count: a.count,
                 }),
-                actor: self.actor,
+                actor: owned(self.actor),
                 event: self.event.into_event()?,
             },
         })
+    }
+
+    /// Keeps only what totals and reports need (call after [`EntryIn::checked`]),
+    /// so a chunk of checked lines stays small.
+    pub(super) fn into_facts(self, leaf: Sha256Digest) -> LineFacts<'a> {
+        let ev = self.event;
+        let event = match ev.kind {
+            EventKind::Decided => LineEvent::Decided {
+                verdict: ev.verdict.unwrap_or(Verdict::Reject),
+                policy: ev.policy,
+                tier: ev.tier,
+                charged: Flop(ev.charged.unwrap_or(0.0)),
+                charged_lineages: ev.charged_lineages.unwrap_or_default(),
+            },
+            EventKind::Finished | EventKind::DeadlineExceeded | EventKind::Deleted => {
+                LineEvent::Metered {
+                    consumed: Flop(ev.consumed.unwrap_or(0.0)),
+                    accelerator_seconds: AcceleratorSeconds(ev.accelerator_seconds.unwrap_or(0.0)),
+                }
+            }
+            EventKind::Approved | EventKind::Started | EventKind::PolicyChanged => LineEvent::Other,
+        };
+        LineFacts {
+            seq: self.seq,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+            leaf,
+            time: self.time,
+            job: self.job.map(|j| [j.namespace, j.name, j.uid]),
+            lineage: self.lineage,
+            base_lineage: self.base_lineage,
+            accelerator: self.accelerator.map(|a| a.kind),
+            event,
+        }
+    }
+
+    /// Decodes `line` and checks the event's fields for its kind, borrowing
+    /// every string that has no escape. `None` when anything is wrong; the
+    /// caller then decodes the line fully to name the problem.
+    ///
+    /// One pass: the line is read once, checking its RFC 8785 canonical
+    /// form while decoding ([`super::jcs::from_canonical_slice`]).
+    pub(super) fn checked(line: &'a [u8]) -> Option<EntryIn<'a>> {
+        let e: EntryIn<'a> = super::jcs::from_canonical_slice(line).ok()?;
+        e.event.check::<serde_json::Error>().ok()?;
+        Some(e)
     }
 }
 
 /// Decodes a ledger entry from JSON.
 pub(super) fn entry_from_slice(bytes: &[u8]) -> Result<LedgerEntry, serde_json::Error> {
-    let e: EntryIn = serde_json::from_slice(bytes)?;
+    let e: EntryIn<'_> = serde_json::from_slice(bytes)?;
     e.into_entry::<serde_json::Error>()
         .map_err(|e| serde_json::Error::custom(e.to_string()))
+}
+
+/// A checked line, reduced to what totals and reports read.
+pub(super) struct LineFacts<'a> {
+    pub(super) seq: u64,
+    pub(super) prev_hash: Sha256Digest,
+    pub(super) hash: Sha256Digest,
+    /// The Merkle leaf hash of `hash`.
+    pub(super) leaf: Sha256Digest,
+    time: Timestamp,
+    /// namespace, name, uid.
+    job: Option<[Text<'a>; 3]>,
+    lineage: Option<Text<'a>>,
+    base_lineage: Option<Text<'a>>,
+    accelerator: Option<Text<'a>>,
+    event: LineEvent<'a>,
+}
+
+enum LineEvent<'a> {
+    Decided {
+        verdict: Verdict,
+        policy: Option<Text<'a>>,
+        tier: Option<Text<'a>>,
+        charged: Flop,
+        charged_lineages: Vec<Text<'a>>,
+    },
+    Metered {
+        consumed: Flop,
+        accelerator_seconds: AcceleratorSeconds,
+    },
+    Other,
+}
+
+impl LineFacts<'_> {
+    pub(super) fn facts(&self) -> RecordFacts<'_> {
+        RecordFacts {
+            time: self.time,
+            job: self.job.as_ref().map(|[namespace, name, uid]| JobRef {
+                namespace,
+                name,
+                uid,
+            }),
+            lineage: self.lineage.as_deref(),
+            base_lineage: self.base_lineage.as_deref(),
+            accelerator: self.accelerator.as_deref(),
+            event: match &self.event {
+                LineEvent::Decided {
+                    verdict,
+                    policy,
+                    tier,
+                    charged,
+                    charged_lineages,
+                } => EventFacts::Decided {
+                    verdict: *verdict,
+                    policy: policy.as_deref(),
+                    tier: tier.as_deref(),
+                    charged: *charged,
+                    charged_lineages: StrList::Text(charged_lineages),
+                },
+                LineEvent::Metered {
+                    consumed,
+                    accelerator_seconds,
+                } => EventFacts::Metered {
+                    consumed: *consumed,
+                    accelerator_seconds: *accelerator_seconds,
+                },
+                LineEvent::Other => EventFacts::Other,
+            },
+        }
+    }
 }

@@ -19,17 +19,17 @@
 mod render;
 mod verify;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use base64ct::{Base64, Encoding};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::decision::Verdict;
 use crate::duration::GoDuration;
 use crate::ledger::{
-    CanonicalError, LedgerEntry, LedgerEvent, LedgerTotals, Sha256Digest, Sums, canonical_json,
+    CanonicalError, EventFacts, LedgerEntry, LedgerTotals, RecordFacts, Sha256Digest, Sums,
+    canonical_json,
 };
 use crate::merkle;
 use crate::policy::Policy;
@@ -290,180 +290,252 @@ pub fn build_report(
             })
         })
         .transpose()?;
-    let leaves = leaf_hashes(entries);
-    compute_body(
-        entries,
-        &leaves,
+    let mut b = BodyBuilder::new(
         period,
         reporting_thresholds(policies),
         policy_digests(policies)?,
         link,
-    )
+    );
+    for e in entries {
+        b.push(e.seq, &e.hash, &RecordFacts::of(&e.record));
+    }
+    b.finish()
 }
 
-/// Computes a report body from its inputs. The verifier calls this with the
-/// signed report's own period, thresholds, policies and previous link and
-/// compares the result field by field.
-pub fn compute_body(
-    entries: &[LedgerEntry],
-    leaves: &[Sha256Digest],
+/// Computes a report body from entries pushed in ledger order, from seq 0,
+/// in one pass and without keeping the entries. [`build_report`] pushes
+/// typed entries; the verifier pushes what it reads from each verified line
+/// with the signed report's own period, thresholds, policies and previous
+/// link, and compares the result field by field.
+#[derive(Debug)]
+pub struct BodyBuilder {
     period: Period,
     reporting_thresholds: Vec<ReportingThreshold>,
     policies: Vec<PolicyDigest>,
     previous: Option<PreviousLink>,
-) -> Result<ReportBody, ReportError> {
-    if period.from > period.to {
-        return Err(ReportError::EmptyPeriod {
-            from: period.from,
-            to: period.to,
-        });
-    }
-    for (i, e) in entries.iter().enumerate() {
-        if e.seq != i as u64 {
-            return Err(ReportError::NotFromGenesis {
-                index: i as u64,
-                seq: e.seq,
-            });
+    /// `range.from`: the previous report's tree size.
+    from: u64,
+    count: u64,
+    leaves: Vec<Sha256Digest>,
+    head: Sha256Digest,
+    totals: LedgerTotals,
+    decisions: BTreeMap<String, u64>,
+    /// Cumulative charged FLOP per lineage, for threshold crossings.
+    charged: HashMap<String, Flop>,
+    crossed: HashSet<(String, usize)>,
+    threshold_crossings: Vec<ThresholdCrossing>,
+    /// The first error of each kind, reported by [`BodyBuilder::finish`] in
+    /// the order the checks are documented.
+    not_from_genesis: Option<ReportError>,
+    outside_period: Option<ReportError>,
+    deadline: Option<ReportError>,
+}
+
+impl BodyBuilder {
+    pub fn new(
+        period: Period,
+        reporting_thresholds: Vec<ReportingThreshold>,
+        policies: Vec<PolicyDigest>,
+        previous: Option<PreviousLink>,
+    ) -> BodyBuilder {
+        BodyBuilder {
+            period,
+            reporting_thresholds,
+            policies,
+            from: previous.as_ref().map_or(0, |p| p.tree_size),
+            previous,
+            count: 0,
+            leaves: Vec::new(),
+            head: crate::ledger::GENESIS_PREV_HASH,
+            totals: LedgerTotals::for_report(),
+            decisions: BTreeMap::new(),
+            charged: HashMap::new(),
+            crossed: HashSet::new(),
+            threshold_crossings: Vec::new(),
+            not_from_genesis: None,
+            outside_period: None,
+            deadline: None,
         }
     }
-    let to = entries.len() as u64;
-    let from = previous.as_ref().map_or(0, |p| p.tree_size);
-    let from_index = usize::try_from(from).unwrap_or(usize::MAX);
-    if from_index > entries.len() {
-        return Err(ReportError::PreviousBeyondLedger {
-            previous: from,
-            available: to,
-        });
+
+    /// Adds the next entry (`seq` must be the number of entries pushed so far).
+    pub fn push(&mut self, seq: u64, hash: &Sha256Digest, r: &RecordFacts<'_>) {
+        self.push_leaf(seq, hash, merkle::entry_leaf(hash), r);
     }
-    for e in &entries[from_index..] {
-        if e.record.time < period.from || e.record.time > period.to {
-            return Err(ReportError::OutsidePeriod {
-                seq: e.seq,
-                time: e.record.time,
+
+    /// [`BodyBuilder::push`] with the entry's Merkle leaf hash already
+    /// computed (`merkle::entry_leaf(hash)`; the verifier's threads do that).
+    pub fn push_leaf(
+        &mut self,
+        seq: u64,
+        hash: &Sha256Digest,
+        leaf: Sha256Digest,
+        r: &RecordFacts<'_>,
+    ) {
+        let index = self.count;
+        self.count += 1;
+        if seq != index && self.not_from_genesis.is_none() {
+            self.not_from_genesis = Some(ReportError::NotFromGenesis { index, seq });
+        }
+        self.leaves.push(leaf);
+        self.head = *hash;
+        let in_range = index >= self.from;
+        if in_range
+            && (r.time < self.period.from || r.time > self.period.to)
+            && self.outside_period.is_none()
+        {
+            self.outside_period = Some(ReportError::OutsidePeriod {
+                seq,
+                time: r.time,
+                from: self.period.from,
+                to: self.period.to,
+            });
+        }
+        self.totals.apply_facts(r, in_range);
+        if in_range && let EventFacts::Decided { verdict, .. } = r.event {
+            if let Some(n) = self.decisions.get_mut(verdict.as_str()) {
+                *n += 1;
+            } else {
+                self.decisions.insert(verdict.as_str().to_string(), 1);
+            }
+        }
+        if let Some((amount, lineages)) = r.admitted() {
+            for l in lineages {
+                self.crossings(seq, r.time, l, amount);
+            }
+        }
+    }
+
+    /// Adds `amount` to `lineage`'s cumulative charge and records every
+    /// reporting threshold it passes for the first time.
+    fn crossings(&mut self, seq: u64, time: Timestamp, lineage: &str, amount: Flop) {
+        if self.reporting_thresholds.is_empty() {
+            return;
+        }
+        let total = match self.charged.get_mut(lineage) {
+            Some(t) => {
+                *t += amount;
+                *t
+            }
+            None => {
+                self.charged.insert(lineage.to_string(), amount);
+                Flop::ZERO + amount
+            }
+        };
+        for (i, t) in self.reporting_thresholds.iter().enumerate() {
+            if total.get() > t.threshold.get() && !self.crossed.contains(&(lineage.to_string(), i))
+            {
+                self.crossed.insert((lineage.to_string(), i));
+                let notify_by = match deadline(time, t.notify_within) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.deadline.get_or_insert(e);
+                        continue;
+                    }
+                };
+                self.threshold_crossings.push(ThresholdCrossing {
+                    lineage: lineage.to_string(),
+                    policy: t.policy.clone(),
+                    tier: t.tier.clone(),
+                    regulation: t.regulation.clone(),
+                    threshold: t.threshold,
+                    crossed_at: time,
+                    crossed_at_seq: seq,
+                    charged_at_crossing: total,
+                    notify_by,
+                });
+            }
+        }
+    }
+
+    /// The leaf hashes of the entries pushed so far.
+    pub fn leaves(&self) -> &[Sha256Digest] {
+        &self.leaves
+    }
+
+    /// The `hash` of the last entry pushed (the genesis value when none).
+    pub fn head(&self) -> Sha256Digest {
+        self.head
+    }
+
+    /// The body over every entry pushed.
+    pub fn finish(self) -> Result<ReportBody, ReportError> {
+        let period = self.period;
+        if period.from > period.to {
+            return Err(ReportError::EmptyPeriod {
                 from: period.from,
                 to: period.to,
             });
         }
-    }
-    let merkle_root = merkle::root(leaves);
-    let previous = match previous {
-        None => None,
-        Some(link) => {
-            let actual = merkle::root(&leaves[..from_index]);
-            if actual != link.merkle_root {
-                return Err(ReportError::PreviousRootMismatch {
-                    size: link.tree_size,
-                    claimed: link.merkle_root,
-                    actual,
-                });
-            }
-            Some(PreviousReport {
-                report_hash: link.report_hash,
-                tree_size: link.tree_size,
-                merkle_root: link.merkle_root,
-                consistency_proof: merkle::consistency_proof(leaves, link.tree_size)
-                    .unwrap_or_default(),
-            })
+        if let Some(e) = self.not_from_genesis {
+            return Err(e);
         }
-    };
-
-    let period_totals = LedgerTotals::rebuild_from(entries, from_index);
-    let mut decisions = BTreeMap::new();
-    for e in &entries[from_index..] {
-        if let LedgerEvent::Decided { verdict, .. } = &e.record.event {
-            *decisions.entry(verdict.as_str().to_string()).or_insert(0) += 1;
+        let to = self.count;
+        let from = self.from;
+        if from > to {
+            return Err(ReportError::PreviousBeyondLedger {
+                previous: from,
+                available: to,
+            });
         }
-    }
-    // From 0: the same sums, without the window series reports do not need.
-    let cumulative = LedgerTotals::rebuild_from(entries, 0);
-    let threshold_crossings = crossings(entries, &reporting_thresholds)?;
-    Ok(ReportBody {
-        period,
-        range: EntryRange { from, to },
-        head_hash: entries
-            .last()
-            .map_or(crate::ledger::GENESIS_PREV_HASH, |e| e.hash),
-        merkle_root,
-        previous,
-        totals: PeriodTotals {
-            entries: to - from,
-            decisions,
-            cluster: period_totals.cluster(),
-            namespaces: period_totals.namespaces().clone(),
-            lineages: period_totals.lineages().clone(),
-            accelerators: period_totals.accelerators().clone(),
-            tiers: period_totals.tiers().clone(),
-        },
-        cumulative: cumulative.lineages().clone(),
-        reporting_thresholds,
-        threshold_crossings,
-        policies,
-    })
-}
-
-/// The first entry at which each lineage's cumulative charged FLOP exceeds
-/// each reporting threshold.
-fn crossings(
-    entries: &[LedgerEntry],
-    thresholds: &[ReportingThreshold],
-) -> Result<Vec<ThresholdCrossing>, ReportError> {
-    let mut out = Vec::new();
-    if thresholds.is_empty() {
-        return Ok(out);
-    }
-    let mut charged: BTreeMap<&str, Flop> = BTreeMap::new();
-    let mut seen: std::collections::BTreeSet<(String, usize)> = Default::default();
-    for e in entries {
-        let r = &e.record;
-        let LedgerEvent::Decided {
-            verdict: Verdict::Admit,
-            charged: amount,
-            charged_lineages,
-            ..
-        } = &r.event
-        else {
-            continue;
-        };
-        let lineages: Vec<&str> = if charged_lineages.is_empty() {
-            r.lineage.as_deref().into_iter().collect()
-        } else {
-            charged_lineages.iter().map(String::as_str).collect()
-        };
-        for l in lineages {
-            let total = charged.entry(l).or_insert(Flop::ZERO);
-            *total += *amount;
-            for (i, t) in thresholds.iter().enumerate() {
-                if total.get() > t.threshold.get() && seen.insert((l.to_string(), i)) {
-                    let within =
-                        jiff::SignedDuration::try_from(t.notify_within.0).map_err(|_| {
-                            ReportError::DeadlineOverflow {
-                                crossed_at: r.time,
-                                within: t.notify_within,
-                            }
-                        })?;
-                    let notify_by =
-                        r.time
-                            .checked_add(within)
-                            .map_err(|_| ReportError::DeadlineOverflow {
-                                crossed_at: r.time,
-                                within: t.notify_within,
-                            })?;
-                    out.push(ThresholdCrossing {
-                        lineage: l.to_string(),
-                        policy: t.policy.clone(),
-                        tier: t.tier.clone(),
-                        regulation: t.regulation.clone(),
-                        threshold: t.threshold,
-                        crossed_at: r.time,
-                        crossed_at_seq: e.seq,
-                        charged_at_crossing: *total,
-                        notify_by,
+        if let Some(e) = self.outside_period {
+            return Err(e);
+        }
+        let leaves = &self.leaves;
+        let merkle_root = merkle::root(leaves);
+        let previous = match self.previous {
+            None => None,
+            Some(link) => {
+                let from_index = usize::try_from(from).unwrap_or(usize::MAX);
+                let actual = merkle::root(&leaves[..from_index.min(leaves.len())]);
+                if actual != link.merkle_root {
+                    return Err(ReportError::PreviousRootMismatch {
+                        size: link.tree_size,
+                        claimed: link.merkle_root,
+                        actual,
                     });
                 }
+                Some(PreviousReport {
+                    report_hash: link.report_hash,
+                    tree_size: link.tree_size,
+                    merkle_root: link.merkle_root,
+                    consistency_proof: merkle::consistency_proof(leaves, link.tree_size)
+                        .unwrap_or_default(),
+                })
             }
+        };
+        if let Some(e) = self.deadline {
+            return Err(e);
         }
+        let t = self.totals;
+        Ok(ReportBody {
+            period,
+            range: EntryRange { from, to },
+            head_hash: self.head,
+            merkle_root,
+            previous,
+            totals: PeriodTotals {
+                entries: to - from,
+                decisions: self.decisions,
+                cluster: t.cluster(),
+                namespaces: t.namespaces().clone(),
+                lineages: t.lineages().clone(),
+                accelerators: t.accelerators().clone(),
+                tiers: t.tiers().clone(),
+            },
+            cumulative: t.cumulative().clone(),
+            reporting_thresholds: self.reporting_thresholds,
+            threshold_crossings: self.threshold_crossings,
+            policies: self.policies,
+        })
     }
-    Ok(out)
+}
+
+/// `crossed_at + within`, the notification deadline.
+fn deadline(crossed_at: Timestamp, within: GoDuration) -> Result<Timestamp, ReportError> {
+    let overflow = || ReportError::DeadlineOverflow { crossed_at, within };
+    let d = jiff::SignedDuration::try_from(within.0).map_err(|_| overflow())?;
+    crossed_at.checked_add(d).map_err(|_| overflow())
 }
 
 impl ReportBody {

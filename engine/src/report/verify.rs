@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    PreviousLink, ReportError, ReportParseError, SignatureError, SignedReport, compute_body,
-    leaf_hashes, parse_report,
+    BodyBuilder, PreviousLink, ReportError, ReportParseError, SignatureError, SignedReport,
+    parse_report,
 };
-use crate::ledger::{ChainError, Sha256Digest, verify_jsonl};
+use crate::ledger::{ChainError, Sha256Digest, verify_jsonl_facts};
 use crate::merkle;
 use crate::signing;
 
@@ -320,19 +320,37 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
 
     let mut inclusion = None;
     if let Some(ledger_input) = req.ledger {
-        let all = verify_jsonl(ledger_input.bytes).map_err(|e| VerifyFailure {
+        let to = b.range.to;
+        let link = b.previous.as_ref().map(|p| PreviousLink {
+            report_hash: p.report_hash,
+            tree_size: p.tree_size,
+            merkle_root: p.merkle_root,
+        });
+        // One pass over the ledger: every line checked (on all cores) and,
+        // in order, fed to the same computation that built the report.
+        let mut builder = BodyBuilder::new(
+            b.period,
+            b.reporting_thresholds.clone(),
+            b.policies.clone(),
+            link,
+        );
+        let mut entry_hash = None;
+        let n = verify_jsonl_facts(ledger_input.bytes, threads(), |e| {
+            if e.seq < to {
+                builder.push_leaf(e.seq, &e.hash, e.leaf, &e.facts);
+                if Some(e.seq) == req.entry {
+                    entry_hash = Some(e.hash);
+                }
+            }
+        })
+        .map_err(|e| VerifyFailure {
             class: match e {
                 ChainError::Malformed { .. } => FailureClass::Input,
                 _ => FailureClass::Chain,
             },
             message: format!("{}: {e}", ledger_input.name),
         })?;
-        checks.push(format!(
-            "chain: {} entries, every hash and link intact",
-            all.len()
-        ));
-        let to = b.range.to;
-        let n = all.len() as u64;
+        checks.push(format!("chain: {n} entries, every hash and link intact"));
         if n < to {
             return fail(
                 FailureClass::LedgerMismatch,
@@ -351,10 +369,7 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
                 ),
             );
         }
-        let entries = &all[..usize::try_from(to).unwrap_or(usize::MAX).min(all.len())];
-        let head = entries
-            .last()
-            .map_or(crate::ledger::GENESIS_PREV_HASH, |e| e.hash);
+        let head = builder.head();
         if head != b.head_hash {
             return fail(
                 FailureClass::LedgerMismatch,
@@ -366,8 +381,7 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
                 ),
             );
         }
-        let leaves = leaf_hashes(entries);
-        let root = merkle::root(&leaves);
+        let root = merkle::root(builder.leaves());
         if root != b.merkle_root {
             return fail(
                 FailureClass::LedgerMismatch,
@@ -383,21 +397,21 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
             "ledger: head hash and Merkle root of {} match the report",
             entries_text(0, to)
         ));
+        let inclusion_path = match req.entry {
+            Some(seq) if seq < to => {
+                let leaves = builder.leaves();
+                let idx = usize::try_from(seq).unwrap_or(usize::MAX);
+                leaves.get(idx).map(|leaf| {
+                    (
+                        *leaf,
+                        merkle::inclusion_proof(leaves, seq).unwrap_or_default(),
+                    )
+                })
+            }
+            _ => None,
+        };
 
-        let link = b.previous.as_ref().map(|p| PreviousLink {
-            report_hash: p.report_hash,
-            tree_size: p.tree_size,
-            merkle_root: p.merkle_root,
-        });
-        let recomputed = compute_body(
-            entries,
-            &leaves,
-            b.period,
-            b.reporting_thresholds.clone(),
-            b.policies.clone(),
-            link,
-        )
-        .map_err(|e| VerifyFailure {
+        let recomputed = builder.finish().map_err(|e| VerifyFailure {
             class: match e {
                 ReportError::PreviousRootMismatch { .. }
                 | ReportError::PreviousBeyondLedger { .. } => FailureClass::Previous,
@@ -414,9 +428,11 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
                 ),
             );
         }
-        let stated = serde_json::to_value(b).unwrap_or(Value::Null);
-        let derived = serde_json::to_value(&recomputed).unwrap_or(Value::Null);
-        if let Some((path, s, d)) = first_difference("report", &stated, &derived) {
+        if recomputed != *b {
+            let stated = serde_json::to_value(b).unwrap_or(Value::Null);
+            let derived = serde_json::to_value(&recomputed).unwrap_or(Value::Null);
+            let (path, s, d) = first_difference("report", &stated, &derived)
+                .unwrap_or_else(|| ("report".into(), "one value".into(), "another".into()));
             return fail(
                 FailureClass::Totals,
                 format!(
@@ -426,12 +442,11 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
             );
         }
         checks.push(format!(
-            "totals: every total, threshold crossing and deadline recomputed from {} entries matches",
-            entries.len()
+            "totals: every total, threshold crossing and deadline recomputed from {to} entries matches"
         ));
 
         if let Some(seq) = req.entry {
-            if seq >= to {
+            let (Some((leaf, path)), Some(entry_hash)) = (inclusion_path, entry_hash) else {
                 return fail(
                     FailureClass::Input,
                     format!(
@@ -439,10 +454,7 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
                         entries_text(0, to)
                     ),
                 );
-            }
-            let idx = usize::try_from(seq).unwrap_or(usize::MAX);
-            let leaf = leaves[idx];
-            let path = merkle::inclusion_proof(&leaves, seq).unwrap_or_default();
+            };
             if !merkle::verify_inclusion(&leaf, seq, to, &path, &b.merkle_root) {
                 return fail(
                     FailureClass::Inclusion,
@@ -459,7 +471,7 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
             inclusion = Some(InclusionProof {
                 seq,
                 tree_size: to,
-                entry_hash: entries[idx].hash,
+                entry_hash,
                 leaf_hash: leaf,
                 merkle_root: b.merkle_root,
                 audit_path: path,
@@ -476,6 +488,11 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
         checks,
         inclusion,
     })
+}
+
+/// Every hardware thread checks ledger lines.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// "entries 3 to 9" or "no entries" for the half-open range `[from, to)`.
