@@ -8,99 +8,53 @@
 //! run on the stand-in (a real cluster's identities cannot be made up here).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
-use e2e::harness::{Cluster, Process, TempNamespace, client_from_kubeconfig, workspace_binary};
+use e2e::harness::{Process, TempNamespace};
 use e2e::standin::Options;
-use e2e::standin::auth::Tokens;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 
-const T: Duration = Duration::from_secs(30);
+use common::operator::{T, free_port, gvk, komptroller};
+
 const WEBHOOK_NS: &str = "komptroller-system";
 
-const TOKENS: &str = "\
-tok-alice,alice,uid-alice,\"ml-engineers\"
-tok-bob,bob,uid-bob,\"safety-board\"
-tok-carol,carol,uid-carol,\"safety-board\"
-tok-erin,erin,uid-erin,\"safety-board\"
-tok-dave,dave,uid-dave,\"ml-engineers\"
-";
+const USERS: &[(&str, &str)] = &[
+    ("alice", "ml-engineers"),
+    ("bob", "safety-board"),
+    ("carol", "safety-board"),
+    ("erin", "safety-board"),
+    ("dave", "ml-engineers"),
+];
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn komptroller() -> PathBuf {
-    workspace_binary("komptroller").unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn gvk(kind: &str) -> GroupVersionKind {
-    GroupVersionKind::gvk("komptroller.dev", "v1alpha1", kind)
-}
-
+/// The shared stand-in environment (`common::operator::Env`: token users,
+/// CRDs, the webhook's namespace) plus a namespace for the scenario.
 struct Env {
-    cluster: Cluster,
+    base: common::operator::Env,
     ns: TempNamespace,
-    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Env {
+    type Target = common::operator::Env;
+    fn deref(&self) -> &Self::Target {
+        &self.base
+    }
 }
 
 impl Env {
     async fn start() -> Env {
-        let tokens = Tokens::parse(TOKENS).unwrap();
         eprintln!(
             "e2e webhook: these scenarios use static-token users, so they run on the stand-in"
         );
-        let cluster = Cluster::start_standin(Options {
-            tokens,
-            ..Options::default()
-        })
-        .await
-        .unwrap();
-        cluster.install_crds(&repo().join("crds"), T).await.unwrap();
-        cluster
-            .apply_yaml(
-                &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {WEBHOOK_NS}}}\n"),
-                None,
-            )
-            .await
-            .unwrap();
-        let ns = cluster.temp_namespace("webhook").await.unwrap();
-        Env {
-            cluster,
-            ns,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn kubeconfig_for(&self, user: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("{user}.kubeconfig"));
-        if !path.exists() {
-            self.cluster
-                .require_standin()
-                .unwrap()
-                .write_kubeconfig_for_token(&path, &format!("tok-{user}"))
-                .unwrap();
-        }
-        path
+        let base = common::operator::Env::start(USERS, Options::default()).await;
+        let ns = base.cluster.temp_namespace("webhook").await.unwrap();
+        Env { base, ns }
     }
 
     async fn api_as(&self, user: &str, kind: &str) -> Api<DynamicObject> {
-        let client = client_from_kubeconfig(&self.kubeconfig_for(user))
-            .await
-            .unwrap();
-        let (ar, _) = self.cluster.resolve(&gvk(kind)).await.unwrap();
-        Api::namespaced_with(client, &self.ns.name, &ar)
+        self.base.api_as(user, kind, &self.ns.name).await
     }
 
     async fn admin(&self, kind: &str) -> Api<DynamicObject> {
