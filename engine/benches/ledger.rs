@@ -186,7 +186,7 @@ fn main() {
     let t = Instant::now();
     let chain = verify_jsonl_facts(&bytes, threads, |_| {});
     let t_chain = t.elapsed();
-    let mut builder = BodyBuilder::new(report.report.period, vec![], vec![], None);
+    let mut builder = BodyBuilder::new(report.report.period, Default::default(), vec![], None);
     let t = Instant::now();
     let fed = verify_jsonl_facts(&bytes, threads, |e| {
         builder.push_leaf(e.seq, &e.hash, e.leaf, &e.facts)

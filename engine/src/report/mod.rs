@@ -90,6 +90,15 @@ pub struct ReportBody {
     pub reporting_thresholds: Vec<ReportingThreshold>,
     /// Every lineage past a reporting threshold by entry `to - 1`.
     pub threshold_crossings: Vec<ThresholdCrossing>,
+    /// The policies' substantial-modification rules that carry a reporting
+    /// obligation, as applied below (absent when no policy has one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modification_thresholds: Vec<ModificationThreshold>,
+    /// Every fine-tune lineage whose own compute passed its policy's
+    /// modification threshold relative to its base by entry `to - 1`
+    /// (absent when none did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modification_crossings: Vec<ModificationCrossing>,
     /// The policies in force when the report was made, by content hash.
     pub policies: Vec<PolicyDigest>,
 }
@@ -179,6 +188,52 @@ pub struct ThresholdCrossing {
     pub notify_by: Timestamp,
 }
 
+/// A policy's substantial-modification rule (`spec.lineage.modification`)
+/// with a reporting obligation: a fine-tune lineage whose own charged FLOP
+/// exceeds `fractionOfBase` of its base lineage's own charged FLOP (or of
+/// `assumedBaseFlop` when the base has none on the ledger) must be notified
+/// (EU AI Act: the modifier becomes the provider).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModificationThreshold {
+    pub policy: String,
+    /// The rule's name, e.g. `eu-one-third-modification`.
+    pub rule: String,
+    pub fraction_of_base: f64,
+    /// Base compute assumed when the base lineage has no charged FLOP on the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assumed_base_flop: Option<Flop>,
+    pub regulation: String,
+    pub notify_within: GoDuration,
+}
+
+/// A fine-tune lineage past a modification threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModificationCrossing {
+    /// The fine-tune (modification) lineage.
+    pub lineage: String,
+    /// The lineage it modifies.
+    pub base_lineage: String,
+    pub policy: String,
+    pub rule: String,
+    pub regulation: String,
+    /// The base lineage's own charged FLOP at the crossing, or the assumed figure.
+    pub base_flop: Flop,
+    /// Whether `baseFlop` is the policy's assumption (the base has no compute on the ledger).
+    pub base_assumed: bool,
+    /// `baseFlop × fractionOfBase`.
+    pub threshold: Flop,
+    /// Time of the admission that took the fine-tune past it.
+    pub crossed_at: Timestamp,
+    /// `seq` of that entry.
+    pub crossed_at_seq: u64,
+    /// The fine-tune lineage's own charged FLOP right after it.
+    pub charged_at_crossing: Flop,
+    /// `crossedAt + notifyWithin`.
+    pub notify_by: Timestamp,
+}
+
 /// A policy's name and the SHA-256 of its spec's canonical JSON.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -242,6 +297,25 @@ pub fn reporting_thresholds(policies: &[Policy]) -> Vec<ReportingThreshold> {
         .collect()
 }
 
+/// The modification rules of `policies` that carry a reporting obligation.
+pub fn modification_thresholds(policies: &[Policy]) -> Vec<ModificationThreshold> {
+    policies
+        .iter()
+        .filter_map(|p| {
+            let m = p.spec.lineage.modification.as_ref()?;
+            let r = m.reporting.as_ref()?;
+            Some(ModificationThreshold {
+                policy: p.name.clone(),
+                rule: m.name.clone(),
+                fraction_of_base: m.fraction_of_base,
+                assumed_base_flop: m.assumed_base_flop,
+                regulation: r.regulation.clone(),
+                notify_within: r.notify_within,
+            })
+        })
+        .collect()
+}
+
 /// Name and content hash of each policy.
 pub fn policy_digests(policies: &[Policy]) -> Result<Vec<PolicyDigest>, CanonicalError> {
     policies
@@ -292,7 +366,10 @@ pub fn build_report(
         .transpose()?;
     let mut b = BodyBuilder::new(
         period,
-        reporting_thresholds(policies),
+        Thresholds {
+            reporting: reporting_thresholds(policies),
+            modification: modification_thresholds(policies),
+        },
         policy_digests(policies)?,
         link,
     );
@@ -311,6 +388,12 @@ pub fn build_report(
 pub struct BodyBuilder {
     period: Period,
     reporting_thresholds: Vec<ReportingThreshold>,
+    modification_thresholds: Vec<ModificationThreshold>,
+    /// Own charged FLOP per lineage (admissions whose first charged lineage
+    /// it is), for modification crossings.
+    own: HashMap<String, Flop>,
+    modified: HashSet<(String, usize)>,
+    modification_crossings: Vec<ModificationCrossing>,
     policies: Vec<PolicyDigest>,
     previous: Option<PreviousLink>,
     /// `range.from`: the previous report's tree size.
@@ -331,16 +414,27 @@ pub struct BodyBuilder {
     deadline: Option<ReportError>,
 }
 
+/// The obligations a report applies to the entries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Thresholds {
+    pub reporting: Vec<ReportingThreshold>,
+    pub modification: Vec<ModificationThreshold>,
+}
+
 impl BodyBuilder {
     pub fn new(
         period: Period,
-        reporting_thresholds: Vec<ReportingThreshold>,
+        thresholds: Thresholds,
         policies: Vec<PolicyDigest>,
         previous: Option<PreviousLink>,
     ) -> BodyBuilder {
         BodyBuilder {
             period,
-            reporting_thresholds,
+            reporting_thresholds: thresholds.reporting,
+            modification_thresholds: thresholds.modification,
+            own: HashMap::new(),
+            modified: HashSet::new(),
+            modification_crossings: Vec::new(),
             policies,
             from: previous.as_ref().map_or(0, |p| p.tree_size),
             previous,
@@ -400,9 +494,77 @@ impl BodyBuilder {
             }
         }
         if let Some((amount, lineages)) = r.admitted() {
+            let mut own = None;
             for l in lineages {
+                own.get_or_insert(l);
                 self.crossings(seq, r.time, l, amount);
             }
+            if let Some(own) = own {
+                self.modifications(seq, r, own, amount);
+            }
+        }
+    }
+
+    /// Adds `amount` to `lineage`'s own charge (it was the admitted job's
+    /// own lineage) and, when the job fine-tunes a base lineage under a
+    /// policy with a modification threshold, records the threshold's first
+    /// crossing. Mirrors the engine's rule: the base's own charged FLOP (or
+    /// the assumed figure when it has none) times `fractionOfBase`, against
+    /// the fine-tune's own charged FLOP after the admission.
+    fn modifications(&mut self, seq: u64, r: &RecordFacts<'_>, lineage: &str, amount: Flop) {
+        if self.modification_thresholds.is_empty() {
+            return;
+        }
+        let own_after = add_to(&mut self.own, lineage, amount);
+        let (
+            Some(base),
+            EventFacts::Decided {
+                policy: Some(policy),
+                ..
+            },
+        ) = (r.base_lineage, r.event)
+        else {
+            return;
+        };
+        let known = self.own.get(base).copied().unwrap_or(Flop::ZERO);
+        for (i, m) in self.modification_thresholds.iter().enumerate() {
+            if m.policy != policy {
+                continue;
+            }
+            let (base_flop, base_assumed) = if known.get() > 0.0 {
+                (known, false)
+            } else {
+                (m.assumed_base_flop.unwrap_or(Flop::ZERO), true)
+            };
+            let threshold = base_flop.get() * m.fraction_of_base;
+            if base_flop.get() <= 0.0
+                || own_after.get() <= threshold
+                || self.modified.contains(&(lineage.to_string(), i))
+            {
+                continue;
+            }
+            self.modified.insert((lineage.to_string(), i));
+            let notify_by = match deadline(r.time, m.notify_within) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.deadline.get_or_insert(e);
+                    continue;
+                }
+            };
+            self.modification_crossings.push(ModificationCrossing {
+                lineage: lineage.to_string(),
+                base_lineage: base.to_string(),
+                policy: m.policy.clone(),
+                rule: m.rule.clone(),
+                regulation: m.regulation.clone(),
+                base_flop,
+                base_assumed,
+                threshold: Flop(threshold),
+                crossed_at: r.time,
+                crossed_at_seq: seq,
+                charged_at_crossing: own_after,
+                notify_by,
+            });
         }
     }
 
@@ -412,16 +574,7 @@ impl BodyBuilder {
         if self.reporting_thresholds.is_empty() {
             return;
         }
-        let total = match self.charged.get_mut(lineage) {
-            Some(t) => {
-                *t += amount;
-                *t
-            }
-            None => {
-                self.charged.insert(lineage.to_string(), amount);
-                Flop::ZERO + amount
-            }
-        };
+        let total = add_to(&mut self.charged, lineage, amount);
         for (i, t) in self.reporting_thresholds.iter().enumerate() {
             if total.get() > t.threshold.get() && !self.crossed.contains(&(lineage.to_string(), i))
             {
@@ -526,8 +679,26 @@ impl BodyBuilder {
             cumulative: t.cumulative().clone(),
             reporting_thresholds: self.reporting_thresholds,
             threshold_crossings: self.threshold_crossings,
+            modification_thresholds: self.modification_thresholds,
+            modification_crossings: self.modification_crossings,
             policies: self.policies,
         })
+    }
+}
+
+/// Adds `amount` to `key`'s sum (from zero) and returns the new sum; the
+/// key is copied only when new.
+fn add_to(map: &mut HashMap<String, Flop>, key: &str, amount: Flop) -> Flop {
+    match map.get_mut(key) {
+        Some(t) => {
+            *t += amount;
+            *t
+        }
+        None => {
+            let t = Flop::ZERO + amount;
+            map.insert(key.to_string(), t);
+            t
+        }
     }
 }
 

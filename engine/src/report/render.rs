@@ -8,9 +8,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use jiff::Timestamp;
+
 use super::SignedReport;
 use crate::ledger::{CanonicalError, Sums};
-use crate::units::sci;
+use crate::units::{Flop, sci};
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -20,16 +22,24 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// CSV totals (RFC 4180): one row per scope and key, period totals and
-/// cumulative lineage totals. FLOP in full `f64` precision.
+/// The CSV header: totals columns, then the columns of obligation rows.
+pub const CSV_HEADER: &str = "scope,key,charged_flop,consumed_flop,accelerator_seconds,admitted,\
+base_lineage,policy,rule,regulation,threshold_flop,crossed_at,crossed_at_seq,notify_by";
+
+/// CSV (RFC 4180), one table: a row per scope and key with the period
+/// totals and cumulative lineage totals (the obligation columns empty),
+/// then a row per obligation: `threshold_crossing` (a lineage past a
+/// reporting threshold; `rule` is the tier) and `modification_crossing` (a
+/// fine-tune lineage past its policy's modification threshold relative to
+/// `base_lineage`), with `charged_flop` the lineage's charged FLOP right
+/// after the crossing. FLOP in full `f64` precision.
 pub fn to_csv(report: &SignedReport) -> String {
-    let mut out =
-        String::from("scope,key,charged_flop,consumed_flop,accelerator_seconds,admitted\r\n");
+    let mut out = format!("{CSV_HEADER}\r\n");
     let b = &report.report;
     let mut row = |scope: &str, key: &str, s: &Sums| {
         let _ = write!(
             out,
-            "{},{},{:e},{:e},{},{}\r\n",
+            "{},{},{:e},{:e},{},{},,,,,,,,\r\n",
             scope,
             csv_field(key),
             s.charged.get(),
@@ -51,7 +61,71 @@ pub fn to_csv(report: &SignedReport) -> String {
             row(scope, k, s);
         }
     }
+    let mut obligation = |scope: &str, c: Obligation<'_>| {
+        let _ = write!(
+            out,
+            "{scope},{},{:e},,,,{},{},{},{},{:e},{},{},{}\r\n",
+            csv_field(c.lineage),
+            c.charged.get(),
+            csv_field(c.base_lineage),
+            csv_field(c.policy),
+            csv_field(c.rule),
+            csv_field(c.regulation),
+            c.threshold.get(),
+            c.crossed_at,
+            c.crossed_at_seq,
+            c.notify_by
+        );
+    };
+    for c in &b.threshold_crossings {
+        obligation(
+            "threshold_crossing",
+            Obligation {
+                lineage: &c.lineage,
+                charged: c.charged_at_crossing,
+                base_lineage: "",
+                policy: &c.policy,
+                rule: &c.tier,
+                regulation: &c.regulation,
+                threshold: c.threshold,
+                crossed_at: c.crossed_at,
+                crossed_at_seq: c.crossed_at_seq,
+                notify_by: c.notify_by,
+            },
+        );
+    }
+    for c in &b.modification_crossings {
+        obligation(
+            "modification_crossing",
+            Obligation {
+                lineage: &c.lineage,
+                charged: c.charged_at_crossing,
+                base_lineage: &c.base_lineage,
+                policy: &c.policy,
+                rule: &c.rule,
+                regulation: &c.regulation,
+                threshold: c.threshold,
+                crossed_at: c.crossed_at,
+                crossed_at_seq: c.crossed_at_seq,
+                notify_by: c.notify_by,
+            },
+        );
+    }
     out
+}
+
+/// One obligation row of the CSV.
+struct Obligation<'a> {
+    lineage: &'a str,
+    charged: Flop,
+    base_lineage: &'a str,
+    policy: &'a str,
+    rule: &'a str,
+    regulation: &'a str,
+    threshold: Flop,
+    crossed_at: Timestamp,
+    crossed_at_seq: u64,
+    notify_by: Timestamp,
 }
 
 fn md_cell(s: &str) -> String {
@@ -98,6 +172,41 @@ pub fn to_markdown(report: &SignedReport) -> Result<String, CanonicalError> {
             );
         }
         let _ = writeln!(o);
+    }
+    if !b.modification_thresholds.is_empty() || !b.modification_crossings.is_empty() {
+        let _ = writeln!(o, "## Substantial modifications\n");
+        if b.modification_crossings.is_empty() {
+            let _ = writeln!(
+                o,
+                "No fine-tune lineage has passed a modification threshold relative to its base ({} rules checked).\n",
+                b.modification_thresholds.len()
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "| fine-tune lineage | base lineage | threshold | policy / rule | regulation | crossed at (entry) | notify by |"
+            );
+            let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+            for c in &b.modification_crossings {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} FLOP ({} of {} FLOP{}) | {} / {} | {} | {} (#{}) | **{}** |",
+                    md_cell(&c.lineage),
+                    md_cell(&c.base_lineage),
+                    sci(c.threshold.get()),
+                    fraction(c),
+                    sci(c.base_flop.get()),
+                    if c.base_assumed { ", assumed" } else { "" },
+                    md_cell(&c.policy),
+                    md_cell(&c.rule),
+                    md_cell(&c.regulation),
+                    c.crossed_at,
+                    c.crossed_at_seq,
+                    c.notify_by
+                );
+            }
+            let _ = writeln!(o);
+        }
     }
     let _ = writeln!(o, "## Totals for the period\n");
     let c = &b.totals.cluster;
@@ -194,6 +303,15 @@ pub fn to_markdown(report: &SignedReport) -> Result<String, CanonicalError> {
     Ok(o)
 }
 
+/// `threshold / baseFlop` as written in the policy (e.g. 0.3333).
+fn fraction(c: &super::ModificationCrossing) -> String {
+    if c.base_flop.get() > 0.0 {
+        format!("{:.4}", c.threshold.get() / c.base_flop.get())
+    } else {
+        "0".to_string()
+    }
+}
+
 /// OpenReports `ClusterReport` (openreports.io/v1alpha1).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -244,8 +362,9 @@ struct MetaTimestamp {
 
 /// An OpenReports `ClusterReport` YAML view: one result per lineage and
 /// reporting threshold (`warn` when the lineage crossed it, i.e. a
-/// notification is due; `pass` otherwise), so policy dashboards list
-/// the lineages with obligations.
+/// notification is due; `pass` otherwise) and one `warn` result per
+/// fine-tune lineage past a modification threshold, so policy dashboards
+/// list the lineages with obligations.
 pub fn to_openreports_yaml(report: &SignedReport) -> Result<String, String> {
     let b = &report.report;
     let report_hash = report.report_hash().map_err(|e| e.to_string())?;
@@ -319,6 +438,57 @@ pub fn to_openreports_yaml(report: &SignedReport) -> Result<String, String> {
                 properties,
             });
         }
+    }
+    // Every fine-tune lineage past a modification threshold: a notification is due.
+    for c in &b.modification_crossings {
+        let properties = BTreeMap::from([
+            ("lineage".to_string(), c.lineage.clone()),
+            ("baseLineage".to_string(), c.base_lineage.clone()),
+            ("baseFlop".to_string(), sci(c.base_flop.get())),
+            ("baseAssumed".to_string(), c.base_assumed.to_string()),
+            ("thresholdFlop".to_string(), sci(c.threshold.get())),
+            (
+                "chargedAtCrossingFlop".to_string(),
+                sci(c.charged_at_crossing.get()),
+            ),
+            ("regulation".to_string(), c.regulation.clone()),
+            ("crossedAt".to_string(), c.crossed_at.to_string()),
+            ("crossedAtSeq".to_string(), c.crossed_at_seq.to_string()),
+            ("notifyBy".to_string(), c.notify_by.to_string()),
+            ("reportHash".to_string(), report_hash.to_hex()),
+        ]);
+        summary.warn += 1;
+        results.push(ReportResult {
+            source: "komptroller",
+            policy: c.policy.clone(),
+            rule: c.rule.clone(),
+            category: "Training compute",
+            severity: "high",
+            timestamp: MetaTimestamp {
+                seconds: ts.seconds,
+                nanos: ts.nanos,
+            },
+            result: "warn",
+            scored: true,
+            message: format!(
+                "Fine-tune lineage {} passed {} FLOP, {} of base lineage {}'s {} FLOP{}, on {} (ledger entry {}); notify under {} by {}.",
+                c.lineage,
+                sci(c.threshold.get()),
+                fraction(c),
+                c.base_lineage,
+                sci(c.base_flop.get()),
+                if c.base_assumed {
+                    " (assumed: the base has no compute on the ledger)"
+                } else {
+                    ""
+                },
+                c.crossed_at,
+                c.crossed_at_seq,
+                c.regulation,
+                c.notify_by
+            ),
+            properties,
+        });
     }
     let cr = ClusterReport {
         api_version: "openreports.io/v1alpha1",

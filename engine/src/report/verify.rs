@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     BodyBuilder, PreviousLink, ReportError, ReportParseError, SignatureError, SignedReport,
-    parse_report,
+    Thresholds, parse_report,
 };
 use crate::ledger::{ChainError, Sha256Digest, verify_jsonl_facts};
 use crate::merkle;
@@ -330,7 +330,10 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
         // in order, fed to the same computation that built the report.
         let mut builder = BodyBuilder::new(
             b.period,
-            b.reporting_thresholds.clone(),
+            Thresholds {
+                reporting: b.reporting_thresholds.clone(),
+                modification: b.modification_thresholds.clone(),
+            },
             b.policies.clone(),
             link,
         );
