@@ -34,6 +34,10 @@ pub enum Error {
     Manifest(String),
     #[error("timed out after {timeout:?} waiting for {what}")]
     Timeout { what: String, timeout: Duration },
+    #[error(
+        "the process ended before printing a line containing {needle:?}; its last output:\n{tail}"
+    )]
+    Exited { needle: String, tail: String },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error(
@@ -471,7 +475,15 @@ impl Process {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
                 Ok(Some(l)) if l.contains(needle) => return Ok(l),
                 Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => {
+                Ok(None) => {
+                    let out = self.output();
+                    let tail = out[out.len().saturating_sub(20)..].join("\n");
+                    return Err(Error::Exited {
+                        needle: needle.to_string(),
+                        tail,
+                    });
+                }
+                Err(_) => {
                     return Err(Error::Timeout {
                         what: format!("a line containing {needle:?}"),
                         timeout,
