@@ -16,7 +16,9 @@
 //! 5 s, metered), 1 in 10 is over a Reject tier. Also the operator's peak RSS
 //! (VmHWM) and CPU seconds per 1,000 decisions.
 //!
-//! `BENCH_PHASES` (`burst,steady`) picks the phases; `BENCH_OPERATOR_LOG`
+//! `BENCH_PHASES` (`burst,steady`) picks the phases; `BENCH_OPERATOR_WRAPPER`
+//! runs the operator under a profiler (e.g. `/usr/bin/heaptrack`);
+//! `BENCH_OPERATOR_LOG`
 //! sets the operator's `RUST_LOG` (e.g. `warn,komptroller=info,
 //! komptroller::timing=debug` logs where each reconcile's time goes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -103,23 +105,30 @@ async fn rig() -> Rig {
     let addr = format!("127.0.0.1:{}", free_port());
     let log =
         std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn,komptroller=info".into());
-    let mut operator = Process::start(
-        &release_binary("komptroller"),
-        &[
-            "run",
-            "--metrics-addr",
-            &addr,
-            "--namespace",
-            "default",
-            "--log-format",
-            "json",
-            "--report-interval",
-            "1h",
-        ],
-        Some(&kc),
-        &[("RUST_LOG", log.as_str())],
-    )
-    .unwrap();
+    let binary = release_binary("komptroller");
+    let binary = binary.to_str().unwrap();
+    let mut args = vec![
+        "run",
+        "--metrics-addr",
+        &addr,
+        "--namespace",
+        "default",
+        "--log-format",
+        "json",
+        "--report-interval",
+        "1h",
+    ];
+    // A profiler to run the operator under (its peak RSS is then not measured).
+    let wrapper = std::env::var("BENCH_OPERATOR_WRAPPER").ok();
+    let program = match &wrapper {
+        Some(w) => {
+            args.insert(0, binary);
+            PathBuf::from(w)
+        }
+        None => PathBuf::from(binary),
+    };
+    let mut operator =
+        Process::start(&program, &args, Some(&kc), &[("RUST_LOG", log.as_str())]).unwrap();
     operator
         .wait_for_line("books rebuilt", Duration::from_secs(30))
         .await

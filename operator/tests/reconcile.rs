@@ -20,7 +20,7 @@ use komptroller_engine::engine::{Engine, Event};
 use komptroller_engine::policy::Policy;
 use kube::Client;
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector;
 use serde_json::{Value, json};
 
@@ -109,6 +109,10 @@ fn mock_api(script: Script) -> (Client, Log) {
                     json_response(200, tj)
                 }
                 ("POST", p) if p.ends_with("/events") => json_response(201, body),
+                ("GET", p) if p.contains("/trainingjobs/") => {
+                    let name = p.rsplit('/').next().unwrap();
+                    json_response(200, fixture_json(name, 8, 2))
+                }
                 ("GET", p) if p.ends_with("/computeapprovals") => json_response(
                     200,
                     json!({
@@ -155,13 +159,10 @@ fn context(client: Client, policies: Vec<Policy>) -> Arc<Context> {
     let (trigger, _rx) = tokio::sync::mpsc::unbounded_channel();
     std::mem::forget(_rx);
     Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "komptroller".into(),
-                instance: Some("test".into()),
-            },
-        ),
+        reporter: Reporter {
+            controller: "komptroller".into(),
+            instance: Some("test".into()),
+        },
         client,
         metrics,
         books: Mutex::new(Books::new(engine, &[])),
@@ -383,6 +384,56 @@ async fn a_failed_job_create_is_retried_without_a_second_decision() {
             .filter(|(_, p)| p.ends_with("/computeledgerentries"))
             .count();
         assert_eq!(entries, 1, "one Decided entry across retries: {w:?}");
+    })
+    .await
+    .expect("scenario timed out");
+}
+
+#[tokio::test]
+async fn a_slimmed_cached_job_runs_its_full_template_read_from_the_api() {
+    tokio::time::timeout(TIMEOUT, async {
+        let (client, log) = mock_api(Script::default());
+        let ctx = context(client, vec![]);
+        let full = fixture("train");
+        let full_hash = komptroller::controller::build::job_request(
+            &full,
+            Default::default(),
+            &Catalog::builtin(),
+        )
+        .unwrap()
+        .spec_hash;
+        let mut cached = full.clone();
+        komptroller::controller::slim(&mut cached, &Catalog::builtin());
+        let containers = &cached.spec.template.spec.as_ref().unwrap().containers;
+        assert_eq!(containers[0].image, None, "the cache drops the template");
+        assert!(containers[0].resources.is_some(), "but keeps the resources");
+        reconcile(Arc::new(cached), ctx).await.unwrap();
+        let seen = log.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .any(|s| s.method == "GET" && s.path.ends_with("/trainingjobs/train")),
+            "the full object is read before the Job is created"
+        );
+        let job = &seen
+            .iter()
+            .find(|s| s.path.ends_with("/jobs"))
+            .unwrap()
+            .body;
+        assert_eq!(
+            job.pointer("/spec/template/spec/containers/0/image"),
+            Some(&json!("x")),
+            "the Job runs the full template"
+        );
+        let status = &seen
+            .iter()
+            .find(|s| s.path.ends_with("/status"))
+            .unwrap()
+            .body;
+        assert_eq!(
+            status.pointer("/status/specHash"),
+            Some(&json!(full_hash)),
+            "approvals bind to the full spec's hash"
+        );
     })
     .await
     .expect("scenario timed out");

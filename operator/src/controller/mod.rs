@@ -60,7 +60,11 @@ pub const FIELD_MANAGER: &str = "komptroller";
 /// Everything a reconcile needs.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Who publishes the Events (a fresh `Recorder` per Event: kube's
+    /// recorder caches every Event it published, for series, and scans that
+    /// cache on each publish; we publish one per verdict change and never
+    /// repeat one, so the cache only cost memory, ~3 KiB per job).
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub books: Mutex<Books>,
     pub ledger: LedgerWriter,
@@ -228,7 +232,12 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
 
     // Dereference and build.
     let req = match build::job_request(tj, ctx.namespace_labels(&ns), &ctx.catalog) {
-        Ok(r) => r,
+        Ok(mut r) => {
+            if let Some(hash) = tj.annotations().get(CACHED_SPEC_HASH) {
+                r.spec_hash = hash.clone();
+            }
+            r
+        }
         Err(message) => {
             if let Err(e) = add_finalizer.await {
                 return finalizer_failed(ctx, &id, e).await;
@@ -403,24 +412,51 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
 
     // Apply: create the workload of an admitted job.
     if create_workload {
+        // A slimmed cached copy lacks the pod template: read the object
+        // and run it only if it is still the spec that was decided.
+        let full: Arc<TrainingJob>;
+        let source = if tj.annotations().contains_key(CACHED_SPEC_HASH) {
+            let Some(current) = api
+                .get_opt(&tj.name_any())
+                .await?
+                .filter(|t| t.uid() == tj.uid())
+            else {
+                return Ok(Action::await_change());
+            };
+            let current_hash = build::job_request(&current, BTreeMap::new(), &ctx.catalog)
+                .map(|r| r.spec_hash)
+                .ok();
+            if current_hash.as_deref() != Some(req.spec_hash.as_str()) {
+                // The spec changed since: its own watch event brings it here.
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            full = Arc::new(current);
+            &*full
+        } else {
+            tj
+        };
         let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
         match jobs
-            .create(&PostParams::default(), &build::workload(tj))
+            .create(&PostParams::default(), &build::workload(source))
             .await
         {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                // Created by an earlier attempt (ours, by owner uid) or someone else's.
-                if let Some(existing) = jobs.get_opt(&job_name).await?
-                    && !existing
-                        .owner_references()
-                        .iter()
-                        .any(|o| Some(&o.uid) == tj.uid().as_ref())
-                {
-                    return Err(Error::Invalid(format!(
-                        "a Job named {job_name} in {ns} exists and is not owned by TrainingJob {}; delete or rename it",
-                        tj.name_any()
-                    )));
+                // Created by an earlier attempt (ours, by owner uid) or someone
+                // else's; a conflict with nothing there is retried.
+                match jobs.get_opt(&job_name).await? {
+                    Some(existing)
+                        if existing
+                            .owner_references()
+                            .iter()
+                            .any(|o| Some(&o.uid) == tj.uid().as_ref()) => {}
+                    Some(_) => {
+                        return Err(Error::Invalid(format!(
+                            "a Job named {job_name} in {ns} exists and is not owned by TrainingJob {}; delete or rename it",
+                            tj.name_any()
+                        )));
+                    }
+                    None => return Err(kube::Error::Api(s).into()),
                 }
             }
             Err(e) => return Err(e.into()),
@@ -595,7 +631,7 @@ async fn write_status(
         };
         // Published in the background: the Event is for people, and the
         // reconcile's slot is better spent on the next decision.
-        let recorder = ctx.recorder.clone();
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
         let reference = tj.object_ref(&());
         tokio::spawn(async move {
             if let Err(e) = recorder.publish(&ev, &reference).await {
@@ -1069,7 +1105,7 @@ pub async fn run_term(
         instance: Some(config.reporter.clone()),
     };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        reporter,
         client: client.clone(),
         metrics: metrics.clone(),
         books: Mutex::new(books),
@@ -1088,12 +1124,13 @@ pub async fn run_term(
     let approvals: Api<ComputeApproval> = Api::all(client.clone());
     // managedFields (grown by every server-side apply) are dropped from the cache.
     let (tj_store, tj_writer) = reflector::store();
+    let slim_catalog = Catalog::builtin();
     // Only changes a reconcile must answer pass: a new object or spec
     // (generation), deletion, our finalizer. Status writes (ours) do not,
     // or every status write would trigger a reconcile that writes again
     // (live metering of a running job changes with every look).
     let tj_stream = watcher::watcher(tj_api, watcher::Config::default().any_semantic())
-        .modify(|tj: &mut TrainingJob| tj.managed_fields_mut().clear())
+        .modify(move |tj: &mut TrainingJob| slim(tj, &slim_catalog))
         .default_backoff()
         .reflect(tj_writer)
         .applied_objects()
@@ -1125,15 +1162,55 @@ pub async fn run_term(
     }
 }
 
+/// Annotation on the operator's *cached* copy of a TrainingJob (never
+/// written to the cluster): the hash of the full spec, which the slimmed
+/// copy no longer has.
+pub const CACHED_SPEC_HASH: &str = "komptroller.dev/cached-spec-hash";
+
+/// Slims a TrainingJob for the controller's cache: managedFields go, and
+/// the pod template keeps only its containers' names and resources (what
+/// the accelerator count is read from), after the full spec's hash is noted
+/// in [`CACHED_SPEC_HASH`]. The full template is read from the API when the
+/// Job is created. An invalid job is cached whole (its error is reported
+/// from the full object).
+pub fn slim(tj: &mut TrainingJob, catalog: &Catalog) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    tj.managed_fields_mut().clear();
+    let Ok(req) = build::job_request(tj, BTreeMap::new(), catalog) else {
+        return;
+    };
+    let template = &mut tj.spec.template;
+    template.metadata = None;
+    if let Some(spec) = template.spec.as_mut() {
+        let containers = spec
+            .containers
+            .iter()
+            .map(|c| Container {
+                name: c.name.clone(),
+                resources: c.resources.clone(),
+                ..Default::default()
+            })
+            .collect();
+        *spec = PodSpec {
+            containers,
+            ..Default::default()
+        };
+    }
+    tj.annotations_mut()
+        .insert(CACHED_SPEC_HASH.to_string(), req.spec_hash);
+}
+
 /// What of a TrainingJob a reconcile answers to (the controller's watch
-/// predicate): its identity, spec generation, deletion and finalizers.
+/// predicate): its identity, spec generation and deletion. Not its
+/// finalizers: our own finalizer patch would bring every new job back for a
+/// second reconcile before its status is in the cache (a finalizer removed
+/// by hand is put back at the periodic requeue).
 fn reconcile_worthy(tj: &TrainingJob) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     tj.uid().hash(&mut h);
     tj.meta().generation.hash(&mut h);
     tj.meta().deletion_timestamp.is_some().hash(&mut h);
-    tj.finalizers().hash(&mut h);
     Some(h.finish())
 }
 
