@@ -14,7 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use komptroller_engine::ledger::{Ledger, sample::sample_records, verify_jsonl_facts};
-use komptroller_engine::merkle;
 use komptroller_engine::report::{
     BodyBuilder, NamedInput, Period, VerifyRequest, build_report, verify_report,
 };
@@ -193,7 +192,7 @@ fn main() {
     });
     let t_fed = t.elapsed();
     let t = Instant::now();
-    let root = merkle::root(builder.leaves());
+    let root = builder.merkle_root();
     let t_merkle = t.elapsed();
     let t = Instant::now();
     let body = builder.finish();

@@ -663,13 +663,20 @@ pub fn is_canonical(bytes: &[u8]) -> bool {
     if std::str::from_utf8(bytes).is_err() {
         return false;
     }
-    let mut v = Validator { b: bytes, i: 0 };
+    let mut v = Validator {
+        b: bytes,
+        i: 0,
+        plain: false,
+    };
     v.value(0) && v.i == bytes.len()
 }
 
 struct Validator<'a> {
     b: &'a [u8],
     i: usize,
+    /// Whether the last string read held no escape and no non-ASCII byte
+    /// (its raw bytes then order like its UTF-16 code units).
+    plain: bool,
 }
 
 /// serde_json's recursion limit; deeper input is refused rather than overflowing the stack.
@@ -768,12 +775,20 @@ impl<'a> Validator<'a> {
         }
         self.i += 1;
         let start = self.i;
+        self.plain = true;
         loop {
-            // Skip plain bytes in bulk; control characters in them are refused.
+            // Skip plain bytes in bulk; control characters in them are
+            // refused. (A fold without early exit, so it vectorizes.)
             let rest = &self.b[self.i..];
             let skip = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-            if rest[..skip].iter().any(|&c| c < 0x20) {
+            let (control, high) = rest[..skip].iter().fold((false, false), |(c, h), &b| {
+                (c | (b < 0x20), h | (b >= 0x80))
+            });
+            if control {
                 return None;
+            }
+            if high {
+                self.plain = false;
             }
             self.i += skip;
             let c = *self.b.get(self.i)?;
@@ -785,6 +800,7 @@ impl<'a> Validator<'a> {
                 }
                 0x00..=0x1f => return None,
                 b'\\' => {
+                    self.plain = false;
                     let e = *self.b.get(self.i + 1)?;
                     match e {
                         b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
@@ -931,7 +947,11 @@ pub fn from_canonical_slice<'de, T: de::Deserialize<'de>>(bytes: &'de [u8]) -> R
     // One UTF-8 check of the whole input; strings are then sliced from it.
     let text = std::str::from_utf8(bytes).map_err(|e| JcsError(e.to_string()))?;
     let mut d = CanonicalDeserializer {
-        v: Validator { b: bytes, i: 0 },
+        v: Validator {
+            b: bytes,
+            i: 0,
+            plain: false,
+        },
         text,
         depth: 0,
     };
@@ -970,7 +990,7 @@ impl<'de> CanonicalDeserializer<'de> {
     fn string(&mut self) -> Result<(&'de [u8], Str<'de>), JcsError> {
         let start = self.v.i + 1;
         let raw = self.v.string().ok_or_else(|| self.error())?;
-        let s = if memchr::memchr(b'\\', raw).is_some() {
+        let s = if !self.v.plain && memchr::memchr(b'\\', raw).is_some() {
             unescape_canonical(raw)
                 .map(Str::Owned)
                 .ok_or_else(|| self.error())?
@@ -1132,7 +1152,8 @@ struct MapAccess<'a, 'de> {
     de: &'a mut CanonicalDeserializer<'de>,
     first: bool,
     ended: bool,
-    prev: Option<&'de [u8]>,
+    /// The previous key's raw bytes and whether it was plain.
+    prev: Option<(&'de [u8], bool)>,
 }
 
 impl<'de> de::MapAccess<'de> for MapAccess<'_, 'de> {
@@ -1158,12 +1179,18 @@ impl<'de> de::MapAccess<'de> for MapAccess<'_, 'de> {
         }
         self.first = false;
         let (raw, key) = self.de.string()?;
-        if let Some(p) = self.prev
-            && !key_raw_less(p, raw)
-        {
-            return Err(self.de.error());
+        let plain = self.de.v.plain;
+        if let Some((p, p_plain)) = self.prev {
+            let less = if p_plain && plain {
+                p < raw
+            } else {
+                key_raw_less(p, raw)
+            };
+            if !less {
+                return Err(self.de.error());
+            }
         }
-        self.prev = Some(raw);
+        self.prev = Some((raw, plain));
         if self.de.v.peek() != Some(b':') {
             return Err(self.de.error());
         }

@@ -400,6 +400,8 @@ pub struct BodyBuilder {
     from: u64,
     count: u64,
     leaves: Vec<Sha256Digest>,
+    /// The root over the first `.0` leaves, once computed.
+    root: Option<(u64, Sha256Digest)>,
     head: Sha256Digest,
     totals: LedgerTotals,
     decisions: BTreeMap<String, u64>,
@@ -440,6 +442,7 @@ impl BodyBuilder {
             previous,
             count: 0,
             leaves: Vec::new(),
+            root: None,
             head: crate::ledger::GENESIS_PREV_HASH,
             totals: LedgerTotals::for_report(),
             decisions: BTreeMap::new(),
@@ -606,13 +609,26 @@ impl BodyBuilder {
         &self.leaves
     }
 
+    /// The Merkle root over the entries pushed so far (computed once, and
+    /// reused by [`BodyBuilder::finish`] unless more entries are pushed).
+    pub fn merkle_root(&mut self) -> Sha256Digest {
+        match self.root {
+            Some((n, root)) if n == self.count => root,
+            _ => {
+                let root = merkle::root(&self.leaves);
+                self.root = Some((self.count, root));
+                root
+            }
+        }
+    }
+
     /// The `hash` of the last entry pushed (the genesis value when none).
     pub fn head(&self) -> Sha256Digest {
         self.head
     }
 
     /// The body over every entry pushed.
-    pub fn finish(self) -> Result<ReportBody, ReportError> {
+    pub fn finish(mut self) -> Result<ReportBody, ReportError> {
         let period = self.period;
         if period.from > period.to {
             return Err(ReportError::EmptyPeriod {
@@ -634,8 +650,8 @@ impl BodyBuilder {
         if let Some(e) = self.outside_period {
             return Err(e);
         }
+        let merkle_root = self.merkle_root();
         let leaves = &self.leaves;
-        let merkle_root = merkle::root(leaves);
         let previous = match self.previous {
             None => None,
             Some(link) => {

@@ -384,7 +384,7 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
                 ),
             );
         }
-        let root = merkle::root(builder.leaves());
+        let root = builder.merkle_root();
         if root != b.merkle_root {
             return fail(
                 FailureClass::LedgerMismatch,
