@@ -381,6 +381,68 @@ struct Evaluation {
     basis: Basis,
     /// When a budget window will have freed enough for this job.
     wake_at: Option<i64>,
+    /// What must change before re-evaluating it could change its outcome.
+    watch: Watch,
+}
+
+/// What could change the outcome of a job queued on a capacity cap.
+///
+/// While an Enforce policy's accelerator cap still bites, the job stays
+/// queued on it whatever else is true; re-evaluating it can only change its
+/// verdict or what it waits on when its lineage totals change (tiers,
+/// modification, model budgets), a namespace budget it is under fills, a
+/// budget window it waits on frees, or it gets an approval.
+#[derive(Clone, Debug)]
+struct Watch {
+    /// Largest cluster accelerator usage at which it could fit every Enforce
+    /// cluster cap (`i64::MAX`: no such cap, or a cluster budget: always
+    /// re-evaluate).
+    cluster_slack: i64,
+    /// The same for its namespace's usage and the Enforce namespace caps.
+    ns_slack: i64,
+    /// Namespace budgets it is under: (window ms, limit, its governing FLOP).
+    ns_budgets: Vec<(i64, f64, f64)>,
+}
+
+impl Watch {
+    const ALWAYS: Watch = Watch {
+        cluster_slack: i64::MAX,
+        ns_slack: i64::MAX,
+        ns_budgets: Vec::new(),
+    };
+}
+
+/// A capacity waiter's entry in the wake-up index.
+#[derive(Clone, Debug)]
+struct CapEntry {
+    /// Filed under its namespace's cap (else under the cluster's).
+    ns_home: bool,
+    cluster_slack: i64,
+    ns_slack: i64,
+    namespace: String,
+    /// Its lineage and its base lineage.
+    lineages: Vec<String>,
+    ns_budgets: Vec<(i64, f64, f64)>,
+}
+
+/// The wake-up index of one kind of capacity waiter (the cluster's, or one
+/// namespace's).
+#[derive(Clone, Debug, Default)]
+struct Waiters {
+    /// By the slack that matters to them (see [`Watch`]).
+    by_slack: std::collections::BTreeSet<(i64, QueueKey)>,
+    /// Namespace waiters by cluster slack: those the cluster cap starts to
+    /// bite move to the cluster's waiters when re-evaluated.
+    by_cluster_slack: std::collections::BTreeSet<(i64, QueueKey)>,
+    /// Those whose lineage totals, namespace budget or approvals changed
+    /// since they were last evaluated.
+    dirty: std::collections::BTreeSet<QueueKey>,
+}
+
+impl Waiters {
+    fn is_empty(&self) -> bool {
+        self.by_slack.is_empty() && self.dirty.is_empty()
+    }
 }
 
 /// The engine.
@@ -400,6 +462,20 @@ pub struct Engine {
     queue: BTreeMap<QueueKey, JobKey>,
     /// Queued jobs that freed capacity could help (waiting on a cap, or unknown).
     capacity_waiters: std::collections::BTreeSet<QueueKey>,
+    /// Capacity waiters' wake-up index: a finish re-evaluates only those that
+    /// could now fit, and those whose other inputs changed.
+    cap_entries: HashMap<QueueKey, CapEntry>,
+    /// Waiters on the cluster cap.
+    cluster_waiters: Waiters,
+    /// Waiters on their own namespace's cap only, by namespace.
+    ns_waiters: HashMap<String, Waiters>,
+    /// Capacity waiters by their lineage and base lineage.
+    cap_by_lineage: HashMap<String, HashSet<QueueKey>>,
+    /// Capacity waiters under a namespace budget, by namespace.
+    cap_ns_budget: HashMap<String, HashSet<QueueKey>>,
+    /// Re-evaluate every capacity waiter at every finish (the reference the
+    /// index is tested against).
+    naive_wakeups: bool,
     /// Queued jobs waiting only on their own namespace's cap, by namespace.
     ns_capacity_waiters: HashMap<String, std::collections::BTreeSet<QueueKey>>,
     /// Queued jobs that time could help (waiting on a budget window, or unknown).
@@ -449,6 +525,12 @@ impl Engine {
             ns_usage: HashMap::new(),
             queue: BTreeMap::new(),
             capacity_waiters: Default::default(),
+            cap_entries: HashMap::new(),
+            cluster_waiters: Waiters::default(),
+            ns_waiters: HashMap::new(),
+            cap_by_lineage: HashMap::new(),
+            cap_ns_budget: HashMap::new(),
+            naive_wakeups: false,
             ns_capacity_waiters: HashMap::new(),
             budget_waiters: Default::default(),
             budget_wake: HashMap::new(),
@@ -689,7 +771,7 @@ impl Engine {
         if job.phase == Phase::Queued {
             let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
             self.queue.insert(qk, key.clone());
-            self.set_waits(qk, &[], None);
+            self.set_waits(qk, &[], None, Watch::ALWAYS);
         }
         if let Some(old) = self.jobs.insert(key, job) {
             self.unqueue(&old);
@@ -931,9 +1013,12 @@ impl Engine {
         };
         step.records.push(rec);
         let held = job.phase == Phase::AwaitingApproval;
+        let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
         if let Some(j) = self.jobs.get_mut(&key) {
             j.approvals.push(approver);
         }
+        // Approvals can lift an escalation: re-evaluate it at the next finish.
+        self.mark_dirty(&qk);
         if held {
             self.decide(now, &key, step, false);
         }
@@ -1098,17 +1183,25 @@ impl Engine {
         self.unfile_ns_waiter(qk);
         self.queue.remove(qk);
         self.capacity_waiters.remove(qk);
+        self.unindex_cap(qk);
         if let Some(w) = self.budget_wake.remove(qk) {
             self.budget_waiters.remove(&(w, *qk));
         }
     }
 
     /// Files a queued job under what could free it.
-    fn set_waits(&mut self, qk: QueueKey, throttled_on: &[String], wake_at: Option<i64>) {
+    fn set_waits(
+        &mut self,
+        qk: QueueKey,
+        throttled_on: &[String],
+        wake_at: Option<i64>,
+        watch: Watch,
+    ) {
         let on_budget = throttled_on.iter().any(|c| c.starts_with("budget/"));
         let on_other = throttled_on.iter().any(|c| !c.starts_with("budget/"));
         let unknown = throttled_on.is_empty();
         self.capacity_waiters.remove(&qk);
+        self.unindex_cap(&qk);
         self.unfile_ns_waiter(&qk);
         if on_other || unknown {
             // Waiting only on its own namespace's cap: only that namespace's
@@ -1125,9 +1218,11 @@ impl Engine {
             match ns {
                 Some(ns) if only_ns => {
                     self.ns_capacity_waiters.entry(ns).or_default().insert(qk);
+                    self.index_cap(qk, watch, true);
                 }
                 _ => {
                     self.capacity_waiters.insert(qk);
+                    self.index_cap(qk, if unknown { Watch::ALWAYS } else { watch }, false);
                 }
             }
         }
@@ -1144,6 +1239,134 @@ impl Engine {
             self.budget_waiters.insert((w, qk));
             self.budget_wake.insert(qk, w);
         }
+    }
+
+    /// Files a capacity waiter in the wake-up index.
+    fn index_cap(&mut self, qk: QueueKey, watch: Watch, ns_home: bool) {
+        let Some(job) = self.queue.get(&qk).and_then(|k| self.jobs.get(k)) else {
+            return;
+        };
+        let mut lineages = vec![job.request.lineage().to_string()];
+        lineages.extend(job.request.base_lineage().map(str::to_string));
+        let namespace = job.request.id.namespace.clone();
+        for l in &lineages {
+            self.cap_by_lineage.entry(l.clone()).or_default().insert(qk);
+        }
+        if !watch.ns_budgets.is_empty() {
+            self.cap_ns_budget
+                .entry(namespace.clone())
+                .or_default()
+                .insert(qk);
+        }
+        if ns_home {
+            let w = self.ns_waiters.entry(namespace.clone()).or_default();
+            w.by_slack.insert((watch.ns_slack, qk));
+            w.by_cluster_slack.insert((watch.cluster_slack, qk));
+        } else {
+            self.cluster_waiters
+                .by_slack
+                .insert((watch.cluster_slack, qk));
+        }
+        self.cap_entries.insert(
+            qk,
+            CapEntry {
+                ns_home,
+                cluster_slack: watch.cluster_slack,
+                ns_slack: watch.ns_slack,
+                namespace,
+                lineages,
+                ns_budgets: watch.ns_budgets,
+            },
+        );
+    }
+
+    fn unindex_cap(&mut self, qk: &QueueKey) {
+        let Some(e) = self.cap_entries.remove(qk) else {
+            return;
+        };
+        if e.ns_home {
+            if let Some(w) = self.ns_waiters.get_mut(&e.namespace) {
+                w.by_slack.remove(&(e.ns_slack, *qk));
+                w.by_cluster_slack.remove(&(e.cluster_slack, *qk));
+                w.dirty.remove(qk);
+                if w.is_empty() {
+                    self.ns_waiters.remove(&e.namespace);
+                }
+            }
+        } else {
+            self.cluster_waiters
+                .by_slack
+                .remove(&(e.cluster_slack, *qk));
+            self.cluster_waiters.dirty.remove(qk);
+        }
+        for l in &e.lineages {
+            if let Some(set) = self.cap_by_lineage.get_mut(l) {
+                set.remove(qk);
+                if set.is_empty() {
+                    self.cap_by_lineage.remove(l);
+                }
+            }
+        }
+        if !e.ns_budgets.is_empty()
+            && let Some(set) = self.cap_ns_budget.get_mut(&e.namespace)
+        {
+            set.remove(qk);
+            if set.is_empty() {
+                self.cap_ns_budget.remove(&e.namespace);
+            }
+        }
+    }
+
+    /// Marks a capacity waiter for re-evaluation at the next finish that
+    /// re-evaluates its kind of waiters.
+    fn mark_dirty(&mut self, qk: &QueueKey) {
+        let Some(e) = self.cap_entries.get(qk) else {
+            return;
+        };
+        if e.ns_home {
+            if let Some(w) = self.ns_waiters.get_mut(&e.namespace) {
+                w.dirty.insert(*qk);
+            }
+        } else {
+            self.cluster_waiters.dirty.insert(*qk);
+        }
+    }
+
+    /// Marks the capacity waiters a charge could affect: those of the charged
+    /// lineages, and those whose namespace budget it fills past their need.
+    fn dirty_after_charge(&mut self, now: i64, namespace: &str, lineages: &[String]) {
+        let mut dirty: Vec<QueueKey> = Vec::new();
+        for l in lineages {
+            if let Some(set) = self.cap_by_lineage.get(l) {
+                dirty.extend(set.iter().copied());
+            }
+        }
+        if let Some(set) = self.cap_ns_budget.get(namespace)
+            && let Some(series) = self.windows[scope_index(BudgetScope::Namespace)].get(namespace)
+        {
+            for qk in set {
+                let Some(e) = self.cap_entries.get(qk) else {
+                    continue;
+                };
+                // The same test as `evaluate`'s, so the outcome flips exactly here.
+                if e.ns_budgets
+                    .iter()
+                    .any(|(w, limit, gov)| series.window_sum(now, *w) + gov > *limit)
+                {
+                    dirty.push(*qk);
+                }
+            }
+        }
+        for qk in dirty {
+            self.mark_dirty(&qk);
+        }
+    }
+
+    /// Re-evaluate every capacity waiter at every finish instead of only
+    /// those the index says could change: the reference behaviour, for tests.
+    #[doc(hidden)]
+    pub fn set_naive_wakeups(&mut self, naive: bool) {
+        self.naive_wakeups = naive;
     }
 
     fn unfile_ns_waiter(&mut self, qk: &QueueKey) {
@@ -1211,7 +1434,10 @@ impl Engine {
         // Without StrictFIFO, nobody blocks anybody: scan only the jobs the
         // trigger could help. With it, every queued job ahead matters.
         let strict = self.any_strict();
-        let qks: Vec<QueueKey> = match (trigger, strict) {
+        let mut qks: Vec<QueueKey> = match (trigger, strict) {
+            (Trigger::Capacity(ns), false) if !self.naive_wakeups => {
+                return self.drain_capacity(now, step, ns);
+            }
             (Trigger::Capacity(ns), false) => {
                 let mut due: Vec<QueueKey> = self.capacity_waiters.iter().copied().collect();
                 if let Some(set) = self.ns_capacity_waiters.get(ns) {
@@ -1234,13 +1460,98 @@ impl Engine {
             }
             _ => self.queue.keys().copied().collect(),
         };
-        for qk in qks {
+        for qk in std::mem::take(&mut qks) {
+            self.visit(now, step, trigger, qk, &mut blocked);
+        }
+    }
+
+    /// Re-evaluates, in queue order, the queued jobs a finish in `ns` could
+    /// help: cluster-cap waiters that could fit the freed capacity, those
+    /// whose other inputs changed (including by admissions made during this
+    /// walk), those whose budget window has freed, and `ns`'s own waiters.
+    /// Without StrictFIFO nobody blocks anybody, so skipping the others
+    /// changes no decision: re-evaluating them would queue them again on the
+    /// same constraints.
+    fn drain_capacity(&mut self, now: Timestamp, step: &mut Step, ns: &str) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        const FIRST: QueueKey = (Reverse(i32::MAX), Timestamp::MIN, 0);
+        let now_ms = ms(now);
+        let acc = |u: Usage| i64::try_from(u.accelerators).unwrap_or(i64::MAX);
+        let ns_used = acc(self.ns_usage.get(ns).copied().unwrap_or_default());
+        let mut cluster_used = acc(self.cluster_usage);
+        let no_waiters = Waiters::default();
+        let home = self.ns_waiters.get(ns).unwrap_or(&no_waiters);
+        // Those that fit every Enforce cap at today's usage (slack ≥ used),
+        // and namespace waiters the cluster cap now bites.
+        let mut due: std::collections::BTreeSet<QueueKey> = self
+            .cluster_waiters
+            .by_slack
+            .range((cluster_used, FIRST)..)
+            .chain(home.by_slack.range((ns_used, FIRST)..))
+            .chain(home.by_cluster_slack.range(..(cluster_used, FIRST)))
+            .map(|(_, qk)| *qk)
+            .collect();
+        // Those whose budget window has freed.
+        let own = self.ns_capacity_waiters.get(ns);
+        due.extend(
+            self.budget_waiters
+                .iter()
+                .take_while(|(w, _)| *w <= now_ms)
+                .map(|(_, qk)| *qk)
+                .filter(|qk| {
+                    self.capacity_waiters.contains(qk) || own.is_some_and(|s| s.contains(qk))
+                }),
+        );
+        let mut blocked = HashSet::new();
+        let mut cursor: Option<QueueKey> = None;
+        loop {
+            let after = cursor.map_or(Unbounded, Excluded);
+            let home = self.ns_waiters.get(ns).unwrap_or(&no_waiters);
+            let next = [
+                due.range((after, Unbounded)).next(),
+                self.cluster_waiters.dirty.range((after, Unbounded)).next(),
+                home.dirty.range((after, Unbounded)).next(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .copied();
+            let Some(qk) = next else { break };
+            cursor = Some(qk);
+            self.visit(now, step, Trigger::Capacity(ns), qk, &mut blocked);
+            // An admission took cluster capacity: namespace waiters further
+            // on that the cluster cap now bites are due too.
+            let used = acc(self.cluster_usage);
+            if used > cluster_used {
+                if let Some(home) = self.ns_waiters.get(ns) {
+                    due.extend(
+                        home.by_cluster_slack
+                            .range((cluster_used, FIRST)..(used, FIRST))
+                            .map(|(_, q)| *q)
+                            .filter(|q| *q > qk),
+                    );
+                }
+                cluster_used = used;
+            }
+        }
+    }
+
+    /// Re-evaluates one queued job for `trigger`; admits it if it now fits.
+    fn visit(
+        &mut self,
+        now: Timestamp,
+        step: &mut Step,
+        trigger: Trigger<'_>,
+        qk: QueueKey,
+        blocked: &mut HashSet<String>,
+    ) {
+        {
             let Some(key) = self.queue.get(&qk).cloned() else {
-                continue;
+                return;
             };
             let Some(job) = self.jobs.get(&key) else {
                 self.dequeue(&qk);
-                continue;
+                return;
             };
             // Freed capacity cannot help a job waiting only on a budget window,
             // and time passing cannot help one waiting only on capacity.
@@ -1257,9 +1568,9 @@ impl Engine {
                 if job.throttled_strict {
                     blocked.extend(job.throttled_on.iter().cloned());
                 }
-                continue;
+                return;
             }
-            let eval = self.evaluate(now, &job.request, &job.approvals, &blocked);
+            let mut eval = self.evaluate(now, &job.request, &job.approvals, blocked);
             if eval.decision.verdict == Verdict::Throttle {
                 if eval.strict {
                     blocked.extend(eval.throttled_on.iter().cloned());
@@ -1268,13 +1579,14 @@ impl Engine {
                     self.wakeups.insert(w);
                 }
                 // Still waiting: keep the place, refresh the reason quietly.
-                self.set_waits(qk, &eval.throttled_on, eval.wake_at);
+                let watch = std::mem::replace(&mut eval.watch, Watch::ALWAYS);
+                self.set_waits(qk, &eval.throttled_on, eval.wake_at, watch);
                 if let Some(j) = self.jobs.get_mut(&key) {
                     j.decision = Some(eval.decision);
                     j.throttled_on = eval.throttled_on;
                     j.throttled_strict = eval.strict;
                 }
-                continue;
+                return;
             }
             self.dequeue(&qk);
             self.commit(now, &key, eval, step, false);
@@ -1332,7 +1644,7 @@ impl Engine {
             if !was_queued {
                 self.queue.insert(qk, key.clone());
             }
-            self.set_waits(qk, &eval.throttled_on, eval.wake_at);
+            self.set_waits(qk, &eval.throttled_on, eval.wake_at, eval.watch.clone());
             decision.queue_position = u32::try_from(self.queue.range(..qk).count() + 1).ok();
             if let Some(w) = eval.wake_at {
                 self.wakeups.insert(w);
@@ -1412,6 +1724,7 @@ impl Engine {
         }
         let t = ms(now);
         let cluster = String::new();
+
         let keys = std::iter::once((BudgetScope::Namespace, namespace))
             .chain(lineages.iter().map(|l| (BudgetScope::Model, l)))
             .chain(std::iter::once((BudgetScope::Cluster, &cluster)));
@@ -1427,6 +1740,7 @@ impl Engine {
                 }
             }
         }
+        self.dirty_after_charge(t, namespace, lineages);
     }
 
     fn record_crossings(&mut self, now: Timestamp, lineages: &[String], flop: Flop) {
@@ -1514,6 +1828,7 @@ impl Engine {
                 rate,
                 basis: Basis::UpperBound,
                 wake_at: None,
+                watch: Watch::ALWAYS,
             };
         }
 
@@ -1535,6 +1850,8 @@ impl Engine {
         let mut charged_lineages = vec![lineage.clone()];
         let mut basis_of_charge = Basis::UpperBound;
         let mut wake_at: Option<i64> = None;
+        let mut watch = Watch::ALWAYS;
+        let mut cluster_budget = false;
 
         for p in &policies {
             let spec = &p.spec;
@@ -1688,6 +2005,15 @@ impl Engine {
                 if need_keys {
                     constraints.push(constraint());
                 }
+                match b.scope {
+                    BudgetScope::Cluster => cluster_budget = true,
+                    BudgetScope::Namespace
+                        if governing.0 <= b.limit.0 && used + governing.0 <= b.limit.0 =>
+                    {
+                        watch.ns_budgets.push((window_ms, b.limit.0, governing.0));
+                    }
+                    _ => {}
+                }
                 let who = || match b.scope {
                     BudgetScope::Namespace => format!("namespace {scope_key}"),
                     BudgetScope::Model => format!("lineage {scope_key}"),
@@ -1779,6 +2105,19 @@ impl Engine {
                 .as_ref()
                 .map_or(FlopPerSecond::ZERO, |pr| pr.rate);
             if let Some(cap) = &spec.capacity {
+                if spec.mode == Mode::Enforce {
+                    let slack = |c: &Option<Cap>| {
+                        c.as_ref()
+                            .and_then(|c| c.max_accelerators)
+                            .map_or(i64::MAX, |m| {
+                                i64::try_from(m)
+                                    .unwrap_or(i64::MAX)
+                                    .saturating_sub(i64::from(req.count))
+                            })
+                    };
+                    watch.cluster_slack = watch.cluster_slack.min(slack(&cap.cluster));
+                    watch.ns_slack = watch.ns_slack.min(slack(&cap.per_namespace));
+                }
                 let ns_usage = self
                     .ns_usage
                     .get(&req.id.namespace)
@@ -1963,6 +2302,7 @@ impl Engine {
             } else {
                 None
             },
+            watch: if cluster_budget { Watch::ALWAYS } else { watch },
         }
     }
 
@@ -1991,6 +2331,7 @@ impl Engine {
             rate: FlopPerSecond::ZERO,
             basis: Basis::UpperBound,
             wake_at: None,
+            watch: Watch::ALWAYS,
         }
     }
 }

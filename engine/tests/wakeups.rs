@@ -1,0 +1,235 @@
+//! The engine's wake-up index (which queued jobs a finish re-evaluates)
+//! against the reference that re-evaluates every job queued on the cluster
+//! cap at every finish: over random event sequences and policies, both must
+//! produce exactly the same ledger records, decisions, phases and queue.
+
+use jiff::{SignedDuration, Timestamp};
+use komptroller_engine::catalog::{Catalog, Precision};
+use komptroller_engine::engine::{Engine, Event, Outcome, Phase};
+use komptroller_engine::job::{AcceleratorSpec, JobId, JobRequest, ModelSpec, Principal};
+use komptroller_engine::manifest::parse_policies;
+use proptest::prelude::*;
+
+/// Policy sets: tiers and namespace/model budgets under one cluster cap;
+/// two Enforce cluster caps and a Warn one; a cluster budget; per-namespace
+/// caps only.
+const POLICIES: [&str; 4] = [
+    r#"
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: enforce}
+spec:
+  tiers:
+    - {name: t1, threshold: 1e21, action: Admit}
+    - {name: t2, threshold: 4e21, action: Escalate, approvals: {required: 1, groups: [safety]}}
+    - {name: t3, threshold: 1.5e22, action: Reject}
+  lineage:
+    modification: {name: mod, fractionOfBase: 0.5, action: Escalate, approvals: {required: 1, groups: [safety]}}
+  budgets:
+    - {name: ns, scope: Namespace, window: 1d, limit: 3e21, action: Throttle}
+    - {name: model, scope: Model, window: 2d, limit: 5e21, action: Throttle}
+  capacity:
+    cluster: {maxAccelerators: 160}
+    perNamespace: {maxAccelerators: 100}
+"#,
+    r#"
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: big}
+spec:
+  budgets:
+    - {name: ns, scope: Namespace, window: 12h, limit: 2e21, action: Escalate, approvals: {required: 1, groups: [safety]}}
+  capacity:
+    cluster: {maxAccelerators: 200}
+---
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: small}
+spec:
+  namespaceSelector: {matchLabels: {team: a}}
+  capacity:
+    cluster: {maxAccelerators: 120}
+---
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: watch}
+spec:
+  mode: Warn
+  capacity:
+    cluster: {maxAccelerators: 60}
+"#,
+    r#"
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: cluster-budget}
+spec:
+  budgets:
+    - {name: all, scope: Cluster, window: 1d, limit: 6e21, action: Throttle}
+  capacity:
+    cluster: {maxAccelerators: 150, maxFlopPerSecond: 1.2e17}
+"#,
+    r#"
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: per-namespace}
+spec:
+  tiers:
+    - {name: t2, threshold: 6e21, action: Reject}
+  capacity:
+    perNamespace: {maxAccelerators: 90}
+"#,
+];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit {
+        ns: u8,
+        name: u8,
+        lineage: u8,
+        base: Option<u8>,
+        count: u32,
+        hours: u16,
+        prio: i8,
+    },
+    Start(u8, u8),
+    Finish(u8, u8, u8),
+    FinishedAt(u8, u8, u8),
+    Delete(u8, u8),
+    Approve(u8, u8),
+    Tick,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0u8..3, 0u8..16, 0u8..4, proptest::option::of(0u8..4), 1u32..110, 1u16..48, -1i8..2).prop_map(
+            |(ns, name, lineage, base, count, hours, prio)| Op::Submit { ns, name, lineage, base, count, hours, prio }
+        ),
+        3 => (0u8..3, 0u8..16).prop_map(|(a, b)| Op::Start(a, b)),
+        3 => (0u8..3, 0u8..16, 0u8..3).prop_map(|(a, b, c)| Op::Finish(a, b, c)),
+        1 => (0u8..3, 0u8..16, 0u8..3).prop_map(|(a, b, c)| Op::FinishedAt(a, b, c)),
+        1 => (0u8..3, 0u8..16).prop_map(|(a, b)| Op::Delete(a, b)),
+        1 => (0u8..3, 0u8..16).prop_map(|(a, b)| Op::Approve(a, b)),
+        2 => Just(Op::Tick),
+    ]
+}
+
+fn id(ns: u8, name: u8) -> JobId {
+    JobId {
+        namespace: ["a", "b", "c"][ns as usize].into(),
+        name: format!("j{name}"),
+        uid: format!("u{ns}-{name}"),
+    }
+}
+
+fn outcome(c: u8) -> Outcome {
+    [
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::DeadlineExceeded,
+    ][c as usize % 3]
+}
+
+fn to_event(op: &Op, now: Timestamp) -> Event {
+    match op.clone() {
+        Op::Submit {
+            ns,
+            name,
+            lineage,
+            base,
+            count,
+            hours,
+            prio,
+        } => {
+            let id = id(ns, name);
+            Event::Submit(JobRequest {
+                namespace_labels: [("team".to_string(), id.namespace.clone())].into(),
+                id,
+                model: ModelSpec {
+                    name: Some(format!("l{lineage}")),
+                    base_model: base.filter(|b| *b != lineage).map(|b| format!("l{b}")),
+                    ..ModelSpec::default()
+                },
+                accelerator: AcceleratorSpec {
+                    kind: "nvidia-h100-sxm".into(),
+                    precision: Precision::Bf16,
+                },
+                count,
+                max_duration: format!("{hours}h").parse().unwrap(),
+                priority: i32::from(prio),
+                submitter: Some(Principal {
+                    user: "alice".into(),
+                    groups: vec![],
+                }),
+                spec_hash: String::new(),
+            })
+        }
+        Op::Start(a, b) => Event::Start { job: id(a, b) },
+        Op::Finish(a, b, c) => Event::Finish {
+            job: id(a, b),
+            outcome: outcome(c),
+        },
+        Op::FinishedAt(a, b, c) => Event::FinishedAt {
+            job: id(a, b),
+            outcome: outcome(c),
+            ended_at: now.checked_sub(SignedDuration::from_mins(90)).unwrap(),
+        },
+        Op::Delete(a, b) => Event::Delete { job: id(a, b) },
+        Op::Approve(a, b) => Event::Approve {
+            job: id(a, b),
+            approver: Principal {
+                user: "safety-sam".into(),
+                groups: vec!["safety".into()],
+            },
+            spec_hash: String::new(),
+        },
+        Op::Tick => Event::Tick,
+    }
+}
+
+fn engine(policies: &str, naive: bool) -> Engine {
+    let mut e = Engine::new(Catalog::builtin());
+    e.set_naive_wakeups(naive);
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    for p in parse_policies(policies, "p").unwrap() {
+        e.apply(t0, Event::UpsertPolicy(p)).unwrap();
+    }
+    e
+}
+
+/// What an observer can see of the queue and the jobs.
+fn visible(e: &Engine) -> (Vec<(JobId, u32)>, Vec<Option<Phase>>) {
+    let queue = e.queue_positions().map(|(j, p)| (j.clone(), p)).collect();
+    let phases = (0..3)
+        .flat_map(|ns| (0..16).map(move |n| (ns, n)))
+        .map(|(ns, n)| e.phase(&id(ns, n)))
+        .collect();
+    (queue, phases)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn indexed_wakeups_decide_exactly_as_reevaluating_every_waiter(
+        policy in 0usize..POLICIES.len(),
+        ops in proptest::collection::vec((op(), 1i64..240), 1..160),
+    ) {
+        let mut fast = engine(POLICIES[policy], false);
+        let mut naive = engine(POLICIES[policy], true);
+        let mut now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        for (i, (op, gap)) in ops.iter().enumerate() {
+            now = now.checked_add(SignedDuration::from_mins(*gap)).unwrap();
+            let a = fast.apply(now, to_event(op, now));
+            let b = naive.apply(now, to_event(op, now));
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(format!("{:?}", a.records), format!("{:?}", b.records), "records at op {} {:?}", i, op);
+                    prop_assert_eq!(format!("{:?}", a.decisions), format!("{:?}", b.decisions), "decisions at op {} {:?}", i, op);
+                }
+                (a, b) => prop_assert_eq!(a.is_err(), b.is_err(), "errors at op {} {:?}", i, op),
+            }
+            prop_assert_eq!(visible(&fast), visible(&naive), "state after op {} {:?}", i, op);
+            prop_assert_eq!(fast.next_wakeup(), naive.next_wakeup(), "next wakeup after op {} {:?}", i, op);
+        }
+    }
+}
