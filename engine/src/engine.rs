@@ -1680,6 +1680,12 @@ impl Engine {
                 } else {
                     Vec::new()
                 },
+                selected_by: Some(
+                    self.selecting(&req)
+                        .iter()
+                        .map(|p| p.name.clone())
+                        .collect(),
+                ),
             };
             step.records.push(rec);
             step.decisions.push((req.id.clone(), decision.clone()));

@@ -99,6 +99,7 @@ fn decided(
             } else {
                 Vec::new()
             },
+            selected_by: None,
         },
     }
 }

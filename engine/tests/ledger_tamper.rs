@@ -4,7 +4,8 @@
 //! are all detected by the verifier.
 
 use komptroller_engine::ledger::{
-    Ledger, LedgerEntry, sample::sample_records, verify_jsonl, verify_jsonl_facts, write_jsonl,
+    EventFacts, Ledger, LedgerEntry, RecordFacts, sample::sample_records, verify_jsonl,
+    verify_jsonl_facts, write_jsonl,
 };
 use komptroller_engine::policy::Policy;
 use komptroller_engine::report::{
@@ -405,16 +406,49 @@ fn key_rotation_selects_the_key_by_key_id() {
 /// the typed one: the same entries, or the same first error, word for word.
 fn in_place_agrees_with_typed(ledger: &[u8], threads: usize) -> Result<(), TestCaseError> {
     let mut seen = Vec::new();
-    let in_place = verify_jsonl_facts(ledger, threads, |e| seen.push((e.seq, e.hash)));
+    let in_place = verify_jsonl_facts(ledger, threads, |e| {
+        seen.push((e.seq, e.hash, facts_summary(&e.facts)))
+    });
     match verify_jsonl(ledger) {
         Ok(entries) => {
             prop_assert_eq!(in_place, Ok(entries.len() as u64));
-            let typed: Vec<_> = entries.iter().map(|e| (e.seq, e.hash)).collect();
+            let typed: Vec<_> = entries
+                .iter()
+                .map(|e| (e.seq, e.hash, facts_summary(&RecordFacts::of(&e.record))))
+                .collect();
             prop_assert_eq!(seen, typed);
         }
         Err(e) => prop_assert_eq!(in_place.map_err(|e| e.to_string()), Err(e.to_string())),
     }
     Ok(())
+}
+
+/// Everything totals and reports read from a record, in one comparable
+/// value (the in-place path borrows lists the typed one owns).
+fn facts_summary(f: &RecordFacts<'_>) -> String {
+    let event = match f.event {
+        EventFacts::Decided {
+            verdict,
+            policy,
+            tier,
+            charged,
+            charged_lineages,
+            selected_by,
+        } => format!(
+            "Decided {verdict:?} {policy:?} {tier:?} {charged:?} {:?} {:?}",
+            charged_lineages.iter().collect::<Vec<_>>(),
+            selected_by.map(|l| l.iter().collect::<Vec<_>>())
+        ),
+        EventFacts::Metered {
+            consumed,
+            accelerator_seconds,
+        } => format!("Metered {consumed:?} {accelerator_seconds:?}"),
+        EventFacts::Other => "Other".into(),
+    };
+    format!(
+        "{} {:?} {:?} {:?} {:?} {event}",
+        f.time, f.job, f.lineage, f.base_lineage, f.accelerator
+    )
 }
 
 proptest! {

@@ -48,6 +48,7 @@ fn decided(verdict: Verdict, charged: f64, lineages: &[&str], tier: Option<&str>
         governing: Flop(charged.max(1e20)),
         charged: Flop(charged),
         charged_lineages: lineages.iter().map(|s| s.to_string()).collect(),
+        selected_by: None,
     }
 }
 

@@ -89,6 +89,10 @@ impl<'a> StrList<'a> {
         }
     }
 
+    pub fn contains(&self, s: &str) -> bool {
+        self.iter().any(|x| x == s)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &'a str> + use<'a> {
         let (owned, text): (&'a [String], &'a [Text<'a>]) = match *self {
             StrList::Owned(v) => (v, &[]),
@@ -110,6 +114,8 @@ pub enum EventFacts<'a> {
         tier: Option<&'a str>,
         charged: Flop,
         charged_lineages: StrList<'a>,
+        /// `selectedBy`; `None` in entries written before it existed.
+        selected_by: Option<StrList<'a>>,
     },
     /// Finished, DeadlineExceeded or Deleted: metered compute.
     Metered {
@@ -141,6 +147,7 @@ impl<'a> RecordFacts<'a> {
                 tier,
                 charged,
                 charged_lineages,
+                selected_by,
                 ..
             } => EventFacts::Decided {
                 verdict: *verdict,
@@ -148,6 +155,7 @@ impl<'a> RecordFacts<'a> {
                 tier: tier.as_deref(),
                 charged: *charged,
                 charged_lineages: StrList::Owned(charged_lineages),
+                selected_by: selected_by.as_deref().map(StrList::Owned),
             },
             LedgerEvent::Finished {
                 accelerator_seconds,
@@ -176,6 +184,22 @@ impl<'a> RecordFacts<'a> {
             base_lineage: r.base_lineage.as_deref(),
             accelerator: r.accelerator.as_ref().map(|a| a.kind.as_str()),
             event,
+        }
+    }
+
+    /// Whether `policy` selected the job of this Decided record: it is in
+    /// `selectedBy`, or the record predates that field (then every policy
+    /// counts, as before it existed). `false` for other events.
+    pub fn selected_by(&self, policy: &str) -> bool {
+        match self.event {
+            EventFacts::Decided {
+                selected_by: Some(list),
+                ..
+            } => list.contains(policy),
+            EventFacts::Decided {
+                selected_by: None, ..
+            } => true,
+            _ => false,
         }
     }
 

@@ -71,6 +71,13 @@ pub enum LedgerEvent {
         /// Lineages the charge accumulates on (the job's, plus its base where the policy counts fine-tunes toward it).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         charged_lineages: Vec<String>,
+        /// The policies whose namespace selector matched the job (every
+        /// mode), by name in name order; `[]` when none did. Reports count
+        /// a charge toward a policy's reporting tiers and modification rule
+        /// only when the policy is listed. Absent in entries written before
+        /// this field existed: those count toward every policy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        selected_by: Option<Vec<String>>,
     },
     /// An approver lifted (part of) an escalation.
     Approved {

@@ -138,6 +138,14 @@ pub fn sample_records(n: usize, seed: u64, start: Timestamp) -> Vec<LedgerRecord
                 } else {
                     Vec::new()
                 },
+                // Every shape: absent (entries written before the field
+                // existed; job 1, the docs/ledger.md example), none, one, two.
+                selected_by: match job_no % 4 {
+                    1 => None,
+                    2 => Some(Vec::new()),
+                    3 => Some(vec!["eu-ai-act".into()]),
+                    _ => Some(vec!["eu-ai-act".into(), "lab-budgets".into()]),
+                },
             },
         ));
         if rng.below(20) == 0 {

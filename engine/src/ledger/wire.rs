@@ -124,6 +124,8 @@ struct EventIn<'a> {
     #[serde(borrow)]
     charged_lineages: Option<Vec<Text<'a>>>,
     #[serde(borrow)]
+    selected_by: Option<Vec<Text<'a>>>,
+    #[serde(borrow)]
     approver: Option<Text<'a>>,
     #[serde(borrow)]
     groups: Option<Vec<Text<'a>>>,
@@ -166,7 +168,7 @@ impl<'a> EventIn<'a> {
     /// Refuses fields this kind does not have (as the derived decoder of
     /// `LedgerEvent` would) and requires the ones it must have.
     fn check<E: serde::de::Error>(&self) -> Result<(), E> {
-        let present: [(&str, bool); 18] = [
+        let present: [(&str, bool); 19] = [
             ("verdict", self.verdict.is_some()),
             ("enforcedVerdict", self.enforced_verdict.is_some()),
             ("mode", self.mode.is_some()),
@@ -178,6 +180,7 @@ impl<'a> EventIn<'a> {
             ("governing", self.governing.is_some()),
             ("charged", self.charged.is_some()),
             ("chargedLineages", self.charged_lineages.is_some()),
+            ("selectedBy", self.selected_by.is_some()),
             ("approver", self.approver.is_some()),
             ("groups", self.groups.is_some()),
             ("specHash", self.spec_hash.is_some()),
@@ -200,6 +203,7 @@ impl<'a> EventIn<'a> {
                     "governing",
                     "charged",
                     "chargedLineages",
+                    "selectedBy",
                 ],
                 &[
                     "verdict",
@@ -253,6 +257,7 @@ impl<'a> EventIn<'a> {
             governing,
             charged,
             charged_lineages,
+            selected_by,
             approver,
             groups,
             spec_hash,
@@ -275,6 +280,7 @@ impl<'a> EventIn<'a> {
                 governing: Flop(need(governing, name, "governing")?),
                 charged: Flop(need(charged, name, "charged")?),
                 charged_lineages: owned_list(charged_lineages),
+                selected_by: selected_by.map(|v| v.into_iter().map(owned).collect()),
             },
             EventKind::Approved => LedgerEvent::Approved {
                 approver: owned(need(approver, name, "approver")?),
@@ -384,6 +390,7 @@ impl<'a> EntryIn<'a> {
                 tier: ev.tier,
                 charged: Flop(ev.charged.unwrap_or(0.0)),
                 charged_lineages: ev.charged_lineages.unwrap_or_default(),
+                selected_by: ev.selected_by,
             },
             EventKind::Finished | EventKind::DeadlineExceeded | EventKind::Deleted => {
                 LineEvent::Metered {
@@ -450,6 +457,7 @@ enum LineEvent<'a> {
         tier: Option<Text<'a>>,
         charged: Flop,
         charged_lineages: Vec<Text<'a>>,
+        selected_by: Option<Vec<Text<'a>>>,
     },
     Metered {
         consumed: Flop,
@@ -477,12 +485,14 @@ impl LineFacts<'_> {
                     tier,
                     charged,
                     charged_lineages,
+                    selected_by,
                 } => EventFacts::Decided {
                     verdict: *verdict,
                     policy: policy.as_deref(),
                     tier: tier.as_deref(),
                     charged: *charged,
                     charged_lineages: StrList::Text(charged_lineages),
+                    selected_by: selected_by.as_deref().map(StrList::Text),
                 },
                 LineEvent::Metered {
                     consumed,

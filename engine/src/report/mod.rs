@@ -500,7 +500,7 @@ impl BodyBuilder {
             let mut own = None;
             for l in lineages {
                 own.get_or_insert(l);
-                self.crossings(seq, r.time, l, amount);
+                self.crossings(seq, r, l, amount);
             }
             if let Some(own) = own {
                 self.modifications(seq, r, own, amount);
@@ -519,19 +519,26 @@ impl BodyBuilder {
             return;
         }
         let own_after = add_to(&mut self.own, lineage, amount);
-        let (
-            Some(base),
-            EventFacts::Decided {
-                policy: Some(policy),
-                ..
-            },
-        ) = (r.base_lineage, r.event)
-        else {
+        let Some(base) = r.base_lineage else {
             return;
+        };
+        // The rules of the policies that selected the job; in entries
+        // written before `selectedBy` existed, the deciding policy's.
+        let applies = |policy: &str| match r.event {
+            EventFacts::Decided {
+                selected_by: Some(list),
+                ..
+            } => list.contains(policy),
+            EventFacts::Decided {
+                selected_by: None,
+                policy: Some(decider),
+                ..
+            } => decider == policy,
+            _ => false,
         };
         let known = self.own.get(base).copied().unwrap_or(Flop::ZERO);
         for (i, m) in self.modification_thresholds.iter().enumerate() {
-            if m.policy != policy {
+            if !applies(&m.policy) {
                 continue;
             }
             let (base_flop, base_assumed) = if known.get() > 0.0 {
@@ -571,15 +578,21 @@ impl BodyBuilder {
         }
     }
 
-    /// Adds `amount` to `lineage`'s cumulative charge and records every
-    /// reporting threshold it passes for the first time.
-    fn crossings(&mut self, seq: u64, time: Timestamp, lineage: &str, amount: Flop) {
+    /// Adds `amount` to `lineage`'s cumulative charge (every admission
+    /// counts toward it) and records every reporting threshold it is past
+    /// for the first time at an admission of a job its policy selected
+    /// ([`RecordFacts::selected_by`]): a policy's tiers apply only in the
+    /// namespaces it selects.
+    fn crossings(&mut self, seq: u64, r: &RecordFacts<'_>, lineage: &str, amount: Flop) {
         if self.reporting_thresholds.is_empty() {
             return;
         }
+        let time = r.time;
         let total = add_to(&mut self.charged, lineage, amount);
         for (i, t) in self.reporting_thresholds.iter().enumerate() {
-            if total.get() > t.threshold.get() && !self.crossed.contains(&(lineage.to_string(), i))
+            if total.get() > t.threshold.get()
+                && r.selected_by(&t.policy)
+                && !self.crossed.contains(&(lineage.to_string(), i))
             {
                 self.crossed.insert((lineage.to_string(), i));
                 let notify_by = match deadline(time, t.notify_within) {
