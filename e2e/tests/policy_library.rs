@@ -293,10 +293,26 @@ async fn us_frontier_escalates_at_1e26_and_biological_sequence_data_at_1e23() {
     env.approve_as("grace", "general", "frontier").await;
     env.wait_phase("general", "frontier", &["Admitted", "Running"])
         .await;
-    // (Reports also list lineage frontier as crossing bio-sequence-model,
-    // although that policy does not select namespace general: the report's
-    // crossings ignore namespace selectors; reported to the engine's owner.)
     let c = crossing(&env, "frontier", "us-frontier-model").await;
+    // No report lists lineage frontier (trained only in namespace general)
+    // as crossing bio-sequence-model: that policy does not select general.
+    // Every report that lists the 1e26 crossing is past the 1e23 figure too.
+    let reports = env.admin("ComputeReport", None).await;
+    for r in reports.list(&Default::default()).await.unwrap().items {
+        let report: Value =
+            serde_json::from_str(r.data["spec"]["report"].as_str().unwrap()).unwrap();
+        let mut found = None;
+        find_key(&report, "thresholdCrossings", &mut found);
+        let crossings = found
+            .and_then(|c| c.as_array().cloned())
+            .unwrap_or_default();
+        assert!(
+            !crossings
+                .iter()
+                .any(|c| c["lineage"] == "frontier" && c["tier"] == "bio-sequence-model"),
+            "{crossings:#?}"
+        );
+    }
     let at: jiff::Timestamp = c["crossedAt"].as_str().unwrap().parse().unwrap();
     let by: jiff::Timestamp = c["notifyBy"].as_str().unwrap().parse().unwrap();
     assert_eq!(by.duration_since(at).as_secs(), 15 * 24 * 3600, "{c:#}");
