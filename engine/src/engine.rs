@@ -681,6 +681,7 @@ impl Engine {
                     verdict: Verdict::Admit,
                     charged,
                     charged_lineages,
+                    selected_by,
                     ..
                 } => {
                     let lineages: Vec<String> = if charged_lineages.is_empty() {
@@ -690,7 +691,7 @@ impl Engine {
                     };
                     if let Some(job) = &r.job {
                         self.charge(r.time, &job.namespace, &lineages, *charged);
-                        self.record_crossings(r.time, &lineages, *charged);
+                        self.record_crossings(r.time, &lineages, selected_by.as_deref());
                         admitted_under.insert(job.clone(), lineages);
                     }
                 }
@@ -1691,7 +1692,12 @@ impl Engine {
             step.decisions.push((req.id.clone(), decision.clone()));
         }
         if phase == Phase::Admitted {
-            self.record_crossings(now, &eval.charged_lineages, charged);
+            let selected: Vec<String> = self
+                .selecting(&req)
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
+            self.record_crossings(now, &eval.charged_lineages, Some(&selected));
         }
         if let Some(j) = self.jobs.get_mut(key) {
             j.phase = phase;
@@ -1749,14 +1755,27 @@ impl Engine {
         self.dirty_after_charge(t, namespace, lineages);
     }
 
-    fn record_crossings(&mut self, now: Timestamp, lineages: &[String], flop: Flop) {
+    /// Records the tier crossings an admission causes, by the rule reports
+    /// use (`report::BodyBuilder`): policy P's tier is crossed on a lineage at
+    /// the first charge, from a job P selected, after which the lineage's
+    /// cumulative total (all charges) exceeds the threshold. `selected` names
+    /// the policies that selected the job; `None` (ledger entries written
+    /// before `selectedBy` existed) counts toward every policy.
+    fn record_crossings(
+        &mut self,
+        now: Timestamp,
+        lineages: &[String],
+        selected: Option<&[String]>,
+    ) {
         let mut new = Vec::new();
         for l in lineages {
             let total = self.lineage(l).charged;
-            let before = total - flop;
             for p in self.policies.values() {
+                if selected.is_some_and(|names| !names.contains(&p.name)) {
+                    continue;
+                }
                 for t in &p.spec.tiers {
-                    if before.0 <= t.threshold.0 && total.0 > t.threshold.0 {
+                    if total.0 > t.threshold.0 {
                         let id = (l.clone(), p.name.clone(), t.name.clone());
                         if self.crossed.contains(&id) {
                             continue;

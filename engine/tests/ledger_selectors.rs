@@ -177,6 +177,34 @@ fn the_engine_records_the_selecting_policies_and_reports_apply_tiers_only_there(
     assert_eq!(c.crossed_at, t3);
     assert_eq!(c.notify_by, t3 + SignedDuration::from_hours(15 * 24));
 
+    // The engine's own crossings (simulate's output, the operator's books)
+    // follow the same rule, live and when rebuilt from the ledger.
+    let engine_crossings = |e: &Engine| -> Vec<(String, String, Timestamp)> {
+        e.crossings()
+            .iter()
+            .map(|c| (c.lineage.clone(), c.policy.clone(), c.at))
+            .collect()
+    };
+    let live = engine_crossings(&e);
+    assert!(
+        live.contains(&("dna".into(), BIO.into(), t3)),
+        "the engine records dna crossing the bio tier at its admission: {live:?}"
+    );
+    assert!(
+        !live.iter().any(|(l, p, _)| l == "prot" && p == BIO),
+        "a lineage trained only outside the bio namespaces never crosses the bio tier: {live:?}"
+    );
+    let mut rebuilt = Engine::new(Catalog::builtin());
+    for p in policies() {
+        rebuilt.apply(t0, Event::UpsertPolicy(p)).expect("policy");
+    }
+    rebuilt.replay_ledger(records.iter());
+    assert_eq!(
+        engine_crossings(&rebuilt),
+        live,
+        "replayed crossings equal the live ones"
+    );
+
     // The same ledger written before `selectedBy` existed: every policy's
     // tiers count everywhere, as they did then.
     let old = ledger(records.into_iter().map(|mut r| {
