@@ -695,19 +695,10 @@ impl Engine {
                         admitted_under.insert(job.clone(), lineages);
                     }
                 }
-                LedgerEvent::Finished {
-                    accelerator_seconds,
-                    consumed,
-                    ..
-                }
-                | LedgerEvent::DeadlineExceeded {
-                    accelerator_seconds,
-                    consumed,
-                }
-                | LedgerEvent::Deleted {
-                    accelerator_seconds,
-                    consumed,
-                } => {
+                other => {
+                    let Some((accelerator_seconds, consumed)) = other.metered() else {
+                        continue;
+                    };
                     let lineages = r
                         .job
                         .as_ref()
@@ -715,11 +706,10 @@ impl Engine {
                         .unwrap_or_else(|| r.lineage.iter().cloned().collect());
                     for l in lineages {
                         let t = self.lineages.entry(l).or_default();
-                        t.consumed += *consumed;
-                        t.accelerator_seconds += *accelerator_seconds;
+                        t.consumed += consumed;
+                        t.accelerator_seconds += accelerator_seconds;
                     }
                 }
-                _ => {}
             }
         }
     }
@@ -1663,6 +1653,16 @@ impl Engine {
             self.occupy(&req.id.namespace, eval.rate, u64::from(req.count));
         }
         let changed = fresh || previous != Some(decision.verdict);
+        // Names of the policies that selected the job: for the ledger entry
+        // and for the crossings an admission causes (computed once).
+        let selected: Vec<String> = if changed || phase == Phase::Admitted {
+            self.selecting(&req)
+                .iter()
+                .map(|p| p.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         if changed {
             let mut rec = self.record(now, &req, OPERATOR_ACTOR);
             rec.event = LedgerEvent::Decided {
@@ -1681,22 +1681,12 @@ impl Engine {
                 } else {
                     Vec::new()
                 },
-                selected_by: Some(
-                    self.selecting(&req)
-                        .iter()
-                        .map(|p| p.name.clone())
-                        .collect(),
-                ),
+                selected_by: Some(selected.clone()),
             };
             step.records.push(rec);
             step.decisions.push((req.id.clone(), decision.clone()));
         }
         if phase == Phase::Admitted {
-            let selected: Vec<String> = self
-                .selecting(&req)
-                .iter()
-                .map(|p| p.name.clone())
-                .collect();
             self.record_crossings(now, &eval.charged_lineages, Some(&selected));
         }
         if let Some(j) = self.jobs.get_mut(key) {

@@ -157,25 +157,13 @@ impl<'a> RecordFacts<'a> {
                 charged_lineages: StrList::Owned(charged_lineages),
                 selected_by: selected_by.as_deref().map(StrList::Owned),
             },
-            LedgerEvent::Finished {
-                accelerator_seconds,
-                consumed,
-                ..
-            }
-            | LedgerEvent::DeadlineExceeded {
-                accelerator_seconds,
-                consumed,
-            }
-            | LedgerEvent::Deleted {
-                accelerator_seconds,
-                consumed,
-            } => EventFacts::Metered {
-                consumed: *consumed,
-                accelerator_seconds: *accelerator_seconds,
+            other => match other.metered() {
+                Some((accelerator_seconds, consumed)) => EventFacts::Metered {
+                    consumed,
+                    accelerator_seconds,
+                },
+                None => EventFacts::Other,
             },
-            LedgerEvent::Approved { .. }
-            | LedgerEvent::Started
-            | LedgerEvent::PolicyChanged { .. } => EventFacts::Other,
         };
         RecordFacts {
             time: r.time,

@@ -113,6 +113,30 @@ pub enum LedgerEvent {
 }
 
 impl LedgerEvent {
+    /// What a Finished, DeadlineExceeded or Deleted event metered:
+    /// (accelerator-seconds, consumed FLOP); `None` for the other kinds.
+    pub fn metered(&self) -> Option<(AcceleratorSeconds, Flop)> {
+        match self {
+            LedgerEvent::Finished {
+                accelerator_seconds,
+                consumed,
+                ..
+            }
+            | LedgerEvent::DeadlineExceeded {
+                accelerator_seconds,
+                consumed,
+            }
+            | LedgerEvent::Deleted {
+                accelerator_seconds,
+                consumed,
+            } => Some((*accelerator_seconds, *consumed)),
+            LedgerEvent::Decided { .. }
+            | LedgerEvent::Approved { .. }
+            | LedgerEvent::Started
+            | LedgerEvent::PolicyChanged { .. } => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             LedgerEvent::Decided { .. } => "Decided",
