@@ -1509,6 +1509,9 @@ impl Engine {
             .copied();
             let Some(qk) = next else { break };
             cursor = Some(qk);
+            if !self.still_fits(qk, ns, now_ms, cluster_used) {
+                continue;
+            }
             self.visit(now, step, Trigger::Capacity(ns), qk, &mut blocked);
             // An admission took cluster capacity: namespace waiters further
             // on that the cluster cap now bites are due too.
@@ -1524,6 +1527,34 @@ impl Engine {
                 }
                 cluster_used = used;
             }
+        }
+    }
+
+    /// Whether a capacity waiter `drain_capacity` found due must still be
+    /// visited. Admissions earlier in the same walk only take capacity, so a
+    /// waiter that could fit at the walk's start but no longer fits its caps
+    /// stays throttled on them, unless its other inputs changed (dirty), its
+    /// budget window freed, or the cluster cap newly bites it (to be refiled).
+    fn still_fits(&self, qk: QueueKey, ns: &str, now_ms: i64, cluster_used: i64) -> bool {
+        let Some(e) = self.cap_entries.get(&qk) else {
+            return true;
+        };
+        let dirty = if e.ns_home {
+            self.ns_waiters
+                .get(&e.namespace)
+                .is_some_and(|w| w.dirty.contains(&qk))
+        } else {
+            self.cluster_waiters.dirty.contains(&qk)
+        };
+        if dirty || self.budget_wake.get(&qk).is_some_and(|w| *w <= now_ms) {
+            return true;
+        }
+        if e.ns_home {
+            let ns_used = self.ns_usage.get(ns).map_or(0, |u| u.accelerators);
+            let ns_used = i64::try_from(ns_used).unwrap_or(i64::MAX);
+            !(e.namespace == ns && e.ns_slack < ns_used && e.cluster_slack >= cluster_used)
+        } else {
+            e.cluster_slack >= cluster_used
         }
     }
 
