@@ -1465,96 +1465,53 @@ impl Engine {
     /// same constraints.
     fn drain_capacity(&mut self, now: Timestamp, step: &mut Step, ns: &str) {
         use std::ops::Bound::{Excluded, Unbounded};
-        const FIRST: QueueKey = (Reverse(i32::MAX), Timestamp::MIN, 0);
         let now_ms = ms(now);
         let acc = |u: Usage| i64::try_from(u.accelerators).unwrap_or(i64::MAX);
-        let ns_used = acc(self.ns_usage.get(ns).copied().unwrap_or_default());
-        let mut cluster_used = acc(self.cluster_usage);
-        let no_waiters = Waiters::default();
-        let home = self.ns_waiters.get(ns).unwrap_or(&no_waiters);
-        // Those that fit every Enforce cap at today's usage (slack ≥ used),
-        // and namespace waiters the cluster cap now bites.
-        let mut due: std::collections::BTreeSet<QueueKey> = self
-            .cluster_waiters
-            .by_slack
-            .range((cluster_used, FIRST)..)
-            .chain(home.by_slack.range((ns_used, FIRST)..))
-            .chain(home.by_cluster_slack.range(..(cluster_used, FIRST)))
-            .map(|(_, qk)| *qk)
-            .collect();
         // Those whose budget window has freed.
         let own = self.ns_capacity_waiters.get(ns);
-        due.extend(
-            self.budget_waiters
-                .iter()
-                .take_while(|(w, _)| *w <= now_ms)
-                .map(|(_, qk)| *qk)
-                .filter(|qk| {
-                    self.capacity_waiters.contains(qk) || own.is_some_and(|s| s.contains(qk))
-                }),
-        );
+        let budget_due: std::collections::BTreeSet<QueueKey> = self
+            .budget_waiters
+            .iter()
+            .take_while(|(w, _)| *w <= now_ms)
+            .map(|(_, qk)| *qk)
+            .filter(|qk| self.capacity_waiters.contains(qk) || own.is_some_and(|s| s.contains(qk)))
+            .collect();
+        let no_waiters = Waiters::default();
         let mut blocked = HashSet::new();
         let mut cursor: Option<QueueKey> = None;
         loop {
+            // Usage only grows during the walk (admissions), so a waiter
+            // passed over because it did not fit still does not fit.
+            let cluster_used = acc(self.cluster_usage);
+            let ns_used = acc(self.ns_usage.get(ns).copied().unwrap_or_default());
             let after = cursor.map_or(Unbounded, Excluded);
             let home = self.ns_waiters.get(ns).unwrap_or(&no_waiters);
             let next = [
-                due.range((after, Unbounded)).next(),
-                self.cluster_waiters.dirty.range((after, Unbounded)).next(),
-                home.dirty.range((after, Unbounded)).next(),
+                // Cluster-cap waiters that fit every Enforce cap at today's
+                // usage (slack ≥ used), `ns`'s own that fit its caps, and
+                // `ns`'s own that the cluster cap now bites (to be refiled).
+                first_by_slack(
+                    &self.cluster_waiters.by_slack,
+                    cluster_used,
+                    i64::MAX,
+                    cursor,
+                ),
+                first_by_slack(&home.by_slack, ns_used, i64::MAX, cursor),
+                first_by_slack(&home.by_cluster_slack, i64::MIN, cluster_used - 1, cursor),
+                budget_due.range((after, Unbounded)).next().copied(),
+                self.cluster_waiters
+                    .dirty
+                    .range((after, Unbounded))
+                    .next()
+                    .copied(),
+                home.dirty.range((after, Unbounded)).next().copied(),
             ]
             .into_iter()
             .flatten()
-            .min()
-            .copied();
+            .min();
             let Some(qk) = next else { break };
             cursor = Some(qk);
-            if !self.still_fits(qk, ns, now_ms, cluster_used) {
-                continue;
-            }
             self.visit(now, step, Trigger::Capacity(ns), qk, &mut blocked);
-            // An admission took cluster capacity: namespace waiters further
-            // on that the cluster cap now bites are due too.
-            let used = acc(self.cluster_usage);
-            if used > cluster_used {
-                if let Some(home) = self.ns_waiters.get(ns) {
-                    due.extend(
-                        home.by_cluster_slack
-                            .range((cluster_used, FIRST)..(used, FIRST))
-                            .map(|(_, q)| *q)
-                            .filter(|q| *q > qk),
-                    );
-                }
-                cluster_used = used;
-            }
-        }
-    }
-
-    /// Whether a capacity waiter `drain_capacity` found due must still be
-    /// visited. Admissions earlier in the same walk only take capacity, so a
-    /// waiter that could fit at the walk's start but no longer fits its caps
-    /// stays throttled on them, unless its other inputs changed (dirty), its
-    /// budget window freed, or the cluster cap newly bites it (to be refiled).
-    fn still_fits(&self, qk: QueueKey, ns: &str, now_ms: i64, cluster_used: i64) -> bool {
-        let Some(e) = self.cap_entries.get(&qk) else {
-            return true;
-        };
-        let dirty = if e.ns_home {
-            self.ns_waiters
-                .get(&e.namespace)
-                .is_some_and(|w| w.dirty.contains(&qk))
-        } else {
-            self.cluster_waiters.dirty.contains(&qk)
-        };
-        if dirty || self.budget_wake.get(&qk).is_some_and(|w| *w <= now_ms) {
-            return true;
-        }
-        if e.ns_home {
-            let ns_used = self.ns_usage.get(ns).map_or(0, |u| u.accelerators);
-            let ns_used = i64::try_from(ns_used).unwrap_or(i64::MAX);
-            !(e.namespace == ns && e.ns_slack < ns_used && e.cluster_slack >= cluster_used)
-        } else {
-            e.cluster_slack >= cluster_used
         }
     }
 
@@ -2380,6 +2337,42 @@ impl Engine {
             watch: Watch::ALWAYS,
         }
     }
+}
+
+/// The first waiter in queue order after `after` among those filed in `set`
+/// with a slack in `lo..=hi`. Walks the distinct slack values (one per
+/// accelerator count, so few), taking the first waiter of each: the cost of
+/// a step does not grow with the number of waiters.
+fn first_by_slack(
+    set: &std::collections::BTreeSet<(i64, QueueKey)>,
+    lo: i64,
+    hi: i64,
+    after: Option<QueueKey>,
+) -> Option<QueueKey> {
+    use std::ops::Bound::{Excluded, Included};
+    const FIRST: QueueKey = (Reverse(i32::MAX), Timestamp::MIN, 0);
+    const LAST: QueueKey = (Reverse(i32::MIN), Timestamp::MAX, u64::MAX);
+    let mut best: Option<QueueKey> = None;
+    let mut from = lo;
+    while from <= hi {
+        let Some(&(slack, _)) = set.range((from, FIRST)..).next() else {
+            break;
+        };
+        if slack > hi {
+            break;
+        }
+        let start = after.map_or(Included((slack, FIRST)), |a| Excluded((slack, a)));
+        if let Some(&(_, qk)) = set.range((start, Included((slack, LAST)))).next()
+            && best.is_none_or(|b| qk < b)
+        {
+            best = Some(qk);
+        }
+        let Some(next) = slack.checked_add(1) else {
+            break;
+        };
+        from = next;
+    }
+    best
 }
 
 /// Whether the distinct approvers (not the submitter, in the groups) reach the requirement.
