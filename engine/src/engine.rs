@@ -383,6 +383,10 @@ struct Evaluation {
     wake_at: Option<i64>,
     /// What must change before re-evaluating it could change its outcome.
     watch: Watch,
+    /// Every Enforce Throttle budget it is under, when nothing else could
+    /// change its verdict as budgets fill (`None`: an Escalate/Reject
+    /// budget, a FLOP/s cap or StrictFIFO applies).
+    budget_needs: Option<Vec<BudgetNeed>>,
 }
 
 /// What could change the outcome of a job queued on a capacity cap.
@@ -410,6 +414,30 @@ impl Watch {
         ns_slack: i64::MAX,
         ns_budgets: Vec::new(),
     };
+}
+
+/// One Enforce `Throttle` budget a queued job is under: enough to tell,
+/// without evaluating it again, whether the budget still holds it back and
+/// when it frees.
+#[derive(Clone, Debug)]
+struct BudgetNeed {
+    scope: usize,
+    key: String,
+    window_ms: i64,
+    limit: f64,
+    governing: f64,
+}
+
+/// What a job queued on budgets only was last evaluated against, so that a
+/// budget window freeing that an earlier admission filled again can refile it
+/// without a full evaluation (see [`Engine::budget_recheck`]).
+#[derive(Clone, Debug)]
+struct BudgetWatch {
+    needs: Vec<BudgetNeed>,
+    /// Charged totals of its lineage and base lineage (tiers, modification).
+    stamps: Vec<(String, f64)>,
+    cluster_slack: i64,
+    ns_slack: i64,
 }
 
 /// A capacity waiter's entry in the wake-up index.
@@ -473,8 +501,9 @@ pub struct Engine {
     cap_by_lineage: HashMap<String, HashSet<QueueKey>>,
     /// Capacity waiters under a namespace budget, by namespace.
     cap_ns_budget: HashMap<String, HashSet<QueueKey>>,
-    /// Re-evaluate every capacity waiter at every finish (the reference the
-    /// index is tested against).
+    /// Re-evaluate every capacity waiter at every finish and every due
+    /// budget waiter at every tick (the reference the index and the budget
+    /// re-check are tested against).
     naive_wakeups: bool,
     /// Queued jobs waiting only on their own namespace's cap, by namespace.
     ns_capacity_waiters: HashMap<String, std::collections::BTreeSet<QueueKey>>,
@@ -482,6 +511,8 @@ pub struct Engine {
     budget_waiters: std::collections::BTreeSet<(i64, QueueKey)>,
     /// When each budget waiter's window frees enough (ms; i64::MIN: unknown, re-check).
     budget_wake: HashMap<QueueKey, i64>,
+    /// Jobs queued on budgets only: what their budgets need (re-check).
+    budget_watch: HashMap<QueueKey, BudgetWatch>,
     crossings: Vec<Crossing>,
     crossed: HashSet<(String, String, String)>,
     next_seq: u64,
@@ -506,8 +537,11 @@ fn from_ms(v: i64) -> Timestamp {
 }
 
 /// SHA-256 (hex) of a value's canonical JSON; used for spec and policy hashes.
+/// The single-pass serializer the ledger uses (tested byte for byte against
+/// `serde_json_canonicalizer`); a value with no canonical form hashes as
+/// empty input, as before.
 pub fn content_hash<T: Serialize>(value: &T) -> String {
-    let bytes = serde_json_canonicalizer::to_vec(value).unwrap_or_default();
+    let bytes = crate::ledger::canonical_json(value).unwrap_or_default();
     hex::encode(Sha256::digest(&bytes))
 }
 
@@ -534,6 +568,7 @@ impl Engine {
             ns_capacity_waiters: HashMap::new(),
             budget_waiters: Default::default(),
             budget_wake: HashMap::new(),
+            budget_watch: HashMap::new(),
             crossings: Vec::new(),
             crossed: HashSet::new(),
             next_seq: 0,
@@ -762,7 +797,7 @@ impl Engine {
         if job.phase == Phase::Queued {
             let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
             self.queue.insert(qk, key.clone());
-            self.set_waits(qk, &[], None, Watch::ALWAYS);
+            self.set_waits(qk, &[], None, Watch::ALWAYS, None);
         }
         if let Some(old) = self.jobs.insert(key, job) {
             self.unqueue(&old);
@@ -1178,6 +1213,7 @@ impl Engine {
         if let Some(w) = self.budget_wake.remove(qk) {
             self.budget_waiters.remove(&(w, *qk));
         }
+        self.budget_watch.remove(qk);
     }
 
     /// Files a queued job under what could free it.
@@ -1187,10 +1223,31 @@ impl Engine {
         throttled_on: &[String],
         wake_at: Option<i64>,
         watch: Watch,
+        needs: Option<Vec<BudgetNeed>>,
     ) {
         let on_budget = throttled_on.iter().any(|c| c.starts_with("budget/"));
         let on_other = throttled_on.iter().any(|c| !c.starts_with("budget/"));
         let unknown = throttled_on.is_empty();
+        self.budget_watch.remove(&qk);
+        if on_budget
+            && !on_other
+            && let Some(needs) = needs
+            && let Some(job) = self.queue.get(&qk).and_then(|k| self.jobs.get(k))
+        {
+            let stamps = std::iter::once(job.request.lineage())
+                .chain(job.request.base_lineage())
+                .map(|l| (l.to_string(), self.lineage(l).charged.0))
+                .collect();
+            self.budget_watch.insert(
+                qk,
+                BudgetWatch {
+                    needs,
+                    stamps,
+                    cluster_slack: watch.cluster_slack,
+                    ns_slack: watch.ns_slack,
+                },
+            );
+        }
         self.capacity_waiters.remove(&qk);
         self.unindex_cap(&qk);
         self.unfile_ns_waiter(&qk);
@@ -1354,7 +1411,9 @@ impl Engine {
     }
 
     /// Re-evaluate every capacity waiter at every finish instead of only
-    /// those the index says could change: the reference behaviour, for tests.
+    /// those the index says could change, and every due budget waiter at a
+    /// tick instead of re-checking its budgets: the reference behaviour, for
+    /// tests.
     #[doc(hidden)]
     pub fn set_naive_wakeups(&mut self, naive: bool) {
         self.naive_wakeups = naive;
@@ -1515,6 +1574,43 @@ impl Engine {
         }
     }
 
+    /// For a job queued on budgets only, whose budget window was due to free:
+    /// `Some(wake)` when one of its budgets still holds it back (an admission
+    /// since filled the window again) and nothing else that could change its
+    /// verdict moved (its lineages' totals, the capacity it fitted); `wake` is
+    /// what evaluating it would give. `None`: evaluate it.
+    fn budget_recheck(&self, now: Timestamp, qk: QueueKey) -> Option<Option<i64>> {
+        let w = self.budget_watch.get(&qk)?;
+        let key = self.queue.get(&qk)?;
+        let acc = |u: Usage| i64::try_from(u.accelerators).unwrap_or(i64::MAX);
+        let ns_used = acc(self.ns_usage.get(&key.0).copied().unwrap_or_default());
+        if acc(self.cluster_usage) > w.cluster_slack || ns_used > w.ns_slack {
+            return None;
+        }
+        if w.stamps
+            .iter()
+            .any(|(l, charged)| self.lineage(l).charged.0 != *charged)
+        {
+            return None;
+        }
+        let now_ms = ms(now);
+        let mut held = false;
+        let mut wake: Option<i64> = None;
+        for n in &w.needs {
+            let series = self.windows[n.scope].get(n.key.as_str());
+            let used = series.map_or(0.0, |s| s.window_sum(now_ms, n.window_ms));
+            // The same test and wake-up as `evaluate`'s.
+            if used + n.governing > n.limit {
+                held = true;
+                if let Some(f) = series.and_then(|s| s.frees_at(n.window_ms, n.limit - n.governing))
+                {
+                    wake = Some(wake.map_or(f, |x: i64| x.min(f)));
+                }
+            }
+        }
+        held.then_some(wake)
+    }
+
     /// Re-evaluates one queued job for `trigger`; admits it if it now fits.
     fn visit(
         &mut self,
@@ -1549,6 +1645,23 @@ impl Engine {
                 }
                 return;
             }
+            if trigger == Trigger::Time
+                && !job.throttled_strict
+                && !self.naive_wakeups
+                && let Some(wake_at) = self.budget_recheck(now, qk)
+            {
+                // Still held back by a budget, and nothing else that could
+                // change its verdict moved: refile it for its new wake-up.
+                let w = wake_at.unwrap_or(i64::MAX);
+                if let Some(old) = self.budget_wake.insert(qk, w) {
+                    self.budget_waiters.remove(&(old, qk));
+                }
+                self.budget_waiters.insert((w, qk));
+                if let Some(w) = wake_at {
+                    self.wakeups.insert(w);
+                }
+                return;
+            }
             let mut eval = self.evaluate(now, &job.request, &job.approvals, blocked);
             if eval.decision.verdict == Verdict::Throttle {
                 if eval.strict {
@@ -1559,7 +1672,8 @@ impl Engine {
                 }
                 // Still waiting: keep the place, refresh the reason quietly.
                 let watch = std::mem::replace(&mut eval.watch, Watch::ALWAYS);
-                self.set_waits(qk, &eval.throttled_on, eval.wake_at, watch);
+                let needs = eval.budget_needs.take();
+                self.set_waits(qk, &eval.throttled_on, eval.wake_at, watch, needs);
                 if let Some(j) = self.jobs.get_mut(&key) {
                     j.decision = Some(eval.decision);
                     j.throttled_on = eval.throttled_on;
@@ -1623,7 +1737,13 @@ impl Engine {
             if !was_queued {
                 self.queue.insert(qk, key.clone());
             }
-            self.set_waits(qk, &eval.throttled_on, eval.wake_at, eval.watch.clone());
+            self.set_waits(
+                qk,
+                &eval.throttled_on,
+                eval.wake_at,
+                eval.watch.clone(),
+                eval.budget_needs.clone(),
+            );
             decision.queue_position = u32::try_from(self.queue.range(..qk).count() + 1).ok();
             if let Some(w) = eval.wake_at {
                 self.wakeups.insert(w);
@@ -1832,6 +1952,7 @@ impl Engine {
                 basis: Basis::UpperBound,
                 wake_at: None,
                 watch: Watch::ALWAYS,
+                budget_needs: None,
             };
         }
 
@@ -1855,6 +1976,7 @@ impl Engine {
         let mut wake_at: Option<i64> = None;
         let mut watch = Watch::ALWAYS;
         let mut cluster_budget = false;
+        let mut budget_needs: Option<Vec<BudgetNeed>> = Some(Vec::new());
 
         for p in &policies {
             let spec = &p.spec;
@@ -1994,6 +2116,16 @@ impl Engine {
             }
             // 4. Budgets over their windows.
             let need_keys = spec.queueing == Queueing::StrictFIFO && !blocked.is_empty();
+            if spec.mode == Mode::Enforce
+                && (spec.queueing == Queueing::StrictFIFO
+                    || spec.capacity.as_ref().is_some_and(|c| {
+                        [&c.cluster, &c.per_namespace]
+                            .iter()
+                            .any(|c| c.as_ref().is_some_and(|c| c.max_flop_per_second.is_some()))
+                    }))
+            {
+                budget_needs = None;
+            }
             for b in &spec.budgets {
                 let scope_key: &str = match b.scope {
                     BudgetScope::Namespace => &req.id.namespace,
@@ -2001,6 +2133,19 @@ impl Engine {
                     BudgetScope::Cluster => "",
                 };
                 let window_ms = b.window.as_millis();
+                if spec.mode == Mode::Enforce {
+                    match (&mut budget_needs, b.action) {
+                        (Some(needs), BudgetAction::Throttle) => needs.push(BudgetNeed {
+                            scope: scope_index(b.scope),
+                            key: scope_key.to_string(),
+                            window_ms,
+                            limit: b.limit.0,
+                            governing: governing.0,
+                        }),
+                        (_, BudgetAction::Throttle) => {}
+                        _ => budget_needs = None,
+                    }
+                }
                 let series = self.series(b.scope, scope_key);
                 let used = series.map_or(0.0, |s| s.window_sum(ms(now), window_ms));
                 let constraint =
@@ -2306,6 +2451,7 @@ impl Engine {
                 None
             },
             watch: if cluster_budget { Watch::ALWAYS } else { watch },
+            budget_needs,
         }
     }
 
@@ -2335,6 +2481,7 @@ impl Engine {
             basis: Basis::UpperBound,
             wake_at: None,
             watch: Watch::ALWAYS,
+            budget_needs: None,
         }
     }
 }

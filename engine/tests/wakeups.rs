@@ -1,7 +1,10 @@
-//! The engine's wake-up index (which queued jobs a finish re-evaluates)
-//! against the reference that re-evaluates every job queued on the cluster
-//! cap at every finish: over random event sequences and policies, both must
-//! produce exactly the same ledger records, decisions, phases and queue.
+//! The engine's wake-up index (which queued jobs a finish re-evaluates) and
+//! its budget re-check (a tick refiles a budget waiter whose window an
+//! admission filled again without evaluating it) against the reference that
+//! re-evaluates every job queued on a cap at every finish and every due
+//! budget waiter at every tick: over random event sequences and policies,
+//! both must produce exactly the same ledger records, decisions, phases,
+//! queue and next wake-up.
 
 use jiff::{SignedDuration, Timestamp};
 use komptroller_engine::catalog::{Catalog, Precision};
