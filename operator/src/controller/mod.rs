@@ -19,6 +19,7 @@
 
 pub mod books;
 pub mod build;
+pub mod cache;
 pub mod restore;
 pub mod workloads;
 
@@ -26,7 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
@@ -46,6 +47,7 @@ use tokio::sync::mpsc;
 
 use self::books::{Applied, Books};
 use self::build::{StatusInputs, Workload};
+use self::cache::{CachedTrainingJob, cached_event};
 use self::workloads::{WorkloadRecord, Workloads};
 use crate::crd::{
     ComputeApproval, ComputePolicy, ConsumedStatus, FINALIZER, TrainingJob, TrainingJobStatus,
@@ -164,8 +166,15 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action
     result
 }
 
+/// The controller's reconcile: the cached copy expanded into the (slimmed)
+/// TrainingJob [`reconcile`] works on.
+pub async fn reconcile_cached(tj: Arc<CachedTrainingJob>, ctx: Arc<Context>) -> Result<Action> {
+    let expanded = tj.expand()?;
+    reconcile(Arc::new(expanded), ctx).await
+}
+
 /// Requeue on error with a short backoff; the error is counted and logged.
-pub fn error_policy(tj: Arc<TrainingJob>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: Resource>(tj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
         .with_label_values(&[error.metric_label()])
@@ -902,7 +911,7 @@ fn trigger_held(ctx: &Context) {
 /// (`Engine::queue_positions`), and only the jobs whose shown position (or
 /// queued-ness) differs are reconciled; after a policy change every waiting
 /// job is (its reason may have changed).
-async fn queue_refresh_loop(ctx: Arc<Context>, store: Store<TrainingJob>, period: Duration) {
+async fn queue_refresh_loop(ctx: Arc<Context>, store: Store<CachedTrainingJob>, period: Duration) {
     use std::collections::HashMap;
     loop {
         ctx.queue_dirty.notified().await;
@@ -927,7 +936,7 @@ async fn queue_refresh_loop(ctx: Arc<Context>, store: Store<TrainingJob>, period
             let shown = status.and_then(|s| s.queue_position);
             if (held && all) || want != shown || (phase == Some(Phase::Queued)) != want.is_some() {
                 triggered += 1;
-                let _ = ctx.trigger.send(ObjectRef::from_obj(&*tj));
+                let _ = ctx.trigger.send(ObjectRef::new(&key.1).within(&key.0));
             }
         }
         tracing::debug!(target: "komptroller::timing", queued = positions.len(), triggered, "queue positions refreshed");
@@ -1134,7 +1143,7 @@ pub async fn run_term(
     // or every status write would trigger a reconcile that writes again
     // (live metering of a running job changes with every look).
     let tj_stream = watcher::watcher(tj_api, watcher::Config::default().any_semantic())
-        .modify(move |tj: &mut TrainingJob| slim(tj, &slim_catalog))
+        .map_ok(move |ev| cached_event(ev, &slim_catalog))
         .default_backoff()
         .reflect(tj_writer)
         .applied_objects()
@@ -1151,8 +1160,8 @@ pub async fn run_term(
                     .map(|ns| ObjectRef::new(&a.spec.training_job_name).within(&ns))
             },
         )
-        .reconcile_on(tokio_stream_from(trigger_rx))
-        .run(reconcile, error_policy, ctx.clone())
+        .reconcile_on(tokio_stream_from(trigger_rx).map(cached_ref))
+        .run(reconcile_cached, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     ctx.queue_dirty.notify_one();
     tokio::select! {
@@ -1209,13 +1218,22 @@ pub fn slim(tj: &mut TrainingJob, catalog: &Catalog) {
 /// finalizers: our own finalizer patch would bring every new job back for a
 /// second reconcile before its status is in the cache (a finalizer removed
 /// by hand from a live job is put back at its periodic requeue).
-fn reconcile_worthy(tj: &TrainingJob) -> Option<u64> {
+fn reconcile_worthy<K: Resource>(tj: &K) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     tj.uid().hash(&mut h);
     tj.meta().generation.hash(&mut h);
     tj.meta().deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
+}
+
+/// A trigger for the controller, whose objects are cached copies.
+fn cached_ref(r: ObjectRef<TrainingJob>) -> ObjectRef<CachedTrainingJob> {
+    let o = ObjectRef::new(&r.name);
+    match &r.namespace {
+        Some(ns) => o.within(ns),
+        None => o,
+    }
 }
 
 fn tokio_stream_from<T: Send + 'static>(
