@@ -14,7 +14,9 @@
 //! emits, so the operator can rebuild it after a restart.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+// Fast, seeded hashing (job ids are cluster input): foldhash, hashbrown's default.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
@@ -514,7 +516,8 @@ pub struct Engine {
     /// Jobs queued on budgets only: what their budgets need (re-check).
     budget_watch: HashMap<QueueKey, BudgetWatch>,
     crossings: Vec<Crossing>,
-    crossed: HashSet<(String, String, String)>,
+    /// Tiers crossed, by lineage: (policy, tier).
+    crossed: HashMap<String, Vec<(String, String)>>,
     next_seq: u64,
     /// Earliest time a throttled job's budget window frees.
     wakeups: std::collections::BTreeSet<i64>,
@@ -570,7 +573,7 @@ impl Engine {
             budget_wake: HashMap::new(),
             budget_watch: HashMap::new(),
             crossings: Vec::new(),
-            crossed: HashSet::new(),
+            crossed: HashMap::new(),
             next_seq: 0,
             wakeups: std::collections::BTreeSet::new(),
             retention_ms: 400 * 86_400_000,
@@ -1090,8 +1093,11 @@ impl Engine {
             .map(|a| a.lineages.clone())
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| vec![job.request.lineage().to_string()]);
-        let job = job.clone();
-        self.release(&job);
+        if let Some(a) = &job.admitted {
+            let (rate, accelerators) = (a.rate, a.accelerators);
+            let namespace = job.request.id.namespace.clone();
+            self.release_usage(&namespace, rate, accelerators);
+        }
         for l in lineages {
             let t = self.lineages.entry(l).or_default();
             t.consumed += flop;
@@ -1111,15 +1117,17 @@ impl Engine {
 
     fn release(&mut self, job: &JobState) {
         if let Some(a) = &job.admitted {
-            self.cluster_usage.rate = self.cluster_usage.rate - a.rate;
-            self.cluster_usage.accelerators = self
-                .cluster_usage
-                .accelerators
-                .saturating_sub(a.accelerators);
-            if let Some(u) = self.ns_usage.get_mut(&job.request.id.namespace) {
-                u.rate = u.rate - a.rate;
-                u.accelerators = u.accelerators.saturating_sub(a.accelerators);
-            }
+            self.release_usage(&job.request.id.namespace, a.rate, a.accelerators);
+        }
+    }
+
+    fn release_usage(&mut self, namespace: &str, rate: FlopPerSecond, accelerators: u64) {
+        self.cluster_usage.rate = self.cluster_usage.rate - rate;
+        self.cluster_usage.accelerators =
+            self.cluster_usage.accelerators.saturating_sub(accelerators);
+        if let Some(u) = self.ns_usage.get_mut(namespace) {
+            u.rate = u.rate - rate;
+            u.accelerators = u.accelerators.saturating_sub(accelerators);
         }
     }
 
@@ -1150,8 +1158,7 @@ impl Engine {
             Outcome::Failed | Outcome::DeadlineExceeded => Phase::Failed,
         };
         job.admitted = None;
-        let req = job.request.clone();
-        let mut rec = self.record(now, &req, OPERATOR_ACTOR);
+        let mut rec = record_of(&self.base_catalog, now, &job.request, OPERATOR_ACTOR);
         rec.event = match outcome {
             Outcome::DeadlineExceeded => LedgerEvent::DeadlineExceeded {
                 accelerator_seconds: acc,
@@ -1443,21 +1450,7 @@ impl Engine {
     }
 
     fn record(&self, now: Timestamp, req: &JobRequest, actor: &str) -> LedgerRecord {
-        LedgerRecord {
-            time: now,
-            job: Some(req.id.clone()),
-            lineage: Some(req.lineage().to_string()),
-            base_lineage: req.base_lineage().map(str::to_string),
-            accelerator: Some(AcceleratorUse {
-                kind: self
-                    .base_catalog
-                    .get(&req.accelerator.kind)
-                    .map_or_else(|| req.accelerator.kind.clone(), |e| e.name.clone()),
-                count: req.count,
-            }),
-            actor: actor.to_string(),
-            event: LedgerEvent::Started,
-        }
+        record_of(&self.base_catalog, now, req, actor)
     }
 
     /// Re-evaluates everything held: queued jobs and jobs awaiting approval.
@@ -1723,7 +1716,8 @@ impl Engine {
             return;
         };
         let previous = job.decision.as_ref().map(|d| d.verdict);
-        let req = job.request.clone();
+        let (priority, count) = (job.request.priority, job.request.count);
+        let namespace = job.request.id.namespace.clone();
         let mut decision = eval.decision;
         let phase = match decision.verdict {
             Verdict::Admit => Phase::Admitted,
@@ -1732,7 +1726,7 @@ impl Engine {
             Verdict::Reject => Phase::Rejected,
         };
         let was_queued = job.phase == Phase::Queued;
-        let qk = (Reverse(req.priority), job.submitted_at, job.seq);
+        let qk = (Reverse(priority), job.submitted_at, job.seq);
         if phase == Phase::Queued {
             if !was_queued {
                 self.queue.insert(qk, key.clone());
@@ -1757,22 +1751,23 @@ impl Engine {
             Flop::ZERO
         };
         if phase == Phase::Admitted {
-            self.charge(now, &req.id.namespace, &eval.charged_lineages, charged);
-            self.occupy(&req.id.namespace, eval.rate, u64::from(req.count));
+            self.charge(now, &namespace, &eval.charged_lineages, charged);
+            self.occupy(&namespace, eval.rate, u64::from(count));
         }
         let changed = fresh || previous != Some(decision.verdict);
         // Names of the policies that selected the job: for the ledger entry
         // and for the crossings an admission causes (computed once).
+        let req = match self.jobs.get(key) {
+            Some(j) => &j.request,
+            None => return,
+        };
         let selected: Vec<String> = if changed || phase == Phase::Admitted {
-            self.selecting(&req)
-                .iter()
-                .map(|p| p.name.clone())
-                .collect()
+            self.selecting(req).iter().map(|p| p.name.clone()).collect()
         } else {
             Vec::new()
         };
         if changed {
-            let mut rec = self.record(now, &req, OPERATOR_ACTOR);
+            let mut rec = self.record(now, req, OPERATOR_ACTOR);
             rec.event = LedgerEvent::Decided {
                 verdict: decision.verdict,
                 enforced_verdict: decision.enforced_verdict,
@@ -1802,7 +1797,7 @@ impl Engine {
             if phase == Phase::Admitted {
                 j.admitted = Some(Admission {
                     rate: eval.rate,
-                    accelerators: u64::from(req.count),
+                    accelerators: u64::from(count),
                     projection: decision.projection.clone(),
                     basis: eval.basis,
                     lineages: eval.charged_lineages.clone(),
@@ -1874,10 +1869,12 @@ impl Engine {
                 }
                 for t in &p.spec.tiers {
                     if total.0 > t.threshold.0 {
-                        let id = (l.clone(), p.name.clone(), t.name.clone());
-                        if self.crossed.contains(&id) {
+                        if self.crossed.get(l.as_str()).is_some_and(|done| {
+                            done.iter().any(|(dp, dt)| *dp == p.name && *dt == t.name)
+                        }) {
                             continue;
                         }
+                        let id = (l.clone(), p.name.clone(), t.name.clone());
                         new.push((
                             id,
                             Crossing {
@@ -1900,7 +1897,7 @@ impl Engine {
             }
         }
         for (id, c) in new {
-            self.crossed.insert(id);
+            self.crossed.entry(id.0).or_default().push((id.1, id.2));
             self.crossings.push(c);
         }
     }
@@ -2520,6 +2517,24 @@ fn first_by_slack(
         from = next;
     }
     best
+}
+
+/// A ledger record about `req` (its event filled in by the caller).
+fn record_of(catalog: &Catalog, now: Timestamp, req: &JobRequest, actor: &str) -> LedgerRecord {
+    LedgerRecord {
+        time: now,
+        job: Some(req.id.clone()),
+        lineage: Some(req.lineage().to_string()),
+        base_lineage: req.base_lineage().map(str::to_string),
+        accelerator: Some(AcceleratorUse {
+            kind: catalog
+                .get(&req.accelerator.kind)
+                .map_or_else(|| req.accelerator.kind.clone(), |e| e.name.clone()),
+            count: req.count,
+        }),
+        actor: actor.to_string(),
+        event: LedgerEvent::Started,
+    }
 }
 
 /// Whether the distinct approvers (not the submitter, in the groups) reach the requirement.
