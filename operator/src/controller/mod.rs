@@ -1175,9 +1175,11 @@ pub async fn run_term(
     }
 }
 
-/// Annotation on the operator's *cached* copy of a TrainingJob (never
+/// Annotation on the operator's slimmed copy of a TrainingJob (never
 /// written to the cluster): the hash of the full spec, which the slimmed
-/// copy no longer has.
+/// copy no longer has. The cache itself keeps it as
+/// [`CachedTrainingJob::spec_hash`]; [`CachedTrainingJob::expand`] puts it
+/// back.
 pub const CACHED_SPEC_HASH: &str = "komptroller.dev/cached-spec-hash";
 
 /// Slims a TrainingJob for the controller's cache: managedFields go, and
