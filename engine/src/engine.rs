@@ -1961,6 +1961,10 @@ impl Engine {
             governing: Flop,
             lineage_total: Flop,
             tier: Option<String>,
+            /// For the Admit sentence, written only if this policy decides.
+            tier_lineage: String,
+            basis: Basis,
+            approvals_lifted: bool,
         }
         let mut results: Vec<PolicyResult> = Vec::new();
         let mut constraints = Vec::new();
@@ -2332,19 +2336,8 @@ impl Engine {
                     rule: tier_name
                         .as_ref()
                         .map_or_else(|| "admit".to_string(), |t| format!("tier/{t}")),
-                    reason: format!(
-                        "Admitted: {} for {} = {} ({}); lineage {} reaches {} cumulative FLOP{}.",
-                        projection.as_ref().map_or_else(
-                            || "—".to_string(),
-                            |pr| format!("{} × {} at {}", pr.count, pr.accelerator, pr.precision)
-                        ),
-                        req.max_duration,
-                        governing,
-                        spec.estimate.basis.describe(),
-                        tier_lineage,
-                        sci(lineage_total.0),
-                        if approvals_lifted { ", approved" } else { "" }
-                    ),
+                    // Written below if this policy decides (see `admitted`).
+                    reason: String::new(),
                     approvals: None,
                     constraint: None,
                 });
@@ -2367,8 +2360,26 @@ impl Engine {
                 governing,
                 lineage_total,
                 tier: tier_name,
+                tier_lineage,
+                basis: spec.estimate.basis,
+                approvals_lifted,
             });
         }
+        let admitted = |r: &PolicyResult| {
+            format!(
+                "Admitted: {} for {} = {} ({}); lineage {} reaches {} cumulative FLOP{}.",
+                r.projection.as_ref().map_or_else(
+                    || "—".to_string(),
+                    |pr| format!("{} × {} at {}", pr.count, pr.accelerator, pr.precision)
+                ),
+                req.max_duration,
+                r.governing,
+                r.basis.describe(),
+                r.tier_lineage,
+                sci(r.lineage_total.0),
+                if r.approvals_lifted { ", approved" } else { "" }
+            )
+        };
 
         // Strictest across policies: Enforce binds, Warn/DryRun are recorded.
         let strictest = |filter: &dyn Fn(&PolicyResult) -> bool| {
@@ -2408,6 +2419,8 @@ impl Engine {
                 "Admitted ({:?} mode): Enforce would {} — {}",
                 decider.mode, decider.outcome.verdict, decider.outcome.reason
             )
+        } else if decider.outcome.verdict == Verdict::Admit {
+            admitted(decider)
         } else {
             decider.outcome.reason.clone()
         };

@@ -38,7 +38,9 @@
 //! DeadlineExceeded, exactly as the operator's Job would.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
+
+use foldhash::{HashMap, HashMapExt};
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};

@@ -5,6 +5,7 @@
 //! `FlopPerSecond × Seconds = Flop`, `count × Seconds = AcceleratorSeconds`.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Mul, Sub};
 
@@ -14,20 +15,64 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// Formats a magnitude the way compute is quoted: `3.2e24`, `1e25`,
 /// `6.15e23`. Three significant figures at most, trailing zeros dropped.
 pub fn sci(value: f64) -> String {
+    let mut out = String::with_capacity(12);
+    // Writing into a String cannot fail.
+    let _ = write_sci(&mut out, value);
+    out
+}
+
+/// [`sci`] written straight into `out` (no allocation).
+pub fn write_sci(out: &mut impl fmt::Write, value: f64) -> fmt::Result {
     if value == 0.0 {
-        return "0".to_string();
+        return out.write_str("0");
     }
     if !value.is_finite() {
-        return format!("{value}");
+        return write!(out, "{value}");
     }
-    let s = format!("{value:.2e}");
-    let (mantissa, exp) = s.split_once('e').unwrap_or((s.as_str(), "0"));
+    let mut buf = StackBuf::default();
+    write!(buf, "{value:.2e}")?;
+    let s = buf.as_str();
+    let (mantissa, exp) = s.split_once('e').unwrap_or((s, "0"));
     let mantissa = if mantissa.contains('.') {
         mantissa.trim_end_matches('0').trim_end_matches('.')
     } else {
         mantissa
     };
-    format!("{mantissa}e{exp}")
+    out.write_str(mantissa)?;
+    out.write_char('e')?;
+    out.write_str(exp)
+}
+
+/// A small formatting buffer on the stack (`{:.2e}` of an f64 is at most
+/// 11 bytes; more is refused, never truncated silently).
+struct StackBuf {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Default for StackBuf {
+    fn default() -> Self {
+        StackBuf {
+            bytes: [0; 32],
+            len: 0,
+        }
+    }
+}
+
+impl StackBuf {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+impl fmt::Write for StackBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// Accepts a JSON/YAML number or a string such as `"1e25"` (YAML 1.1 readers
@@ -75,7 +120,8 @@ macro_rules! unit {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{} {}", sci(self.0), $unit)
+                write_sci(f, self.0)?;
+                write!(f, " {}", $unit)
             }
         }
 
@@ -161,6 +207,9 @@ mod tests {
         assert_eq!(sci(6.15e23), "6.15e23");
         assert_eq!(sci(0.0), "0");
         assert_eq!(format!("{}", Flop(3.8e25)), "3.8e25 FLOP");
+        assert_eq!(sci(-1.2345e-7), "-1.23e-7");
+        assert_eq!(sci(f64::MAX), "1.8e308");
+        assert_eq!(sci(f64::INFINITY), "inf");
     }
 
     #[test]
