@@ -45,18 +45,10 @@ pub fn write_sci(out: &mut impl fmt::Write, value: f64) -> fmt::Result {
 
 /// A small formatting buffer on the stack (`{:.2e}` of an f64 is at most
 /// 11 bytes; more is refused, never truncated silently).
+#[derive(Default)]
 struct StackBuf {
     bytes: [u8; 32],
     len: usize,
-}
-
-impl Default for StackBuf {
-    fn default() -> Self {
-        StackBuf {
-            bytes: [0; 32],
-            len: 0,
-        }
-    }
 }
 
 impl StackBuf {
