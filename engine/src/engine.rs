@@ -1255,10 +1255,36 @@ impl Engine {
                 },
             );
         }
-        self.capacity_waiters.remove(&qk);
-        self.unindex_cap(&qk);
-        self.unfile_ns_waiter(&qk);
-        if on_other || unknown {
+        // Re-queued on the same constraints with the same slack: its place in
+        // the wake-up index stands (only its dirty mark goes, as refiling does).
+        let cap_watch = if unknown { &Watch::ALWAYS } else { &watch };
+        let same_cap = (on_other || unknown)
+            && self
+                .queue
+                .get(&qk)
+                .and_then(|k| self.jobs.get(k))
+                .is_some_and(|j| j.throttled_on.as_slice() == throttled_on)
+            && self.cap_entries.get(&qk).is_some_and(|e| {
+                e.cluster_slack == cap_watch.cluster_slack
+                    && e.ns_slack == cap_watch.ns_slack
+                    && e.ns_budgets == cap_watch.ns_budgets
+            });
+        if same_cap {
+            if let Some(e) = self.cap_entries.get(&qk) {
+                if e.ns_home {
+                    if let Some(w) = self.ns_waiters.get_mut(&e.namespace) {
+                        w.dirty.remove(&qk);
+                    }
+                } else {
+                    self.cluster_waiters.dirty.remove(&qk);
+                }
+            }
+        } else {
+            self.capacity_waiters.remove(&qk);
+            self.unindex_cap(&qk);
+            self.unfile_ns_waiter(&qk);
+        }
+        if (on_other || unknown) && !same_cap {
             // Waiting only on its own namespace's cap: only that namespace's
             // finishing jobs can help it.
             let ns = self.queue.get(&qk).map(|k| k.0.clone());

@@ -15,8 +15,8 @@ use proptest::prelude::*;
 
 /// Policy sets: tiers and namespace/model budgets under one cluster cap;
 /// two Enforce cluster caps and a Warn one; a cluster budget; per-namespace
-/// caps only.
-const POLICIES: [&str; 4] = [
+/// caps only; looser versions of the first and the fourth.
+const POLICIES: [&str; 5] = [
     r#"
 apiVersion: komptroller.dev/v1alpha1
 kind: ComputePolicy
@@ -81,6 +81,26 @@ spec:
   capacity:
     perNamespace: {maxAccelerators: 90}
 "#,
+    // The first and the last set's policies again with looser caps, so that
+    // an upsert mid-stream can also let waiters fit sooner.
+    r#"
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: enforce}
+spec:
+  budgets:
+    - {name: ns, scope: Namespace, window: 1d, limit: 3e21, action: Throttle}
+  capacity:
+    cluster: {maxAccelerators: 260}
+    perNamespace: {maxAccelerators: 150}
+---
+apiVersion: komptroller.dev/v1alpha1
+kind: ComputePolicy
+metadata: {name: per-namespace}
+spec:
+  capacity:
+    perNamespace: {maxAccelerators: 140}
+"#,
 ];
 
 #[derive(Clone, Debug)]
@@ -100,6 +120,9 @@ enum Op {
     Delete(u8, u8),
     Approve(u8, u8),
     Tick,
+    /// Upserts one policy of another set mid-stream (new caps, budgets,
+    /// tiers: every waiter's slack and budgets change and it is refiled).
+    Policy(u8, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -113,6 +136,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, 0u8..16).prop_map(|(a, b)| Op::Delete(a, b)),
         1 => (0u8..3, 0u8..16).prop_map(|(a, b)| Op::Approve(a, b)),
         2 => Just(Op::Tick),
+        1 => (0u8..4, 0u8..3).prop_map(|(k, i)| Op::Policy(k, i)),
     ]
 }
 
@@ -186,6 +210,10 @@ fn to_event(op: &Op, now: Timestamp) -> Event {
             spec_hash: String::new(),
         },
         Op::Tick => Event::Tick,
+        Op::Policy(k, i) => {
+            let set = parse_policies(POLICIES[usize::from(k) % POLICIES.len()], "p").unwrap();
+            Event::UpsertPolicy(set[usize::from(i) % set.len()].clone())
+        }
     }
 }
 
@@ -234,5 +262,49 @@ proptest! {
             prop_assert_eq!(visible(&fast), visible(&naive), "state after op {} {:?}", i, op);
             prop_assert_eq!(fast.next_wakeup(), naive.next_wakeup(), "next wakeup after op {} {:?}", i, op);
         }
+    }
+}
+
+/// A policy upsert that loosens a cap while a job stays queued on it must
+/// refile the job with its new slack: a later finish that frees enough for
+/// the looser cap (not for the old one) admits it, as re-evaluating every
+/// waiter would.
+#[test]
+fn loosened_cap_refiles_a_waiter_that_stays_queued() {
+    let cap = |n: u32| {
+        format!(
+            "apiVersion: komptroller.dev/v1alpha1\nkind: ComputePolicy\nmetadata: {{name: caps}}\nspec:\n  capacity:\n    cluster: {{maxAccelerators: {n}}}\n"
+        )
+    };
+    for naive in [false, true] {
+        let mut e = engine(&cap(160), naive);
+        let mut now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut step = |e: &mut Engine, ev: &dyn Fn(Timestamp) -> Event| {
+            now = now.checked_add(SignedDuration::from_mins(1)).unwrap();
+            e.apply(now, ev(now)).unwrap();
+        };
+        let submit = |ns, name, count| Op::Submit {
+            ns,
+            name,
+            lineage: name,
+            base: None,
+            count,
+            hours: 10,
+            prio: 0,
+        };
+        let op = |o: Op| move |t: Timestamp| to_event(&o, t);
+        step(&mut e, &op(submit(0, 0, 100)));
+        step(&mut e, &op(Op::Start(0, 0)));
+        step(&mut e, &op(submit(1, 1, 50)));
+        step(&mut e, &op(Op::Start(1, 1)));
+        step(&mut e, &op(submit(2, 2, 120)));
+        assert_eq!(e.phase(&id(2, 2)), Some(Phase::Queued), "naive {naive}");
+        let looser = parse_policies(&cap(260), "p").unwrap().remove(0);
+        step(&mut e, &|_| Event::UpsertPolicy(looser.clone()));
+        // 150 running + 120 > 260: still queued on the same cap.
+        assert_eq!(e.phase(&id(2, 2)), Some(Phase::Queued), "naive {naive}");
+        step(&mut e, &op(Op::Finish(1, 1, 0)));
+        // 100 running + 120 ≤ 260 (but > 160): admitted.
+        assert_eq!(e.phase(&id(2, 2)), Some(Phase::Admitted), "naive {naive}");
     }
 }
