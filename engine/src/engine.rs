@@ -665,6 +665,35 @@ impl Engine {
         }
     }
 
+    /// Re-words a queued job's decision with the numbers of `now` (budget
+    /// use, when a window frees), for whoever is about to show it: a waiting
+    /// job is re-evaluated only when something could free it, so its stored
+    /// sentence can be older than its state. Changes nothing else: if the
+    /// job would no longer be throttled at `now` (its wake-up is due but not
+    /// yet processed), the stored decision stays until that event decides.
+    pub fn refresh_reason(&mut self, now: Timestamp, id: &JobId) {
+        let key = key_of(id);
+        let Some(job) = self.jobs.get(&key) else {
+            return;
+        };
+        if job.phase != Phase::Queued {
+            return;
+        }
+        let blocked =
+            self.blocked_ahead((Reverse(job.request.priority), job.submitted_at, job.seq));
+        let eval = self.evaluate(now, &job.request, &job.approvals, &blocked);
+        if eval.decision.verdict != Verdict::Throttle {
+            return;
+        }
+        if let Some(j) = self.jobs.get_mut(&key) {
+            let position = j.decision.as_ref().and_then(|d| d.queue_position);
+            j.decision = Some(Decision {
+                queue_position: position,
+                ..eval.decision
+            });
+        }
+    }
+
     /// The whole queue in order, each queued job with its 1-based position,
     /// in one O(n) walk (asking [`Self::queue_position`] per job is O(n²)).
     pub fn queue_positions(&self) -> impl Iterator<Item = (&JobId, u32)> + '_ {

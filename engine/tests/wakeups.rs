@@ -308,3 +308,53 @@ fn loosened_cap_refiles_a_waiter_that_stays_queued() {
         assert_eq!(e.phase(&id(2, 2)), Some(Phase::Admitted), "naive {naive}");
     }
 }
+
+/// A queued job's sentence is refreshed on demand with the numbers of the
+/// moment (`Engine::refresh_reason`): its verdict and queue place stay, and
+/// nothing is refreshed into a verdict the engine has not decided yet.
+#[test]
+fn refresh_reason_rewords_a_waiting_job_without_deciding_it() {
+    let policy = "apiVersion: komptroller.dev/v1alpha1\nkind: ComputePolicy\nmetadata: {name: budget}\nspec:\n  estimate: {basis: upperBound}\n  budgets:\n    - {name: day, scope: Namespace, window: 1d, limit: 1e21, action: Throttle}\n";
+    let mut e = engine(policy, false);
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let at = |mins: i64| t0.checked_add(SignedDuration::from_mins(mins)).unwrap();
+    let submit = |name, count| Op::Submit {
+        ns: 0,
+        name,
+        lineage: name,
+        base: None,
+        count,
+        hours: 10,
+        prio: 0,
+    };
+    // Three admissions of 8 H100 × 10 h (2.85e20 each), then one of 16 that
+    // needs two of them to leave the 1-day window.
+    for (i, name) in [0u8, 1, 2].into_iter().enumerate() {
+        let now = at(60 * i as i64);
+        e.apply(now, to_event(&submit(name, 8), now)).unwrap();
+        assert_eq!(e.phase(&id(0, name)), Some(Phase::Admitted));
+    }
+    let now = at(180);
+    e.apply(now, to_event(&submit(3, 16), now)).unwrap();
+    let queued = id(0, 3);
+    assert_eq!(e.phase(&queued), Some(Phase::Queued));
+    let before = e.decision(&queued).unwrap().clone();
+    assert!(before.reason.contains("8.54e20"), "{}", before.reason);
+    // One admission has left the window, not yet the second: still queued,
+    // on fewer FLOP used.
+    let later = at(24 * 60 + 30);
+    e.refresh_reason(later, &queued);
+    let after = e.decision(&queued).unwrap().clone();
+    assert_eq!(e.phase(&queued), Some(Phase::Queued));
+    assert_eq!(after.verdict, before.verdict);
+    assert_eq!(after.queue_position, before.queue_position);
+    assert!(after.reason.contains("5.7e20"), "{}", after.reason);
+    assert_ne!(after.reason, before.reason);
+    // Both have left: it would fit, but only the engine's tick decides that.
+    let due = at(25 * 60 + 30);
+    e.refresh_reason(due, &queued);
+    assert_eq!(e.phase(&queued), Some(Phase::Queued));
+    assert_eq!(e.decision(&queued).unwrap().reason, after.reason);
+    e.apply(due, Event::Tick).unwrap();
+    assert_eq!(e.phase(&queued), Some(Phase::Admitted));
+}

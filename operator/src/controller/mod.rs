@@ -335,6 +335,9 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
             }
         }
         let phase = b.engine.phase(&id);
+        // A waiting job's sentence with today's numbers, not those of the
+        // last time something could have freed it.
+        b.engine.refresh_reason(Timestamp::now(), &id);
         let decision = b.engine.decision(&id).cloned();
         let position = b.engine.queue_position(&id);
         Ok(((phase, decision, position, problem), applied))
