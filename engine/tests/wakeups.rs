@@ -265,6 +265,19 @@ proptest! {
     }
 }
 
+/// A 10-hour job of `count` H100 in namespace `ns`, its own lineage.
+fn submit_10h(ns: u8, name: u8, count: u32) -> Op {
+    Op::Submit {
+        ns,
+        name,
+        lineage: name,
+        base: None,
+        count,
+        hours: 10,
+        prio: 0,
+    }
+}
+
 /// A policy upsert that loosens a cap while a job stays queued on it must
 /// refile the job with its new slack: a later finish that frees enough for
 /// the looser cap (not for the old one) admits it, as re-evaluating every
@@ -283,15 +296,7 @@ fn loosened_cap_refiles_a_waiter_that_stays_queued() {
             now = now.checked_add(SignedDuration::from_mins(1)).unwrap();
             e.apply(now, ev(now)).unwrap();
         };
-        let submit = |ns, name, count| Op::Submit {
-            ns,
-            name,
-            lineage: name,
-            base: None,
-            count,
-            hours: 10,
-            prio: 0,
-        };
+        let submit = submit_10h;
         let op = |o: Op| move |t: Timestamp| to_event(&o, t);
         step(&mut e, &op(submit(0, 0, 100)));
         step(&mut e, &op(Op::Start(0, 0)));
@@ -318,15 +323,7 @@ fn refresh_reason_rewords_a_waiting_job_without_deciding_it() {
     let mut e = engine(policy, false);
     let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
     let at = |mins: i64| t0.checked_add(SignedDuration::from_mins(mins)).unwrap();
-    let submit = |name, count| Op::Submit {
-        ns: 0,
-        name,
-        lineage: name,
-        base: None,
-        count,
-        hours: 10,
-        prio: 0,
-    };
+    let submit = |name, count| submit_10h(0, name, count);
     // Three admissions of 8 H100 × 10 h (2.85e20 each), then one of 16 that
     // needs two of them to leave the 1-day window.
     for (i, name) in [0u8, 1, 2].into_iter().enumerate() {
