@@ -304,6 +304,97 @@ async fn escalation_holds_without_a_job_until_approved() {
     assert!(kinds.contains(&"Approved".to_string()), "{kinds:?}");
 }
 
+/// Waits until the ledger holds `n` entries of `kind`.
+async fn wait_ledger_kind(c: &Cluster, kind: &str, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let entries = ledger(c).await;
+        if entries
+            .iter()
+            .filter(|e| e["event"]["kind"] == kind)
+            .count()
+            >= n
+        {
+            return entries;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ledger never held {n} {kind} entries: {:?}",
+            entries
+                .iter()
+                .map(|e| &e["event"]["kind"])
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_approval_stops_counting_before_admission() {
+    let c = cluster().await;
+    let ns = c.temp_namespace("op-withdraw").await.unwrap();
+    let _op = start_operator(&c, &[], true).await;
+    policy(
+        &c,
+        "two-person",
+        json!({"tiers": [{"name": "frontier", "threshold": 1e19, "action": "Escalate",
+        "approvals": {"required": 2, "groups": ["safety"]}}]}),
+    )
+    .await;
+    wait_policy_loaded(&c, "two-person").await;
+    apply(&c, &ns.name, training_job("big", "gpt-w", 8, 2, "2h", None)).await;
+    let o = wait_phase(&c, &ns.name, "big", "AwaitingApproval").await;
+    let hash = o
+        .data
+        .pointer("/status/specHash")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_string();
+    let approval = |name: &str, who: &str| {
+        json!({"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputeApproval",
+        "metadata": {"name": name}, "spec": {"trainingJobName": "big", "specHash": hash,
+        "approver": who, "approverGroups": ["safety"]}})
+    };
+    let approvals = c
+        .dynamic_api(
+            &GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "ComputeApproval"),
+            Some(&ns.name),
+        )
+        .await
+        .unwrap();
+    // One approval counted, then its ComputeApproval deleted: withdrawn.
+    apply(&c, &ns.name, approval("by-alice", "alice")).await;
+    wait_ledger_kind(&c, "Approved", 1).await;
+    approvals
+        .delete("by-alice", &DeleteParams::default())
+        .await
+        .unwrap();
+    let entries = wait_ledger_kind(&c, "ApprovalWithdrawn", 1).await;
+    let w = entries
+        .iter()
+        .find(|e| e["event"]["kind"] == "ApprovalWithdrawn")
+        .unwrap();
+    assert_eq!(w["event"]["approver"], "alice");
+    // A second person alone is not two: the job still waits, nothing runs.
+    apply(&c, &ns.name, approval("by-bob", "bob")).await;
+    wait_ledger_kind(&c, "Approved", 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let o = wait_phase(&c, &ns.name, "big", "AwaitingApproval").await;
+    assert_eq!(
+        o.data.pointer("/status/decision/approvals/approvedBy"),
+        Some(&json!(["bob"])),
+        "{:#}",
+        o.data
+    );
+    assert!(
+        jobs(&c, &ns.name).await.is_empty(),
+        "nothing runs before admission"
+    );
+    apply(&c, &ns.name, approval("by-carol", "carol")).await;
+    wait_phase(&c, &ns.name, "big", "Running").await;
+    assert_ledger_sound(&ledger(&c).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_cap_queues_then_admits_when_the_first_finishes() {
     let c = cluster().await;

@@ -94,6 +94,11 @@ pub enum Event {
         approver: Principal,
         spec_hash: String,
     },
+    /// An approval was taken back (its ComputeApproval was deleted). It
+    /// stops counting for a job not yet admitted, which is decided again
+    /// (a queued job that needed it goes back to awaiting approval); once a
+    /// job is admitted its compute is committed and nothing changes.
+    WithdrawApproval { job: JobId, approver: String },
     /// The admitted job's workload started running.
     Start { job: JobId },
     /// The workload ended.
@@ -863,6 +868,9 @@ impl Engine {
                 approver,
                 spec_hash,
             } => self.approve(now, &job, approver, &spec_hash, &mut step)?,
+            Event::WithdrawApproval { job, approver } => {
+                self.withdraw(now, &job, &approver, &mut step)
+            }
             Event::Start { job } => self.start(now, &job, &mut step)?,
             Event::Finish { job, outcome } => {
                 self.finish(now, now, &job, outcome, &mut step)?;
@@ -1081,6 +1089,36 @@ impl Engine {
             self.decide(now, &key, step, false);
         }
         Ok(())
+    }
+
+    fn withdraw(&mut self, now: Timestamp, id: &JobId, approver: &str, step: &mut Step) {
+        let key = key_of(id);
+        let Some(job) = self.jobs.get(&key) else {
+            return; // ended or unknown: nothing counts any more
+        };
+        let pending = matches!(
+            job.phase,
+            Phase::Pending | Phase::Queued | Phase::AwaitingApproval
+        );
+        if !pending || !job.approvals.iter().any(|a| a.user == approver) {
+            return;
+        }
+        let mut rec = self.record(now, &job.request, OPERATOR_ACTOR);
+        rec.event = LedgerEvent::ApprovalWithdrawn {
+            approver: approver.to_string(),
+        };
+        step.records.push(rec);
+        if let Some(j) = self.jobs.get_mut(&key) {
+            j.approvals.retain(|a| a.user != approver);
+        }
+        self.decide(now, &key, step, false);
+    }
+
+    /// The approvals counted for a job not yet ended (who approved, in order).
+    pub fn approvals(&self, id: &JobId) -> &[Principal] {
+        self.jobs
+            .get(&key_of(id))
+            .map_or(&[], |j| j.approvals.as_slice())
     }
 
     fn start(&mut self, now: Timestamp, id: &JobId, step: &mut Step) -> Result<(), EngineError> {

@@ -761,3 +761,95 @@ fn finished_at_meters_to_the_completion_time_and_reevaluates_at_now() {
     assert_eq!(e.phase(&id("d", "early")), Some(Phase::Succeeded));
     assert_eq!(e.lineage("m4").accelerator_seconds.0, 0.0);
 }
+
+#[test]
+fn a_withdrawn_approval_stops_counting_until_the_job_is_admitted() {
+    // Tiers plus a cluster cap: an approved escalation can still queue.
+    let policy = format!("{TIERS}  capacity:\n    cluster: {{maxAccelerators: 5000}}\n");
+    let mut e = engine(&policy);
+    for (i, n) in ["p1", "p2"].iter().enumerate() {
+        submit(&mut e, at(i as i64), job("ml", n, "atlas", 2048, 21 * 24));
+    }
+    e.apply(
+        at(2),
+        Event::Start {
+            job: id("ml", "p1"),
+        },
+    )
+    .unwrap();
+    let p3 = id("ml", "p3");
+    assert_eq!(
+        submit(&mut e, at(3), job("ml", "p3", "atlas", 2048, 21 * 24)),
+        Verdict::Escalate
+    );
+    let approve = |e: &mut Engine, user: &str| {
+        e.apply(
+            at(4),
+            Event::Approve {
+                job: p3.clone(),
+                approver: Principal {
+                    user: user.into(),
+                    groups: vec!["safety".into()],
+                },
+                spec_hash: String::new(),
+            },
+        )
+        .unwrap()
+    };
+    let withdraw = |e: &mut Engine, user: &str| {
+        e.apply(
+            at(5),
+            Event::WithdrawApproval {
+                job: p3.clone(),
+                approver: user.into(),
+            },
+        )
+        .unwrap()
+    };
+    // One of two approvals, withdrawn: a second approver alone is not enough.
+    approve(&mut e, "dana");
+    let step = withdraw(&mut e, "dana");
+    assert!(
+        step.records.iter().any(|r| matches!(
+            &r.event,
+            LedgerEvent::ApprovalWithdrawn { approver } if approver == "dana"
+        )),
+        "{:?}",
+        step.records
+    );
+    assert!(e.approvals(&p3).is_empty());
+    approve(&mut e, "erin");
+    assert_eq!(e.phase(&p3), Some(Phase::AwaitingApproval));
+    let d = e.decision(&p3).unwrap();
+    assert_eq!(
+        d.approvals.as_ref().unwrap().approved_by,
+        vec!["erin".to_string()]
+    );
+    // Two approvals lift the escalation, but the cap queues it (p1 and p2
+    // hold 4,096 of 5,000); withdrawing one sends it back to waiting.
+    approve(&mut e, "dana");
+    assert_eq!(e.phase(&p3), Some(Phase::Queued));
+    let step = withdraw(&mut e, "erin");
+    assert_eq!(e.phase(&p3), Some(Phase::AwaitingApproval));
+    assert!(
+        step.decisions
+            .iter()
+            .any(|(j, d)| *j == p3 && d.verdict == Verdict::Escalate)
+    );
+    // Withdrawing an approval that is not counted, or after admission,
+    // changes nothing and writes nothing.
+    assert!(withdraw(&mut e, "zoe").records.is_empty());
+    approve(&mut e, "frank");
+    e.apply(
+        at(6),
+        Event::Finish {
+            job: id("ml", "p1"),
+            outcome: Outcome::Succeeded,
+        },
+    )
+    .unwrap();
+    assert_eq!(e.phase(&p3), Some(Phase::Admitted));
+    let step = withdraw(&mut e, "frank");
+    assert!(step.records.is_empty() && step.decisions.is_empty());
+    assert_eq!(e.phase(&p3), Some(Phase::Admitted));
+}

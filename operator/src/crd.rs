@@ -351,7 +351,7 @@ pub struct ComputeReportSpec {
 pub struct ComputeLedgerEntrySpec {
     /// Sequence number in the ledger.
     pub sequence: u64,
-    /// Event kind: Decided, Approved, Started, Finished, DeadlineExceeded, Deleted, PolicyChanged.
+    /// Event kind: Decided, Approved, ApprovalWithdrawn, Started, Finished, DeadlineExceeded, Deleted, PolicyChanged.
     pub kind: String,
     /// When it happened (RFC 3339).
     pub time: String,

@@ -122,7 +122,7 @@ pub enum EventFacts<'a> {
         consumed: Flop,
         accelerator_seconds: AcceleratorSeconds,
     },
-    /// Approved, Started, PolicyChanged: no effect on totals.
+    /// Approved, ApprovalWithdrawn, Started, PolicyChanged: no effect on totals.
     Other,
 }
 

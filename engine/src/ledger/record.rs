@@ -86,6 +86,9 @@ pub enum LedgerEvent {
         groups: Vec<String>,
         spec_hash: String,
     },
+    /// An approval counted for a job that was not yet admitted was taken
+    /// back (its ComputeApproval was deleted): the job needs it again.
+    ApprovalWithdrawn { approver: String },
     /// The workload started running.
     Started,
     /// The workload ended; `consumed` is metered from its run time.
@@ -132,6 +135,7 @@ impl LedgerEvent {
             } => Some((*accelerator_seconds, *consumed)),
             LedgerEvent::Decided { .. }
             | LedgerEvent::Approved { .. }
+            | LedgerEvent::ApprovalWithdrawn { .. }
             | LedgerEvent::Started
             | LedgerEvent::PolicyChanged { .. } => None,
         }
@@ -141,6 +145,7 @@ impl LedgerEvent {
         match self {
             LedgerEvent::Decided { .. } => "Decided",
             LedgerEvent::Approved { .. } => "Approved",
+            LedgerEvent::ApprovalWithdrawn { .. } => "ApprovalWithdrawn",
             LedgerEvent::Started => "Started",
             LedgerEvent::Finished { .. } => "Finished",
             LedgerEvent::DeadlineExceeded { .. } => "DeadlineExceeded",

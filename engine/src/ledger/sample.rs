@@ -166,6 +166,17 @@ pub fn sample_records(n: usize, seed: u64, start: Timestamp) -> Vec<LedgerRecord
             continue;
         }
         if rng.below(8) == 0 {
+            if count.is_multiple_of(3) {
+                // An earlier approval taken back before this one (no draw
+                // from the generator, so the rest of the sample is unchanged).
+                out.push(base_rec(
+                    t,
+                    "komptroller",
+                    LedgerEvent::ApprovalWithdrawn {
+                        approver: "carol@example.com".into(),
+                    },
+                ));
+            }
             out.push(base_rec(
                 t,
                 "bob@example.com",

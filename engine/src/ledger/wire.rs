@@ -94,6 +94,7 @@ struct ProjectionIn<'a> {
 enum EventKind {
     Decided,
     Approved,
+    ApprovalWithdrawn,
     Started,
     Finished,
     DeadlineExceeded,
@@ -155,6 +156,7 @@ impl EventKind {
         match self {
             EventKind::Decided => "Decided",
             EventKind::Approved => "Approved",
+            EventKind::ApprovalWithdrawn => "ApprovalWithdrawn",
             EventKind::Started => "Started",
             EventKind::Finished => "Finished",
             EventKind::DeadlineExceeded => "DeadlineExceeded",
@@ -218,6 +220,7 @@ impl<'a> EventIn<'a> {
                 &["approver", "groups", "specHash"],
                 &["approver", "specHash"],
             ),
+            EventKind::ApprovalWithdrawn => (&["approver"], &["approver"]),
             EventKind::Started => (&[], &[]),
             EventKind::Finished => (
                 &["succeeded", "acceleratorSeconds", "consumed"],
@@ -287,6 +290,9 @@ impl<'a> EventIn<'a> {
                 groups: owned_list(groups),
                 spec_hash: owned(need(spec_hash, name, "specHash")?),
             },
+            EventKind::ApprovalWithdrawn => LedgerEvent::ApprovalWithdrawn {
+                approver: owned(need(approver, name, "approver")?),
+            },
             EventKind::Started => LedgerEvent::Started,
             EventKind::Finished => LedgerEvent::Finished {
                 succeeded: need(succeeded, name, "succeeded")?,
@@ -327,6 +333,7 @@ fn kind_of(e: &LedgerEvent) -> EventKind {
     match e {
         LedgerEvent::Decided { .. } => EventKind::Decided,
         LedgerEvent::Approved { .. } => EventKind::Approved,
+        LedgerEvent::ApprovalWithdrawn { .. } => EventKind::ApprovalWithdrawn,
         LedgerEvent::Started => EventKind::Started,
         LedgerEvent::Finished { .. } => EventKind::Finished,
         LedgerEvent::DeadlineExceeded { .. } => EventKind::DeadlineExceeded,
@@ -398,7 +405,10 @@ impl<'a> EntryIn<'a> {
                     accelerator_seconds: AcceleratorSeconds(ev.accelerator_seconds.unwrap_or(0.0)),
                 }
             }
-            EventKind::Approved | EventKind::Started | EventKind::PolicyChanged => LineEvent::Other,
+            EventKind::Approved
+            | EventKind::ApprovalWithdrawn
+            | EventKind::Started
+            | EventKind::PolicyChanged => LineEvent::Other,
         };
         LineFacts {
             seq: self.seq,

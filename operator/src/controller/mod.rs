@@ -263,18 +263,29 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
         .filter(|j| j.owned_by(tj.uid().as_deref()));
     let observed = workload.as_ref().map(|j| j.observed);
 
-    // Approvals are read only for jobs that wait for them.
-    let waiting = ctx
+    // Approvals are read only for jobs that wait for them, or that hold
+    // approvals no admission has used yet (a deleted ComputeApproval then
+    // stops counting).
+    let (waiting, holds_approvals) = ctx
         .books
         .lock()
-        .map(|b| b.engine.phase(&id) == Some(Phase::AwaitingApproval))
-        .unwrap_or(false);
-    let approvals =
-        if waiting || tj.status.as_ref().and_then(|s| s.phase) == Some(Phase::AwaitingApproval) {
-            approvals_for(ctx, &ns, &tj.name_any()).await?
-        } else {
-            Vec::new()
-        };
+        .map(|b| {
+            let phase = b.engine.phase(&id);
+            (
+                phase == Some(Phase::AwaitingApproval),
+                matches!(phase, Some(Phase::Queued | Phase::Pending))
+                    && !b.engine.approvals(&id).is_empty(),
+            )
+        })
+        .unwrap_or((false, false));
+    let approvals = if waiting
+        || holds_approvals
+        || tj.status.as_ref().and_then(|s| s.phase) == Some(Phase::AwaitingApproval)
+    {
+        approvals_for(ctx, &ns, &tj.name_any()).await?
+    } else {
+        Vec::new()
+    };
 
     // Decide.
     let submit = req.clone();
@@ -286,6 +297,29 @@ async fn reconcile_inner(tj: &TrainingJob, ctx: &Context) -> Result<Action> {
             Ok(a) => applied.extend(a),
             Err(Error::Engine(e @ EngineError::Immutable { .. })) => problem = Some(e.to_string()),
             Err(e) => return Err(e),
+        }
+        // Approvals counted for a job not yet admitted whose ComputeApproval
+        // is gone (deleted, or expired) are withdrawn.
+        if matches!(
+            b.engine.phase(&id),
+            Some(Phase::AwaitingApproval | Phase::Queued | Phase::Pending)
+        ) {
+            let gone: Vec<String> = b
+                .engine
+                .approvals(&id)
+                .iter()
+                .filter(|p| !approvals.iter().any(|(_, a, _)| a.user == p.user))
+                .map(|p| p.user.clone())
+                .collect();
+            for approver in gone {
+                applied.extend(b.apply(
+                    Timestamp::now(),
+                    Event::WithdrawApproval {
+                        job: id.clone(),
+                        approver,
+                    },
+                )?);
+            }
         }
         if b.engine.phase(&id) == Some(Phase::AwaitingApproval) {
             for (name, approver, spec_hash) in &approvals {

@@ -73,6 +73,9 @@ pub fn histories(entries: &[LedgerEntry]) -> HashMap<JobId, JobHistory> {
                 user: approver.clone(),
                 groups: groups.clone(),
             }),
+            LedgerEvent::ApprovalWithdrawn { approver } => {
+                h.approvals.retain(|p| p.user != *approver)
+            }
             LedgerEvent::Started => h.started_at = Some(e.record.time),
             LedgerEvent::Finished { succeeded, .. } => {
                 h.ended = Some(if *succeeded {
