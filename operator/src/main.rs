@@ -8,12 +8,6 @@ use clap::{Parser, Subcommand};
 
 use komptroller::cmd;
 
-/// mimalloc instead of glibc malloc: allocation and free were a third of the
-/// instructions of `simulate` (BENCHMARKS.md "Engine"); peak RSS of `run`
-/// is measured with it (BENCHMARKS.md "Operator").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// komptroller governs AI training by the compute it spends.
 #[derive(Parser, Debug)]
 #[command(name = "komptroller", version, about, long_about = None)]
