@@ -136,7 +136,10 @@ pub struct TrainingJobStatus {
     /// When the workload started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
-    /// The batch/v1 Job created on admission.
+    /// The batch/v1 Job of the admission (same namespace). It is named in
+    /// the status written at admission, just before the Job is created, and
+    /// creation is retried until it exists; the Running condition turns
+    /// true once the Job runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_ref: Option<String>,
     /// The generation this status describes.
