@@ -260,16 +260,7 @@ async fn escalation_holds_without_a_job_until_approved() {
     let c = cluster().await;
     let ns = c.temp_namespace("op-esc").await.unwrap();
     let _op = start_operator(&c, &[], true).await;
-    policy(
-        &c,
-        "frontier",
-        json!({"tiers": [{"name": "frontier", "threshold": 1e19, "action": "Escalate",
-        "approvals": {"required": 1, "groups": ["safety"]}}]}),
-    )
-    .await;
-    wait_policy_loaded(&c, "frontier").await;
-    apply(&c, &ns.name, training_job("big", "gpt-x", 8, 2, "2h", None)).await;
-    let o = wait_phase(&c, &ns.name, "big", "AwaitingApproval").await;
+    let (o, hash) = escalated(&c, &ns.name, "frontier", 1, "gpt-x").await;
     assert_eq!(
         o.data.pointer("/status/decision/rule"),
         Some(&json!("tier/frontier"))
@@ -280,12 +271,6 @@ async fn escalation_holds_without_a_job_until_approved() {
         "nothing runs before admission"
     );
     // An approval as the webhook stamps it.
-    let hash = o
-        .data
-        .pointer("/status/specHash")
-        .and_then(Value::as_str)
-        .unwrap()
-        .to_string();
     apply(
         &c,
         &ns.name,
@@ -302,6 +287,35 @@ async fn escalation_holds_without_a_job_until_approved() {
         .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
         .collect();
     assert!(kinds.contains(&"Approved".to_string()), "{kinds:?}");
+}
+
+/// Loads policy `name` (a tier at 1e19 FLOP that escalates to `required`
+/// approvers of group `safety`), submits TrainingJob `big` of `lineage`
+/// and waits until it awaits approval: the object and its spec hash.
+async fn escalated(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+    required: u32,
+    lineage: &str,
+) -> (DynamicObject, String) {
+    policy(
+        c,
+        name,
+        json!({"tiers": [{"name": "frontier", "threshold": 1e19, "action": "Escalate",
+        "approvals": {"required": required, "groups": ["safety"]}}]}),
+    )
+    .await;
+    wait_policy_loaded(c, name).await;
+    apply(c, ns, training_job("big", lineage, 8, 2, "2h", None)).await;
+    let o = wait_phase(c, ns, "big", "AwaitingApproval").await;
+    let hash = o
+        .data
+        .pointer("/status/specHash")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_string();
+    (o, hash)
 }
 
 /// Waits until the ledger holds `n` entries of `kind`.
@@ -334,22 +348,7 @@ async fn a_deleted_approval_stops_counting_before_admission() {
     let c = cluster().await;
     let ns = c.temp_namespace("op-withdraw").await.unwrap();
     let _op = start_operator(&c, &[], true).await;
-    policy(
-        &c,
-        "two-person",
-        json!({"tiers": [{"name": "frontier", "threshold": 1e19, "action": "Escalate",
-        "approvals": {"required": 2, "groups": ["safety"]}}]}),
-    )
-    .await;
-    wait_policy_loaded(&c, "two-person").await;
-    apply(&c, &ns.name, training_job("big", "gpt-w", 8, 2, "2h", None)).await;
-    let o = wait_phase(&c, &ns.name, "big", "AwaitingApproval").await;
-    let hash = o
-        .data
-        .pointer("/status/specHash")
-        .and_then(Value::as_str)
-        .unwrap()
-        .to_string();
+    let (_, hash) = escalated(&c, &ns.name, "two-person", 2, "gpt-w").await;
     let approval = |name: &str, who: &str| {
         json!({"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputeApproval",
         "metadata": {"name": name}, "spec": {"trainingJobName": "big", "specHash": hash,

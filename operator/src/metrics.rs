@@ -353,17 +353,20 @@ impl Metrics {
                 OTHER.to_string()
             }
         };
-        match &r.event {
-            LedgerEvent::Decided {
-                verdict,
-                enforced_verdict,
-                mode,
-                tier,
-                charged,
-                projection,
-                charged_lineages,
-                ..
-            } => {
+        match (&r.event, r.event.metered()) {
+            (
+                LedgerEvent::Decided {
+                    verdict,
+                    enforced_verdict,
+                    mode,
+                    tier,
+                    charged,
+                    projection,
+                    charged_lineages,
+                    ..
+                },
+                _,
+            ) => {
                 self.decisions
                     .with_label_values(&[
                         verdict.as_str(),
@@ -413,19 +416,8 @@ impl Metrics {
                     state.labels.insert(job.clone(), labels);
                 }
             }
-            LedgerEvent::Finished {
-                accelerator_seconds,
-                consumed,
-                ..
-            }
-            | LedgerEvent::DeadlineExceeded {
-                accelerator_seconds,
-                consumed,
-            }
-            | LedgerEvent::Deleted {
-                accelerator_seconds,
-                consumed,
-            } => {
+            // Finished, DeadlineExceeded, Deleted: what was metered.
+            (_, Some((accelerator_seconds, consumed))) => {
                 if consumed.0 <= 0.0 && accelerator_seconds.0 <= 0.0 {
                     if matches!(r.event, LedgerEvent::Deleted { .. })
                         && let Some(job) = &r.job
