@@ -390,10 +390,11 @@ struct Evaluation {
     wake_at: Option<i64>,
     /// What must change before re-evaluating it could change its outcome.
     watch: Watch,
-    /// Every Enforce Throttle budget it is under, when nothing else could
-    /// change its verdict as budgets fill (`None`: an Escalate/Reject
-    /// budget, a FLOP/s cap or StrictFIFO applies).
-    budget_needs: Option<Vec<BudgetNeed>>,
+    /// When throttled: every budget and cap it is under, when nothing else
+    /// could change its verdict as they fill and free (`None`: not
+    /// throttled, a policy not in Enforce mode, an Escalate/Reject budget, a
+    /// FLOP/s cap or StrictFIFO).
+    quick: Option<Vec<QuickItem>>,
 }
 
 /// What could change the outcome of a job queued on a capacity cap.
@@ -423,28 +424,47 @@ impl Watch {
     };
 }
 
-/// One Enforce `Throttle` budget a queued job is under: enough to tell,
-/// without evaluating it again, whether the budget still holds it back and
-/// when it frees.
-#[derive(Clone, Debug)]
-struct BudgetNeed {
-    scope: usize,
-    key: String,
-    window_ms: i64,
-    limit: f64,
-    governing: f64,
+/// One constraint of an Enforce policy that a queued job is under, as a
+/// test the quick re-check can run without evaluating the job again.
+#[derive(Clone, Copy, Debug)]
+enum QuickTest {
+    /// A `Throttle` budget: holds it back while the window's use plus its
+    /// governing FLOP exceeds the limit. The window's key is the job's
+    /// namespace, lineage or the cluster, by `scope`.
+    Budget {
+        scope: usize,
+        window_ms: i64,
+        limit: f64,
+        governing: f64,
+    },
+    /// An accelerator cap: holds it back while usage (its namespace's, or
+    /// the cluster's) exceeds `slack` (the cap less its accelerators).
+    Cap { namespace: bool, slack: i64 },
 }
 
-/// What a job queued on budgets only was last evaluated against, so that a
-/// budget window freeing that an earlier admission filled again can refile it
-/// without a full evaluation (see [`Engine::budget_recheck`]).
+/// A [`QuickTest`] and the constraint it is named by in `throttled_on`.
 #[derive(Clone, Debug)]
-struct BudgetWatch {
-    needs: Vec<BudgetNeed>,
+struct QuickItem {
+    test: QuickTest,
+    constraint: String,
+}
+
+/// What a queued job was last evaluated against when every policy that
+/// selects it is an Enforce policy whose only moving parts are `Throttle`
+/// budgets and accelerator caps (no Escalate/Reject budget, no FLOP/s cap,
+/// no StrictFIFO): as long as its lineages' totals stand, which of its
+/// budgets and caps hold it back is all that can change, so a finish or a
+/// budget window freeing can refile it without a full evaluation (see
+/// [`Engine::quick_check`]).
+#[derive(Clone, Debug)]
+struct QuickWatch {
+    /// Every budget and cap it is under, in the order `evaluate` meets them.
+    items: Vec<QuickItem>,
     /// Charged totals of its lineage and base lineage (tiers, modification).
     stamps: Vec<(String, f64)>,
-    cluster_slack: i64,
-    ns_slack: i64,
+    /// A cluster budget selects it (its capacity index entry is then
+    /// `Watch::ALWAYS`, as `evaluate` files it).
+    cluster_budget: bool,
 }
 
 /// A capacity waiter's entry in the wake-up index.
@@ -518,8 +538,8 @@ pub struct Engine {
     budget_waiters: std::collections::BTreeSet<(i64, QueueKey)>,
     /// When each budget waiter's window frees enough (ms; i64::MIN: unknown, re-check).
     budget_wake: HashMap<QueueKey, i64>,
-    /// Jobs queued on budgets only: what their budgets need (re-check).
-    budget_watch: HashMap<QueueKey, BudgetWatch>,
+    /// Queued jobs' budgets and caps, for the quick re-check.
+    quick_watch: HashMap<QueueKey, QuickWatch>,
     crossings: Vec<Crossing>,
     /// Tiers crossed, by lineage: (policy, tier).
     crossed: HashMap<String, Vec<(String, String)>>,
@@ -576,7 +596,7 @@ impl Engine {
             ns_capacity_waiters: HashMap::new(),
             budget_waiters: Default::default(),
             budget_wake: HashMap::new(),
-            budget_watch: HashMap::new(),
+            quick_watch: HashMap::new(),
             crossings: Vec::new(),
             crossed: HashMap::new(),
             next_seq: 0,
@@ -834,7 +854,7 @@ impl Engine {
         if job.phase == Phase::Queued {
             let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
             self.queue.insert(qk, key.clone());
-            self.set_waits(qk, &[], None, Watch::ALWAYS, None);
+            self.set_waits(qk, &[], None, Watch::ALWAYS);
         }
         if let Some(old) = self.jobs.insert(key, job) {
             self.unqueue(&old);
@@ -1287,7 +1307,7 @@ impl Engine {
         if let Some(w) = self.budget_wake.remove(qk) {
             self.budget_waiters.remove(&(w, *qk));
         }
-        self.budget_watch.remove(qk);
+        self.quick_watch.remove(qk);
     }
 
     /// Files a queued job under what could free it.
@@ -1297,31 +1317,10 @@ impl Engine {
         throttled_on: &[String],
         wake_at: Option<i64>,
         watch: Watch,
-        needs: Option<Vec<BudgetNeed>>,
     ) {
         let on_budget = throttled_on.iter().any(|c| c.starts_with("budget/"));
         let on_other = throttled_on.iter().any(|c| !c.starts_with("budget/"));
         let unknown = throttled_on.is_empty();
-        self.budget_watch.remove(&qk);
-        if on_budget
-            && !on_other
-            && let Some(needs) = needs
-            && let Some(job) = self.queue.get(&qk).and_then(|k| self.jobs.get(k))
-        {
-            let stamps = std::iter::once(job.request.lineage())
-                .chain(job.request.base_lineage())
-                .map(|l| (l.to_string(), self.lineage(l).charged.0))
-                .collect();
-            self.budget_watch.insert(
-                qk,
-                BudgetWatch {
-                    needs,
-                    stamps,
-                    cluster_slack: watch.cluster_slack,
-                    ns_slack: watch.ns_slack,
-                },
-            );
-        }
         // Re-queued on the same constraints with the same slack: its place in
         // the wake-up index stands (only its dirty mark goes, as refiling does).
         let cap_watch = if unknown { &Watch::ALWAYS } else { &watch };
@@ -1387,6 +1386,36 @@ impl Engine {
             self.budget_waiters.insert((w, qk));
             self.budget_wake.insert(qk, w);
         }
+    }
+
+    /// Keeps (or forgets) what a queued job was just evaluated against, for
+    /// the quick re-check.
+    fn watch_quick(&mut self, qk: QueueKey, quick: Option<Vec<QuickItem>>) {
+        let Some(items) = quick else {
+            self.quick_watch.remove(&qk);
+            return;
+        };
+        let Some(job) = self.queue.get(&qk).and_then(|k| self.jobs.get(k)) else {
+            return;
+        };
+        let stamps = std::iter::once(job.request.lineage())
+            .chain(job.request.base_lineage())
+            .map(|l| (l.to_string(), self.lineage(l).charged.0))
+            .collect();
+        let cluster_budget = items.iter().any(|i| {
+            matches!(
+                i.test,
+                QuickTest::Budget { scope, .. } if scope == scope_index(BudgetScope::Cluster)
+            )
+        });
+        self.quick_watch.insert(
+            qk,
+            QuickWatch {
+                items,
+                stamps,
+                cluster_budget,
+            },
+        );
     }
 
     /// Files a capacity waiter in the wake-up index.
@@ -1660,41 +1689,82 @@ impl Engine {
         }
     }
 
-    /// For a job queued on budgets only, whose budget window was due to free:
-    /// `Some(wake)` when one of its budgets still holds it back (an admission
-    /// since filled the window again) and nothing else that could change its
-    /// verdict moved (its lineages' totals, the capacity it fitted); `wake` is
-    /// what evaluating it would give. `None`: evaluate it.
-    fn budget_recheck(&self, now: Timestamp, qk: QueueKey) -> Option<Option<i64>> {
-        let w = self.budget_watch.get(&qk)?;
+    /// For a queued job with a [`QuickWatch`] whose lineages' totals still
+    /// stand: what evaluating it now would give while it stays throttled (the
+    /// constraints that hold it back, when a budget window frees enough for
+    /// it, how to file it), from its budgets' windows and the current usage
+    /// alone. `None`: nothing holds it back any more (or it has no quick
+    /// watch, or its lineages were charged since): evaluate it.
+    fn quick_check(
+        &self,
+        now: Timestamp,
+        qk: QueueKey,
+    ) -> Option<(Vec<String>, Option<i64>, Watch)> {
+        let w = self.quick_watch.get(&qk)?;
         let key = self.queue.get(&qk)?;
-        let acc = |u: Usage| i64::try_from(u.accelerators).unwrap_or(i64::MAX);
-        let ns_used = acc(self.ns_usage.get(&key.0).copied().unwrap_or_default());
-        if acc(self.cluster_usage) > w.cluster_slack || ns_used > w.ns_slack {
-            return None;
-        }
+        let job = self.jobs.get(key)?;
         if w.stamps
             .iter()
             .any(|(l, charged)| self.lineage(l).charged.0 != *charged)
         {
             return None;
         }
+        let acc = |u: Usage| i64::try_from(u.accelerators).unwrap_or(i64::MAX);
+        let cluster_used = acc(self.cluster_usage);
+        let ns_used = acc(self.ns_usage.get(&key.0).copied().unwrap_or_default());
         let now_ms = ms(now);
-        let mut held = false;
+        let mut held: Vec<String> = Vec::new();
         let mut wake: Option<i64> = None;
-        for n in &w.needs {
-            let series = self.windows[n.scope].get(n.key.as_str());
-            let used = series.map_or(0.0, |s| s.window_sum(now_ms, n.window_ms));
-            // The same test and wake-up as `evaluate`'s.
-            if used + n.governing > n.limit {
-                held = true;
-                if let Some(f) = series.and_then(|s| s.frees_at(n.window_ms, n.limit - n.governing))
-                {
-                    wake = Some(wake.map_or(f, |x: i64| x.min(f)));
+        let mut watch = Watch::ALWAYS;
+        for item in &w.items {
+            match item.test {
+                QuickTest::Budget {
+                    scope,
+                    window_ms,
+                    limit,
+                    governing,
+                } => {
+                    let scope_key = match scope {
+                        0 => key.0.as_str(),
+                        1 => job.request.lineage(),
+                        _ => "",
+                    };
+                    let series = self.windows[scope].get(scope_key);
+                    let used = series.map_or(0.0, |s| s.window_sum(now_ms, window_ms));
+                    // The same tests, wake-up and watch as `evaluate`'s.
+                    if scope == 0 && governing <= limit && used + governing <= limit {
+                        watch.ns_budgets.push((window_ms, limit, governing));
+                    }
+                    if used + governing > limit {
+                        held.push(item.constraint.clone());
+                        if let Some(f) =
+                            series.and_then(|s| s.frees_at(window_ms, limit - governing))
+                        {
+                            wake = Some(wake.map_or(f, |x: i64| x.min(f)));
+                        }
+                    }
+                }
+                QuickTest::Cap { namespace, slack } => {
+                    let used = if namespace {
+                        watch.ns_slack = watch.ns_slack.min(slack);
+                        ns_used
+                    } else {
+                        watch.cluster_slack = watch.cluster_slack.min(slack);
+                        cluster_used
+                    };
+                    if used > slack {
+                        held.push(item.constraint.clone());
+                    }
                 }
             }
         }
-        held.then_some(wake)
+        if held.is_empty() {
+            return None;
+        }
+        if w.cluster_budget {
+            watch = Watch::ALWAYS;
+        }
+        Some((held, wake, watch))
     }
 
     /// Re-evaluates one queued job for `trigger`; admits it if it now fits.
@@ -1731,20 +1801,21 @@ impl Engine {
                 }
                 return;
             }
-            if trigger == Trigger::Time
+            if trigger != Trigger::All
                 && !job.throttled_strict
                 && !self.naive_wakeups
-                && let Some(wake_at) = self.budget_recheck(now, qk)
+                && let Some((held, wake_at, watch)) = self.quick_check(now, qk)
             {
-                // Still held back by a budget, and nothing else that could
-                // change its verdict moved: refile it for its new wake-up.
-                let w = wake_at.unwrap_or(i64::MAX);
-                if let Some(old) = self.budget_wake.insert(qk, w) {
-                    self.budget_waiters.remove(&(old, qk));
-                }
-                self.budget_waiters.insert((w, qk));
+                // Still held back by a budget or a cap, and nothing else that
+                // could change its verdict moved: refile it on what holds it
+                // now, as evaluating it would (its reason is re-worded when
+                // shown: `refresh_reason`).
                 if let Some(w) = wake_at {
                     self.wakeups.insert(w);
+                }
+                self.set_waits(qk, &held, wake_at, watch);
+                if let Some(j) = self.jobs.get_mut(&key) {
+                    j.throttled_on = held;
                 }
                 return;
             }
@@ -1758,8 +1829,8 @@ impl Engine {
                 }
                 // Still waiting: keep the place, refresh the reason quietly.
                 let watch = std::mem::replace(&mut eval.watch, Watch::ALWAYS);
-                let needs = eval.budget_needs.take();
-                self.set_waits(qk, &eval.throttled_on, eval.wake_at, watch, needs);
+                self.set_waits(qk, &eval.throttled_on, eval.wake_at, watch);
+                self.watch_quick(qk, eval.quick.take());
                 if let Some(j) = self.jobs.get_mut(&key) {
                     j.decision = Some(eval.decision);
                     j.throttled_on = eval.throttled_on;
@@ -1824,13 +1895,8 @@ impl Engine {
             if !was_queued {
                 self.queue.insert(qk, key.clone());
             }
-            self.set_waits(
-                qk,
-                &eval.throttled_on,
-                eval.wake_at,
-                eval.watch.clone(),
-                eval.budget_needs.clone(),
-            );
+            self.set_waits(qk, &eval.throttled_on, eval.wake_at, eval.watch.clone());
+            self.watch_quick(qk, eval.quick.clone());
             decision.queue_position = u32::try_from(self.queue.range(..qk).count() + 1).ok();
             if let Some(w) = eval.wake_at {
                 self.wakeups.insert(w);
@@ -2042,7 +2108,7 @@ impl Engine {
                 basis: Basis::UpperBound,
                 wake_at: None,
                 watch: Watch::ALWAYS,
-                budget_needs: None,
+                quick: None,
             };
         }
 
@@ -2070,9 +2136,11 @@ impl Engine {
         let mut wake_at: Option<i64> = None;
         let mut watch = Watch::ALWAYS;
         let mut cluster_budget = false;
-        let mut budget_needs: Option<Vec<BudgetNeed>> = Some(Vec::new());
+        // The quick re-check's tests, by policy (index into `policies`) and
+        // budget (index into its budgets; `usize::MAX`: a cap).
+        let mut quick: Option<Vec<(usize, usize, QuickTest)>> = Some(Vec::new());
 
-        for p in &policies {
+        for (pi, p) in policies.iter().enumerate() {
             let spec = &p.spec;
             let mut outcomes: Vec<RuleOutcome> = Vec::new();
             let reject = |rule: &str, reason: String| RuleOutcome {
@@ -2210,40 +2278,40 @@ impl Engine {
             }
             // 4. Budgets over their windows.
             let need_keys = spec.queueing == Queueing::StrictFIFO && !blocked.is_empty();
-            if spec.mode == Mode::Enforce
-                && (spec.queueing == Queueing::StrictFIFO
-                    || spec.capacity.as_ref().is_some_and(|c| {
-                        [&c.cluster, &c.per_namespace]
-                            .iter()
-                            .any(|c| c.as_ref().is_some_and(|c| c.max_flop_per_second.is_some()))
-                    }))
+            if spec.mode != Mode::Enforce
+                || spec.queueing == Queueing::StrictFIFO
+                || spec.capacity.as_ref().is_some_and(|c| {
+                    [&c.cluster, &c.per_namespace]
+                        .iter()
+                        .any(|c| c.as_ref().is_some_and(|c| c.max_flop_per_second.is_some()))
+                })
             {
-                budget_needs = None;
+                quick = None;
             }
-            for b in &spec.budgets {
+            for (bi, b) in spec.budgets.iter().enumerate() {
                 let scope_key: &str = match b.scope {
                     BudgetScope::Namespace => &req.id.namespace,
                     BudgetScope::Model => &lineage,
                     BudgetScope::Cluster => "",
                 };
                 let window_ms = b.window.as_millis();
-                if spec.mode == Mode::Enforce {
-                    match (&mut budget_needs, b.action) {
-                        (Some(needs), BudgetAction::Throttle) => needs.push(BudgetNeed {
+                match (&mut quick, b.action) {
+                    (Some(tests), BudgetAction::Throttle) => tests.push((
+                        pi,
+                        bi,
+                        QuickTest::Budget {
                             scope: scope_index(b.scope),
-                            key: scope_key.to_string(),
                             window_ms,
                             limit: b.limit.0,
                             governing: governing.0,
-                        }),
-                        (_, BudgetAction::Throttle) => {}
-                        _ => budget_needs = None,
-                    }
+                        },
+                    )),
+                    (_, BudgetAction::Throttle) => {}
+                    _ => quick = None,
                 }
                 let series = self.series(b.scope, scope_key);
                 let used = series.map_or(0.0, |s| s.window_sum(ms(now), window_ms));
-                let constraint =
-                    || format!("budget/{}/{}/{:?}/{}", p.name, b.name, b.scope, scope_key);
+                let constraint = || budget_constraint(&p.name, b, scope_key);
                 if need_keys {
                     constraints.push(constraint());
                 }
@@ -2359,6 +2427,20 @@ impl Engine {
                     };
                     watch.cluster_slack = watch.cluster_slack.min(slack(&cap.cluster));
                     watch.ns_slack = watch.ns_slack.min(slack(&cap.per_namespace));
+                    if let Some(tests) = &mut quick {
+                        for (namespace, c) in [(false, &cap.cluster), (true, &cap.per_namespace)] {
+                            if c.as_ref().is_some_and(|c| c.max_accelerators.is_some()) {
+                                tests.push((
+                                    pi,
+                                    usize::MAX,
+                                    QuickTest::Cap {
+                                        namespace,
+                                        slack: slack(c),
+                                    },
+                                ));
+                            }
+                        }
+                    }
                 }
                 let ns_usage = self
                     .ns_usage
@@ -2374,10 +2456,7 @@ impl Engine {
                     ),
                 ] {
                     let Some(cap) = cap else { continue };
-                    let constraint = || match namespace {
-                        None => format!("capacity/{}/cluster", p.name),
-                        Some(ns) => format!("capacity/{}/namespace {ns}", p.name),
-                    };
+                    let constraint = || cap_constraint(&p.name, namespace);
                     if need_keys {
                         constraints.push(constraint());
                     }
@@ -2554,7 +2633,34 @@ impl Engine {
                 None
             },
             watch: if cluster_budget { Watch::ALWAYS } else { watch },
-            budget_needs,
+            quick: quick.filter(|_| verdict == Verdict::Throttle).map(|tests| {
+                tests
+                    .into_iter()
+                    .map(|(pi, bi, test)| {
+                        let name = policies.get(pi).map_or("", |p| p.name.as_str());
+                        let constraint = match test {
+                            QuickTest::Cap { namespace, .. } => {
+                                cap_constraint(name, namespace.then_some(req.id.namespace.as_str()))
+                            }
+                            QuickTest::Budget { .. } => {
+                                match policies.get(pi).and_then(|p| p.spec.budgets.get(bi)) {
+                                    Some(b) => budget_constraint(
+                                        name,
+                                        b,
+                                        match b.scope {
+                                            BudgetScope::Namespace => &req.id.namespace,
+                                            BudgetScope::Model => &lineage,
+                                            BudgetScope::Cluster => "",
+                                        },
+                                    ),
+                                    None => String::new(),
+                                }
+                            }
+                        };
+                        QuickItem { test, constraint }
+                    })
+                    .collect()
+            }),
         }
     }
 
@@ -2584,7 +2690,7 @@ impl Engine {
             basis: Basis::UpperBound,
             wake_at: None,
             watch: Watch::ALWAYS,
-            budget_needs: None,
+            quick: None,
         }
     }
 }
@@ -2742,6 +2848,19 @@ fn check_cap(
         }
     }
     None
+}
+
+/// The name of a budget as a constraint a job is throttled on.
+fn budget_constraint(policy: &str, b: &crate::policy::Budget, scope_key: &str) -> String {
+    format!("budget/{}/{}/{:?}/{}", policy, b.name, b.scope, scope_key)
+}
+
+/// The name of a cap (the cluster's, or `namespace`'s) as a constraint.
+fn cap_constraint(policy: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        None => format!("capacity/{policy}/cluster"),
+        Some(ns) => format!("capacity/{policy}/namespace {ns}"),
+    }
 }
 
 fn scope_index(scope: BudgetScope) -> usize {

@@ -1,6 +1,7 @@
 //! The engine's wake-up index (which queued jobs a finish re-evaluates) and
-//! its budget re-check (a tick refiles a budget waiter whose window an
-//! admission filled again without evaluating it) against the reference that
+//! its quick re-check (a finish or a tick refiles a waiter that a budget or a
+//! cap still holds back, from its budgets' windows and the current usage,
+//! without evaluating it) against the reference that
 //! re-evaluates every job queued on a cap at every finish and every due
 //! budget waiter at every tick: over random event sequences and policies,
 //! both must produce exactly the same ledger records, decisions, phases,
