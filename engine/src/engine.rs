@@ -129,6 +129,21 @@ pub struct Step {
     pub decisions: Vec<(JobId, Decision)>,
     /// Ledger records, in order.
     pub records: Vec<LedgerRecord>,
+    /// Ledger records this step produced but did not keep, when the engine
+    /// keeps none (`Engine::keep_records(false)`: a simulation that writes no
+    /// ledger counts them only).
+    pub records_not_kept: u64,
+}
+
+impl Step {
+    /// Adds the record `make` builds, or only counts it when `keep` is false.
+    fn emit(&mut self, keep: bool, make: impl FnOnce() -> LedgerRecord) {
+        if keep {
+            self.records.push(make());
+        } else {
+            self.records_not_kept += 1;
+        }
+    }
 }
 
 /// Why an event could not be applied. Each message names the field, value and rule.
@@ -548,6 +563,8 @@ pub struct Engine {
     wakeups: std::collections::BTreeSet<i64>,
     retention_ms: i64,
     last_prune: i64,
+    /// Build ledger records (else only count them; see [`Step`]).
+    keep_records: bool,
 }
 
 impl Default for Engine {
@@ -603,6 +620,7 @@ impl Engine {
             wakeups: std::collections::BTreeSet::new(),
             retention_ms: 400 * 86_400_000,
             last_prune: i64::MIN,
+            keep_records: true,
         }
     }
 
@@ -941,12 +959,14 @@ impl Engine {
                         catalog,
                     },
                 );
-                step.records.push(policy_record(now, &p.name, hash));
+                step.emit(self.keep_records, || policy_record(now, &p.name, hash));
                 self.reevaluate_held(now, &mut step);
             }
             Event::RemovePolicy { name } => {
                 if self.policies.remove(&name).is_some() {
-                    step.records.push(policy_record(now, &name, String::new()));
+                    step.emit(self.keep_records, || {
+                        policy_record(now, &name, String::new())
+                    });
                     self.reevaluate_held(now, &mut step);
                 }
             }
@@ -1091,13 +1111,15 @@ impl Engine {
                 need.groups.join(", ")
             )));
         }
-        let mut rec = self.record(now, &job.request, &approver.user);
-        rec.event = LedgerEvent::Approved {
-            approver: approver.user.clone(),
-            groups: approver.groups.clone(),
-            spec_hash: job.request.spec_hash.clone(),
-        };
-        step.records.push(rec);
+        step.emit(self.keep_records, || {
+            let mut rec = self.record(now, &job.request, &approver.user);
+            rec.event = LedgerEvent::Approved {
+                approver: approver.user.clone(),
+                groups: approver.groups.clone(),
+                spec_hash: job.request.spec_hash.clone(),
+            };
+            rec
+        });
         let held = job.phase == Phase::AwaitingApproval;
         let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
         if let Some(j) = self.jobs.get_mut(&key) {
@@ -1123,11 +1145,13 @@ impl Engine {
         if !pending || !job.approvals.iter().any(|a| a.user == approver) {
             return;
         }
-        let mut rec = self.record(now, &job.request, OPERATOR_ACTOR);
-        rec.event = LedgerEvent::ApprovalWithdrawn {
-            approver: approver.to_string(),
-        };
-        step.records.push(rec);
+        step.emit(self.keep_records, || {
+            let mut rec = self.record(now, &job.request, OPERATOR_ACTOR);
+            rec.event = LedgerEvent::ApprovalWithdrawn {
+                approver: approver.to_string(),
+            };
+            rec
+        });
         if let Some(j) = self.jobs.get_mut(&key) {
             j.approvals.retain(|a| a.user != approver);
         }
@@ -1152,10 +1176,12 @@ impl Engine {
         }
         job.phase = Phase::Running;
         job.started_at = Some(now);
-        let req = job.request.clone();
-        let mut rec = self.record(now, &req, OPERATOR_ACTOR);
-        rec.event = LedgerEvent::Started;
-        step.records.push(rec);
+        let catalog = &self.base_catalog;
+        step.emit(self.keep_records, || {
+            let mut rec = record_of(catalog, now, &job.request, OPERATOR_ACTOR);
+            rec.event = LedgerEvent::Started;
+            rec
+        });
         Ok(())
     }
 
@@ -1245,19 +1271,22 @@ impl Engine {
             Outcome::Failed | Outcome::DeadlineExceeded => Phase::Failed,
         };
         job.admitted = None;
-        let mut rec = record_of(&self.base_catalog, now, &job.request, OPERATOR_ACTOR);
-        rec.event = match outcome {
-            Outcome::DeadlineExceeded => LedgerEvent::DeadlineExceeded {
-                accelerator_seconds: acc,
-                consumed: flop,
-            },
-            o => LedgerEvent::Finished {
-                succeeded: o == Outcome::Succeeded,
-                accelerator_seconds: acc,
-                consumed: flop,
-            },
-        };
-        step.records.push(rec);
+        let catalog = &self.base_catalog;
+        step.emit(self.keep_records, || {
+            let mut rec = record_of(catalog, now, &job.request, OPERATOR_ACTOR);
+            rec.event = match outcome {
+                Outcome::DeadlineExceeded => LedgerEvent::DeadlineExceeded {
+                    accelerator_seconds: acc,
+                    consumed: flop,
+                },
+                o => LedgerEvent::Finished {
+                    succeeded: o == Outcome::Succeeded,
+                    accelerator_seconds: acc,
+                    consumed: flop,
+                },
+            };
+            rec
+        });
         self.bury(&key);
         Ok(())
     }
@@ -1268,17 +1297,19 @@ impl Engine {
             if let Some(t) = self.ended.remove(&key) {
                 // An ended job's TrainingJob goes: nothing left to meter, but the
                 // deletion is on the books like any other.
-                let mut rec = policy_record(now, "", String::new());
-                rec.job = Some(JobId {
-                    namespace: key.0.clone(),
-                    name: key.1.clone(),
-                    uid: t.uid,
+                step.emit(self.keep_records, || {
+                    let mut rec = policy_record(now, "", String::new());
+                    rec.job = Some(JobId {
+                        namespace: key.0.clone(),
+                        name: key.1.clone(),
+                        uid: t.uid,
+                    });
+                    rec.event = LedgerEvent::Deleted {
+                        accelerator_seconds: AcceleratorSeconds::ZERO,
+                        consumed: Flop::ZERO,
+                    };
+                    rec
                 });
-                rec.event = LedgerEvent::Deleted {
-                    accelerator_seconds: AcceleratorSeconds::ZERO,
-                    consumed: Flop::ZERO,
-                };
-                step.records.push(rec);
                 return Ok(());
             }
             return Err(EngineError::UnknownJob(id.to_string()));
@@ -1290,12 +1321,14 @@ impl Engine {
         };
         self.unqueue(&job);
         self.jobs.remove(&key);
-        let mut rec = self.record(now, &job.request, OPERATOR_ACTOR);
-        rec.event = LedgerEvent::Deleted {
-            accelerator_seconds: acc,
-            consumed: flop,
-        };
-        step.records.push(rec);
+        step.emit(self.keep_records, || {
+            let mut rec = self.record(now, &job.request, OPERATOR_ACTOR);
+            rec.event = LedgerEvent::Deleted {
+                accelerator_seconds: acc,
+                consumed: flop,
+            };
+            rec
+        });
         Ok(())
     }
 
@@ -1537,6 +1570,13 @@ impl Engine {
         for qk in dirty {
             self.mark_dirty(&qk);
         }
+    }
+
+    /// Whether to build ledger records (the default). Without them each
+    /// [`Step`] only counts the records it would have held
+    /// (`records_not_kept`); decisions and state are the same either way.
+    pub fn keep_records(&mut self, keep: bool) {
+        self.keep_records = keep;
     }
 
     /// Re-evaluate every capacity waiter at every finish instead of only
@@ -1920,32 +1960,34 @@ impl Engine {
             Some(j) => &j.request,
             None => return,
         };
-        let selected: Vec<String> = if changed || phase == Phase::Admitted {
+        let selected: Vec<String> = if (changed && self.keep_records) || phase == Phase::Admitted {
             self.selecting(req).iter().map(|p| p.name.clone()).collect()
         } else {
             Vec::new()
         };
         if changed {
-            let mut rec = self.record(now, req, OPERATOR_ACTOR);
-            rec.event = LedgerEvent::Decided {
-                verdict: decision.verdict,
-                enforced_verdict: decision.enforced_verdict,
-                mode: decision.mode,
-                policy: decision.policy.clone(),
-                rule: decision.rule.clone(),
-                tier: decision.tier.clone(),
-                reason: decision.reason.clone(),
-                projection: decision.projection.clone(),
-                governing: decision.governing,
-                charged,
-                charged_lineages: if charged.0 > 0.0 {
-                    eval.charged_lineages.clone()
-                } else {
-                    Vec::new()
-                },
-                selected_by: Some(selected.clone()),
-            };
-            step.records.push(rec);
+            step.emit(self.keep_records, || {
+                let mut rec = self.record(now, req, OPERATOR_ACTOR);
+                rec.event = LedgerEvent::Decided {
+                    verdict: decision.verdict,
+                    enforced_verdict: decision.enforced_verdict,
+                    mode: decision.mode,
+                    policy: decision.policy.clone(),
+                    rule: decision.rule.clone(),
+                    tier: decision.tier.clone(),
+                    reason: decision.reason.clone(),
+                    projection: decision.projection.clone(),
+                    governing: decision.governing,
+                    charged,
+                    charged_lineages: if charged.0 > 0.0 {
+                        eval.charged_lineages.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    selected_by: Some(selected.clone()),
+                };
+                rec
+            });
             step.decisions.push((req.id.clone(), decision.clone()));
         }
         if phase == Phase::Admitted {

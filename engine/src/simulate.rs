@@ -254,9 +254,11 @@ pub type TraceEvents = Box<dyn Iterator<Item = Result<TraceEvent, String>>>;
 
 /// Reads a JSON Lines trace: the first line is the header (`start`, `title`,
 /// `namespaces`, `policies`), each further line one event, in time order.
-/// Events are read one at a time, so a trace of millions of submissions
-/// needs no more memory than the jobs alive at once.
-pub fn read_jsonl_trace<R: std::io::BufRead + 'static>(
+/// Events are read and parsed on a thread of their own, a few thousand ahead
+/// of the consumer (the engine runs on the caller's), so a trace of millions
+/// of submissions needs no more memory than the jobs alive at once. Reading
+/// stops at the first line that does not parse; that error is the last item.
+pub fn read_jsonl_trace<R: std::io::BufRead + Send + 'static>(
     mut reader: R,
     source_name: &str,
 ) -> Result<(TraceHeader, TraceEvents), ManifestError> {
@@ -281,7 +283,43 @@ pub fn read_jsonl_trace<R: std::io::BufRead + 'static>(
                     .map_err(|e| format!("{name}: line {}: {e}", i + 2)),
             ),
         });
-    Ok((header, Box::new(events)))
+    Ok((header, read_ahead(events)))
+}
+
+/// Runs `events` on a thread of its own, handing them over in batches
+/// through a bounded channel; stops at the first error, or when the consumer
+/// drops the iterator.
+fn read_ahead(
+    events: impl Iterator<Item = Result<TraceEvent, String>> + Send + 'static,
+) -> TraceEvents {
+    const BATCH: usize = 1024;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<TraceEvent, String>>>(8);
+    let spawned = std::thread::Builder::new()
+        .name("trace-reader".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            for item in events {
+                let failed = item.is_err();
+                batch.push(item);
+                if failed {
+                    break;
+                }
+                if batch.len() == BATCH
+                    && tx
+                        .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                        .is_err()
+                {
+                    return; // the consumer is gone
+                }
+            }
+            let _ = tx.send(batch);
+        });
+    match spawned {
+        Ok(_) => Box::new(rx.into_iter().flatten()),
+        Err(e) => Box::new(std::iter::once(Err(format!(
+            "could not start a thread to read the trace: {e}"
+        )))),
+    }
 }
 
 /// Runs a trace through a fresh engine with `policies` (plus the trace's own).
@@ -329,6 +367,7 @@ pub fn simulate_stream(
         .start
         .ok_or("trace: start is missing (the virtual time zero, e.g. 2026-01-05T09:00:00Z)")?;
     let mut engine = Engine::new(catalog);
+    engine.keep_records(options.records);
     let mut sim = Simulation::default();
     sim.summary.title = header.title.clone();
     let mut all_policies = policies;
@@ -397,7 +436,7 @@ pub fn simulate_stream(
                 &mut engine,
                 now,
                 i,
-                &e,
+                e,
                 &header.namespaces,
                 options,
                 &mut alive,
@@ -476,6 +515,11 @@ pub fn simulate_stream(
         sim.summary.max_queue_wait_seconds = waits.max;
     }
     sim.job_index.clear();
+    // Freeing the state of a million jobs takes a while and the result does
+    // not depend on it: do it on another thread (or here, if none starts).
+    let _ = std::thread::Builder::new()
+        .name("engine-drop".into())
+        .spawn(move || drop(engine));
     Ok(sim)
 }
 
@@ -493,38 +537,37 @@ impl Simulation {
         engine: &mut Engine,
         now: Timestamp,
         i: usize,
-        e: &TraceEvent,
+        e: TraceEvent,
         namespaces: &BTreeMap<String, BTreeMap<String, String>>,
         options: &SimulateOptions,
         alive: &mut HashMap<(String, String), Alive>,
     ) -> Result<crate::engine::Step, String> {
         let fail = |err: EngineError| format!("at {now}: {err}");
-        if let Some(s) = &e.submit {
+        if let Some(s) = e.submit {
             self.summary.submissions += 1;
-            let id = JobId {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                uid: String::new(),
-            };
+            let key = (s.namespace.clone(), s.name.clone());
             let req = JobRequest {
                 namespace_labels: namespaces.get(&s.namespace).cloned().unwrap_or_default(),
-                model: s.model.clone(),
-                accelerator: s.accelerator.clone(),
+                model: s.model,
+                accelerator: s.accelerator,
                 count: s.count,
                 max_duration: s.max_duration,
                 priority: s.priority,
-                submitter: s.submitter.as_ref().map(|u| Principal {
-                    user: u.clone(),
-                    groups: s.groups.clone(),
+                submitter: s.submitter.map(|user| Principal {
+                    user,
+                    groups: s.groups,
                 }),
                 spec_hash: String::new(),
-                id: id.clone(),
+                id: JobId {
+                    namespace: s.namespace,
+                    name: s.name,
+                    uid: String::new(),
+                },
             };
-            let key = (s.namespace.clone(), s.name.clone());
             if options.timeline {
                 self.job_index.insert(key.clone(), self.jobs.len());
                 self.jobs.push(JobSummary {
-                    job: id.to_string(),
+                    job: req.id.to_string(),
                     lineage: req.lineage().to_string(),
                     submitted: Some(now),
                     ..JobSummary::default()
@@ -638,7 +681,7 @@ impl Simulation {
         finishes: &mut BinaryHeap<Reverse<(i64, u64, Pending)>>,
         waits: &mut WaitStats,
     ) {
-        self.summary.ledger_records += step.records.len() as u64;
+        self.summary.ledger_records += step.records.len() as u64 + step.records_not_kept;
         if options.records {
             self.records.extend(step.records);
         }
@@ -690,7 +733,8 @@ impl Simulation {
                     }
                     // The simulated cluster starts the Job at once.
                     if let Ok(st) = engine.apply(now, Event::Start { job: id.clone() }) {
-                        self.summary.ledger_records += st.records.len() as u64;
+                        self.summary.ledger_records +=
+                            st.records.len() as u64 + st.records_not_kept;
                         if options.records {
                             self.records.extend(st.records);
                         }
