@@ -529,7 +529,8 @@ pub struct Engine {
     window_lengths: [Vec<i64>; 3],
     cluster_usage: Usage,
     ns_usage: HashMap<String, Usage>,
-    queue: BTreeMap<QueueKey, JobKey>,
+    /// Queued jobs in order (shared keys: a visit takes one without copying).
+    queue: BTreeMap<QueueKey, Arc<JobKey>>,
     /// Queued jobs that freed capacity could help (waiting on a cap, or unknown).
     capacity_waiters: std::collections::BTreeSet<QueueKey>,
     /// Capacity waiters' wake-up index: a finish re-evaluates only those that
@@ -694,10 +695,10 @@ impl Engine {
 
     /// Moves an ended job to a tombstone.
     fn bury(&mut self, key: &JobKey) {
-        if let Some(j) = self.jobs.remove(key) {
+        if let Some((key, j)) = self.jobs.remove_entry(key) {
             let keep = j.phase == Phase::Rejected;
             self.ended.insert(
-                key.clone(),
+                key,
                 Tombstone {
                     uid: j.request.id.uid,
                     spec_hash: j.request.spec_hash,
@@ -871,7 +872,7 @@ impl Engine {
         }
         if job.phase == Phase::Queued {
             let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
-            self.queue.insert(qk, key.clone());
+            self.queue.insert(qk, Arc::new(key.clone()));
             self.set_waits(qk, &[], None, Watch::ALWAYS);
         }
         if let Some(old) = self.jobs.insert(key, job) {
@@ -1200,21 +1201,28 @@ impl Engine {
             .as_ref()
             .and_then(|a| a.projection.as_ref().map(|p| p.consumed(elapsed, a.basis)))
             .unwrap_or(Flop::ZERO);
-        let lineages = job
-            .admitted
-            .as_ref()
-            .map(|a| a.lineages.clone())
-            .filter(|l| !l.is_empty())
-            .unwrap_or_else(|| vec![job.request.lineage().to_string()]);
-        if let Some(a) = &job.admitted {
-            let (rate, accelerators) = (a.rate, a.accelerators);
-            let namespace = job.request.id.namespace.clone();
-            self.release_usage(&namespace, rate, accelerators);
-        }
-        for l in lineages {
-            let t = self.lineages.entry(l).or_default();
+        let mut meter_onto = |l: &str| {
+            let t = match self.lineages.get_mut(l) {
+                Some(t) => t,
+                None => self.lineages.entry(l.to_string()).or_default(),
+            };
             t.consumed += flop;
             t.accelerator_seconds += acc;
+        };
+        match &job.admitted {
+            Some(a) if !a.lineages.is_empty() => a.lineages.iter().for_each(|l| meter_onto(l)),
+            _ => meter_onto(job.request.lineage()),
+        }
+        if let Some(a) = &job.admitted {
+            let (rate, accelerators) = (a.rate, a.accelerators);
+            let namespace = &job.request.id.namespace;
+            release_usage(
+                &mut self.cluster_usage,
+                &mut self.ns_usage,
+                namespace,
+                rate,
+                accelerators,
+            );
         }
         (acc, flop)
     }
@@ -1223,7 +1231,10 @@ impl Engine {
     fn occupy(&mut self, namespace: &str, rate: FlopPerSecond, accelerators: u64) {
         self.cluster_usage.rate += rate;
         self.cluster_usage.accelerators += accelerators;
-        let u = self.ns_usage.entry(namespace.to_string()).or_default();
+        let u = match self.ns_usage.get_mut(namespace) {
+            Some(u) => u,
+            None => self.ns_usage.entry(namespace.to_string()).or_default(),
+        };
         u.rate += rate;
         u.accelerators += accelerators;
     }
@@ -1235,13 +1246,13 @@ impl Engine {
     }
 
     fn release_usage(&mut self, namespace: &str, rate: FlopPerSecond, accelerators: u64) {
-        self.cluster_usage.rate = self.cluster_usage.rate - rate;
-        self.cluster_usage.accelerators =
-            self.cluster_usage.accelerators.saturating_sub(accelerators);
-        if let Some(u) = self.ns_usage.get_mut(namespace) {
-            u.rate = u.rate - rate;
-            u.accelerators = u.accelerators.saturating_sub(accelerators);
-        }
+        release_usage(
+            &mut self.cluster_usage,
+            &mut self.ns_usage,
+            namespace,
+            rate,
+            accelerators,
+        );
     }
 
     /// Ends a job at `now`, metering its run up to `ended_at` (≤ `now`).
@@ -1386,18 +1397,29 @@ impl Engine {
         if (on_other || unknown) && !same_cap {
             // Waiting only on its own namespace's cap: only that namespace's
             // finishing jobs can help it.
-            let ns = self.queue.get(&qk).map(|k| k.0.clone());
-            let only_ns = ns.as_ref().is_some_and(|ns| {
-                let own = format!("namespace {ns}");
+            let ns = self.queue.get(&qk).cloned();
+            let only_ns = ns.as_ref().is_some_and(|k| {
                 !unknown
                     && throttled_on
                         .iter()
                         .filter(|c| !c.starts_with("budget/"))
-                        .all(|c| c.starts_with("capacity/") && c.ends_with(&own))
+                        .all(|c| {
+                            c.starts_with("capacity/")
+                                && c.strip_suffix(k.0.as_str())
+                                    .is_some_and(|c| c.ends_with("namespace "))
+                        })
             });
             match ns {
-                Some(ns) if only_ns => {
-                    self.ns_capacity_waiters.entry(ns).or_default().insert(qk);
+                Some(k) if only_ns => {
+                    match self.ns_capacity_waiters.get_mut(&k.0) {
+                        Some(set) => {
+                            set.insert(qk);
+                        }
+                        None => {
+                            self.ns_capacity_waiters
+                                .insert(k.0.clone(), std::collections::BTreeSet::from([qk]));
+                        }
+                    }
                     self.index_cap(qk, watch, true);
                 }
                 _ => {
@@ -1460,18 +1482,20 @@ impl Engine {
         lineages.extend(job.request.base_lineage().map(str::to_string));
         let namespace = job.request.id.namespace.clone();
         for l in &lineages {
-            self.cap_by_lineage.entry(l.clone()).or_default().insert(qk);
+            add_to(&mut self.cap_by_lineage, l, qk);
         }
         if !watch.ns_budgets.is_empty() {
-            self.cap_ns_budget
-                .entry(namespace.clone())
-                .or_default()
-                .insert(qk);
+            add_to(&mut self.cap_ns_budget, &namespace, qk);
         }
         if ns_home {
-            let w = self.ns_waiters.entry(namespace.clone()).or_default();
-            w.by_slack.insert((watch.ns_slack, qk));
-            w.by_cluster_slack.insert((watch.cluster_slack, qk));
+            if !self.ns_waiters.contains_key(&namespace) {
+                self.ns_waiters
+                    .insert(namespace.clone(), Waiters::default());
+            }
+            if let Some(w) = self.ns_waiters.get_mut(&namespace) {
+                w.by_slack.insert((watch.ns_slack, qk));
+                w.by_cluster_slack.insert((watch.cluster_slack, qk));
+            }
         } else {
             self.cluster_waiters
                 .by_slack
@@ -1589,12 +1613,12 @@ impl Engine {
     }
 
     fn unfile_ns_waiter(&mut self, qk: &QueueKey) {
-        if let Some(ns) = self.queue.get(qk).map(|k| k.0.clone())
-            && let Some(set) = self.ns_capacity_waiters.get_mut(&ns)
+        if let Some(k) = self.queue.get(qk)
+            && let Some(set) = self.ns_capacity_waiters.get_mut(&k.0)
         {
             set.remove(qk);
             if set.is_empty() {
-                self.ns_capacity_waiters.remove(&ns);
+                self.ns_capacity_waiters.remove(&k.0);
             }
         }
     }
@@ -1933,7 +1957,7 @@ impl Engine {
         let qk = (Reverse(priority), job.submitted_at, job.seq);
         if phase == Phase::Queued {
             if !was_queued {
-                self.queue.insert(qk, key.clone());
+                self.queue.insert(qk, Arc::new(key.clone()));
             }
             self.set_waits(qk, &eval.throttled_on, eval.wake_at, eval.watch.clone());
             self.watch_quick(qk, eval.quick.clone());
@@ -2022,7 +2046,10 @@ impl Engine {
             return;
         }
         for (i, l) in lineages.iter().enumerate() {
-            let t = self.lineages.entry(l.clone()).or_default();
+            let t = match self.lineages.get_mut(l.as_str()) {
+                Some(t) => t,
+                None => self.lineages.entry(l.clone()).or_default(),
+            };
             t.charged += flop;
             if i == 0 {
                 t.own_charged += flop;
@@ -2733,6 +2760,35 @@ impl Engine {
             wake_at: None,
             watch: Watch::ALWAYS,
             quick: None,
+        }
+    }
+}
+
+/// Gives back the capacity an admitted job held, cluster-wide and in its
+/// namespace.
+fn release_usage(
+    cluster: &mut Usage,
+    namespaces: &mut HashMap<String, Usage>,
+    namespace: &str,
+    rate: FlopPerSecond,
+    accelerators: u64,
+) {
+    cluster.rate = cluster.rate - rate;
+    cluster.accelerators = cluster.accelerators.saturating_sub(accelerators);
+    if let Some(u) = namespaces.get_mut(namespace) {
+        u.rate = u.rate - rate;
+        u.accelerators = u.accelerators.saturating_sub(accelerators);
+    }
+}
+
+/// Adds `qk` to the set filed under `key`, copying the key only when it is new.
+fn add_to(map: &mut HashMap<String, HashSet<QueueKey>>, key: &str, qk: QueueKey) {
+    match map.get_mut(key) {
+        Some(set) => {
+            set.insert(qk);
+        }
+        None => {
+            map.insert(key.to_string(), HashSet::from_iter([qk]));
         }
     }
 }
