@@ -566,6 +566,9 @@ pub struct Engine {
     last_prune: i64,
     /// Build ledger records (else only count them; see [`Step`]).
     keep_records: bool,
+    /// Word decisions' reasons (else leave them empty; see
+    /// [`Engine::keep_reasons`]).
+    words: bool,
 }
 
 impl Default for Engine {
@@ -622,6 +625,7 @@ impl Engine {
             retention_ms: 400 * 86_400_000,
             last_prune: i64::MIN,
             keep_records: true,
+            words: true,
         }
     }
 
@@ -1603,6 +1607,20 @@ impl Engine {
         self.keep_records = keep;
     }
 
+    /// Whether to word each decision's one-line reason and warnings (the
+    /// default). Without, `Decision::reason` and `warnings` are left empty:
+    /// for a caller that shows
+    /// none (a simulation printing only its summary); verdicts, rules and
+    /// numbers are the same either way. Records imply reasons: with
+    /// [`Engine::keep_records`] on, the ledger's reasons are always worded.
+    pub fn keep_reasons(&mut self, keep: bool) {
+        self.words = keep;
+    }
+
+    fn wording(&self) -> bool {
+        self.words || self.keep_records
+    }
+
     /// Re-evaluate every capacity waiter at every finish instead of only
     /// those the index says could change, and every due budget waiter at a
     /// tick instead of re-checking its budgets: the reference behaviour, for
@@ -2415,15 +2433,19 @@ impl Engine {
                     let frees = series.and_then(|s| s.frees_at(window_ms, b.limit.0 - governing.0));
                     let who = who();
                     let constraint = constraint();
-                    let context = format!(
-                        "{} has used {} of its {} FLOP budget {} in the last {}; this job needs {}",
-                        who,
-                        sci(used),
-                        sci(b.limit.0),
-                        b.name,
-                        b.window,
-                        governing
-                    );
+                    let context = if self.wording() {
+                        format!(
+                            "{} has used {} of its {} FLOP budget {} in the last {}; this job needs {}",
+                            who,
+                            sci(used),
+                            sci(b.limit.0),
+                            b.name,
+                            b.window,
+                            governing
+                        )
+                    } else {
+                        String::new()
+                    };
                     match b.action {
                         BudgetAction::Reject => {
                             outcomes.push(reject(&rule, format!("Rejected: {context}.")))
@@ -2442,13 +2464,17 @@ impl Engine {
                             outcomes.push(RuleOutcome {
                                 verdict: Verdict::Throttle,
                                 rule,
-                                reason: format!(
-                                    "Queued: {context}; enough frees by {}.",
-                                    frees.map_or_else(
-                                        || "never".to_string(),
-                                        |f| from_ms(f).to_string()
+                                reason: if self.wording() {
+                                    format!(
+                                        "Queued: {context}; enough frees by {}.",
+                                        frees.map_or_else(
+                                            || "never".to_string(),
+                                            |f| from_ms(f).to_string()
+                                        )
                                     )
-                                ),
+                                } else {
+                                    String::new()
+                                },
                                 approvals: None,
                                 constraint: Some(constraint),
                             });
@@ -2536,6 +2562,7 @@ impl Engine {
                         job_rate,
                         u64::from(req.count),
                         constraint,
+                        self.wording(),
                     ) {
                         outcomes.push(o);
                     }
@@ -2644,7 +2671,7 @@ impl Engine {
             (None, None) => return self.evaluate_unreachable(req),
         };
         let mut warnings = Vec::new();
-        for r in &results {
+        for r in results.iter().filter(|_| self.wording()) {
             if r.mode != Mode::Enforce && r.outcome.verdict != Verdict::Admit {
                 let w = format!(
                     "policy {} ({:?}) would {}: {}",
@@ -2655,7 +2682,9 @@ impl Engine {
                 }
             }
         }
-        let reason = if verdict == Verdict::Admit && decider.outcome.verdict != Verdict::Admit {
+        let reason = if !self.wording() {
+            String::new()
+        } else if verdict == Verdict::Admit && decider.outcome.verdict != Verdict::Admit {
             format!(
                 "Admitted ({:?} mode): Enforce would {} — {}",
                 decider.mode, decider.outcome.verdict, decider.outcome.reason
@@ -2872,6 +2901,7 @@ fn check_cap(
     rate: FlopPerSecond,
     accelerators: u64,
     constraint: impl Fn() -> String,
+    words: bool,
 ) -> Option<RuleOutcome> {
     let rate_bites = cap
         .max_flop_per_second
@@ -2911,10 +2941,14 @@ fn check_cap(
             return Some(RuleOutcome {
                 verdict: Verdict::Throttle,
                 rule,
-                reason: format!(
-                    "Queued: {} runs {} of its {} cap; this job needs {}.",
-                    scope, usage.rate, max, rate
-                ),
+                reason: if words {
+                    format!(
+                        "Queued: {} runs {} of its {} cap; this job needs {}.",
+                        scope, usage.rate, max, rate
+                    )
+                } else {
+                    String::new()
+                },
                 approvals: None,
                 constraint: Some(constraint()),
             });
@@ -2936,10 +2970,14 @@ fn check_cap(
             return Some(RuleOutcome {
                 verdict: Verdict::Throttle,
                 rule,
-                reason: format!(
-                    "Queued: {scope} runs {} of its {max} accelerators; this job needs {accelerators}.",
-                    usage.accelerators
-                ),
+                reason: if words {
+                    format!(
+                        "Queued: {scope} runs {} of its {max} accelerators; this job needs {accelerators}.",
+                        usage.accelerators
+                    )
+                } else {
+                    String::new()
+                },
                 approvals: None,
                 constraint: Some(constraint()),
             });

@@ -368,6 +368,7 @@ pub fn simulate_stream(
         .ok_or("trace: start is missing (the virtual time zero, e.g. 2026-01-05T09:00:00Z)")?;
     let mut engine = Engine::new(catalog);
     engine.keep_records(options.records);
+    engine.keep_reasons(options.timeline);
     let mut sim = Simulation::default();
     sim.summary.title = header.title.clone();
     let mut all_policies = policies;
@@ -687,11 +688,12 @@ impl Simulation {
         }
         self.summary.max_queue_depth = self.summary.max_queue_depth.max(engine.queue_len() as u64);
         for (id, d) in step.decisions {
-            *self
-                .summary
-                .decisions
-                .entry(d.verdict.to_string())
-                .or_default() += 1;
+            match self.summary.decisions.get_mut(d.verdict.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    self.summary.decisions.insert(d.verdict.to_string(), 1);
+                }
+            }
             let key = (id.namespace.clone(), id.name.clone());
             if let Some(j) = self.job_index.get(&key).and_then(|i| self.jobs.get_mut(*i)) {
                 j.final_verdict = Some(d.verdict);
@@ -732,7 +734,7 @@ impl Simulation {
                         j.queue_wait_seconds = Some(wait);
                     }
                     // The simulated cluster starts the Job at once.
-                    if let Ok(st) = engine.apply(now, Event::Start { job: id.clone() }) {
+                    if let Ok(st) = engine.apply(now, Event::Start { job: id }) {
                         self.summary.ledger_records +=
                             st.records.len() as u64 + st.records_not_kept;
                         if options.records {

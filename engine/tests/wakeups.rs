@@ -264,6 +264,48 @@ proptest! {
             prop_assert_eq!(fast.next_wakeup(), naive.next_wakeup(), "next wakeup after op {} {:?}", i, op);
         }
     }
+
+    /// An engine that keeps no records and words no reasons (a simulation
+    /// printing its summary only) decides exactly the same, counts the
+    /// records it skips, and leaves every reason and warning empty.
+    #[test]
+    fn a_terse_engine_decides_exactly_as_a_full_one(
+        policy in 0usize..POLICIES.len(),
+        ops in proptest::collection::vec((op(), 1i64..240), 1..160),
+    ) {
+        let mut full = engine(POLICIES[policy], false);
+        let mut terse = engine(POLICIES[policy], false);
+        terse.keep_records(false);
+        terse.keep_reasons(false);
+        let mut now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        for (i, (op, gap)) in ops.iter().enumerate() {
+            now = now.checked_add(SignedDuration::from_mins(*gap)).unwrap();
+            let a = full.apply(now, to_event(op, now));
+            let b = terse.apply(now, to_event(op, now));
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert!(b.records.is_empty());
+                    prop_assert_eq!(a.records.len() as u64, b.records_not_kept, "records at op {} {:?}", i, op);
+                    prop_assert!(b.decisions.iter().all(|(_, d)| d.reason.is_empty() && d.warnings.is_empty()));
+                    let blank = |s: &komptroller_engine::engine::Step| {
+                        s.decisions
+                            .iter()
+                            .map(|(j, d)| {
+                                let mut d = d.clone();
+                                d.reason.clear();
+                                d.warnings.clear();
+                                (j.clone(), d)
+                            })
+                            .collect::<Vec<_>>()
+                    };
+                    prop_assert_eq!(blank(&a), blank(&b), "decisions at op {} {:?}", i, op);
+                }
+                (a, b) => prop_assert_eq!(a.is_err(), b.is_err(), "errors at op {} {:?}", i, op),
+            }
+            prop_assert_eq!(visible(&full), visible(&terse), "state after op {} {:?}", i, op);
+            prop_assert_eq!(full.next_wakeup(), terse.next_wakeup(), "next wakeup after op {} {:?}", i, op);
+        }
+    }
 }
 
 /// A 10-hour job of `count` H100 in namespace `ns`, its own lineage.
