@@ -1010,13 +1010,17 @@ impl Engine {
         step: &mut Step,
     ) -> Result<(), EngineError> {
         if req.spec_hash.is_empty() {
-            req.spec_hash = content_hash(&(
+            // As `content_hash` of (model, accelerator, count, maxDuration,
+            // priority), written directly (tests/ledger_canonical.rs).
+            let bytes = crate::ledger::job_spec_canonical_json(
                 &req.model,
                 &req.accelerator,
                 req.count,
                 req.max_duration,
                 req.priority,
-            ));
+            )
+            .unwrap_or_default();
+            req.spec_hash = hex::encode(Sha256::digest(&bytes));
         }
         let key = key_of(&req.id);
         if let Some(t) = self.ended.get(&key) {

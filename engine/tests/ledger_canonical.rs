@@ -217,3 +217,73 @@ mod validator {
         }
     }
 }
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9-]{1,12}",
+        "[\\x00-\\x1f\"\\\\/\u{7f}\u{e9}\u{20ac}\u{1f600}a-z]{0,10}",
+    ]
+}
+
+fn job_spec() -> impl Strategy<
+    Value = (
+        komptroller_engine::job::ModelSpec,
+        komptroller_engine::job::AcceleratorSpec,
+        u32,
+        komptroller_engine::duration::GoDuration,
+        i32,
+    ),
+> {
+    use komptroller_engine::catalog::Precision;
+    let number = prop_oneof![
+        any::<f64>().prop_filter("finite", |f| f.is_finite()),
+        Just(7e10),
+        Just(1.5e13),
+        Just(-0.0)
+    ];
+    (
+        (
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            proptest::option::of(number.clone()),
+            proptest::option::of(number),
+        ),
+        (text(), proptest::sample::select(Precision::ALL.to_vec())),
+        any::<u32>(),
+        0u64..400_000_000_000,
+        any::<i32>(),
+    )
+        .prop_map(
+            |((name, base_model, parameters, tokens), (kind, precision), count, ms, priority)| {
+                (
+                    komptroller_engine::job::ModelSpec {
+                        name,
+                        base_model,
+                        parameters,
+                        tokens,
+                    },
+                    komptroller_engine::job::AcceleratorSpec { kind, precision },
+                    count,
+                    komptroller_engine::duration::GoDuration(std::time::Duration::from_millis(ms)),
+                    priority,
+                )
+            },
+        )
+}
+
+proptest! {
+    /// The spec hash's direct writer gives exactly the bytes of the generic
+    /// serializer (and of the reference crate) for the same tuple.
+    #[test]
+    fn a_job_spec_is_written_as_the_generic_serializer_writes_it(spec in job_spec()) {
+        let (model, accelerator, count, max_duration, priority) = &spec;
+        let direct = komptroller_engine::ledger::job_spec_canonical_json(
+            model, accelerator, *count, *max_duration, *priority,
+        )
+        .unwrap();
+        let generic = canonical_json(&(model, accelerator, count, max_duration, priority)).unwrap();
+        prop_assert_eq!(&direct, &generic, "{}", String::from_utf8_lossy(&direct));
+        let reference = reference_canonical_json(&(model, accelerator, count, max_duration, priority)).unwrap();
+        prop_assert_eq!(direct, reference);
+    }
+}

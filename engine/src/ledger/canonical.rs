@@ -34,6 +34,22 @@ pub fn canonical_json_into<T: Serialize + ?Sized>(
     Ok(())
 }
 
+/// The RFC 8785 canonical JSON bytes of a job's spec as its `spec_hash`
+/// covers it: exactly `canonical_json(&(model, accelerator, count,
+/// max_duration, priority))`, written without going through `serde` (it is
+/// computed for every submission).
+pub fn job_spec_canonical_json(
+    model: &crate::job::ModelSpec,
+    accelerator: &crate::job::AcceleratorSpec,
+    count: u32,
+    max_duration: crate::duration::GoDuration,
+    priority: i32,
+) -> Result<Vec<u8>, CanonicalError> {
+    let mut out = Vec::with_capacity(128);
+    jcs::write_job_spec(&mut out, model, accelerator, count, max_duration, priority)?;
+    Ok(out)
+}
+
 /// The same bytes computed by the `serde_json_canonicalizer` crate: the
 /// reference our serializer is tested against.
 pub fn reference_canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {

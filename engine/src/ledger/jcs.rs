@@ -107,6 +107,62 @@ fn write_int<I: itoa::Integer + Into<i128>>(out: &mut Vec<u8>, v: I) {
     }
 }
 
+/// Appends the RFC 8785 form of a job's spec as its hash covers it: the
+/// array `[model, accelerator, count, maxDuration, priority]`, written
+/// member by member in canonical order instead of through `serde` (the
+/// same bytes as [`to_writer`] of that tuple, tested; it is computed for
+/// every submission). On error `out` may hold a partial value.
+pub fn write_job_spec(
+    out: &mut Vec<u8>,
+    model: &crate::job::ModelSpec,
+    accelerator: &crate::job::AcceleratorSpec,
+    count: u32,
+    max_duration: crate::duration::GoDuration,
+    priority: i32,
+) -> Result<(), JcsError> {
+    out.extend_from_slice(b"[{");
+    // ModelSpec's members in UTF-16 order, absent ones skipped as serde does.
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>, key: &[u8]| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(key);
+    };
+    if let Some(b) = &model.base_model {
+        sep(out, b"\"baseModel\":");
+        write_str(out, b);
+    }
+    if let Some(n) = &model.name {
+        sep(out, b"\"name\":");
+        write_str(out, n);
+    }
+    if let Some(p) = model.parameters {
+        sep(out, b"\"parameters\":");
+        write_f64(out, p)?;
+    }
+    if let Some(t) = model.tokens {
+        sep(out, b"\"tokens\":");
+        write_f64(out, t)?;
+    }
+    out.extend_from_slice(b"},{\"precision\":");
+    write_str(out, accelerator.precision.as_str());
+    out.extend_from_slice(b",\"type\":");
+    write_str(out, &accelerator.kind);
+    out.extend_from_slice(b"},");
+    write_int(out, count);
+    out.push(b',');
+    let mut duration = String::new();
+    std::fmt::Write::write_fmt(&mut duration, format_args!("{max_duration}"))
+        .map_err(|e| JcsError(e.to_string()))?;
+    write_str(out, &duration);
+    out.push(b',');
+    write_int(out, priority);
+    out.push(b']');
+    Ok(())
+}
+
 /// Orders member names by UTF-16 code units (RFC 8785 §3.2.3).
 fn key_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     if a.is_ascii() && b.is_ascii() {
