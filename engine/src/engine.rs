@@ -470,13 +470,14 @@ struct QuickItem {
 /// no StrictFIFO): as long as its lineages' totals stand, which of its
 /// budgets and caps hold it back is all that can change, so a finish or a
 /// budget window freeing can refile it without a full evaluation (see
-/// [`Engine::quick_check`]).
+/// [`Engine::quick_check`]). A charge to its lineage or base lineage (tiers,
+/// modification) drops it: the next visit evaluates the job.
 #[derive(Clone, Debug)]
 struct QuickWatch {
     /// Every budget and cap it is under, in the order `evaluate` meets them.
     items: Vec<QuickItem>,
-    /// Charged totals of its lineage and base lineage (tiers, modification).
-    stamps: Vec<(String, f64)>,
+    /// Its lineage and base lineage (where it is filed in `quick_by_lineage`).
+    lineages: Vec<String>,
     /// A cluster budget selects it (its capacity index entry is then
     /// `Watch::ALWAYS`, as `evaluate` files it).
     cluster_budget: bool,
@@ -556,6 +557,8 @@ pub struct Engine {
     budget_wake: HashMap<QueueKey, i64>,
     /// Queued jobs' budgets and caps, for the quick re-check.
     quick_watch: HashMap<QueueKey, QuickWatch>,
+    /// Jobs with a quick watch, by their lineage and base lineage.
+    quick_by_lineage: HashMap<String, HashSet<QueueKey>>,
     crossings: Vec<Crossing>,
     /// Tiers crossed, by lineage: (policy, tier).
     crossed: HashMap<String, Vec<(String, String)>>,
@@ -618,6 +621,7 @@ impl Engine {
             budget_waiters: Default::default(),
             budget_wake: HashMap::new(),
             quick_watch: HashMap::new(),
+            quick_by_lineage: HashMap::new(),
             crossings: Vec::new(),
             crossed: HashMap::new(),
             next_seq: 0,
@@ -1359,7 +1363,7 @@ impl Engine {
         if let Some(w) = self.budget_wake.remove(qk) {
             self.budget_waiters.remove(&(w, *qk));
         }
-        self.quick_watch.remove(qk);
+        self.forget_quick(qk);
     }
 
     /// Files a queued job under what could free it.
@@ -1454,17 +1458,20 @@ impl Engine {
     /// Keeps (or forgets) what a queued job was just evaluated against, for
     /// the quick re-check.
     fn watch_quick(&mut self, qk: QueueKey, quick: Option<Vec<QuickItem>>) {
+        self.forget_quick(&qk);
         let Some(items) = quick else {
-            self.quick_watch.remove(&qk);
             return;
         };
         let Some(job) = self.queue.get(&qk).and_then(|k| self.jobs.get(k)) else {
             return;
         };
-        let stamps = std::iter::once(job.request.lineage())
+        let lineages: Vec<String> = std::iter::once(job.request.lineage())
             .chain(job.request.base_lineage())
-            .map(|l| (l.to_string(), self.lineage(l).charged.0))
+            .map(str::to_string)
             .collect();
+        for l in &lineages {
+            add_to(&mut self.quick_by_lineage, l, qk);
+        }
         let cluster_budget = items.iter().any(|i| {
             matches!(
                 i.test,
@@ -1475,10 +1482,25 @@ impl Engine {
             qk,
             QuickWatch {
                 items,
-                stamps,
+                lineages,
                 cluster_budget,
             },
         );
+    }
+
+    /// Drops a job's quick watch, if any.
+    fn forget_quick(&mut self, qk: &QueueKey) {
+        let Some(w) = self.quick_watch.remove(qk) else {
+            return;
+        };
+        for l in &w.lineages {
+            if let Some(set) = self.quick_by_lineage.get_mut(l.as_str()) {
+                set.remove(qk);
+                if set.is_empty() {
+                    self.quick_by_lineage.remove(l.as_str());
+                }
+            }
+        }
     }
 
     /// Files a capacity waiter in the wake-up index.
@@ -1789,12 +1811,6 @@ impl Engine {
         let w = self.quick_watch.get(&qk)?;
         let key = self.queue.get(&qk)?;
         let job = self.jobs.get(key)?;
-        if w.stamps
-            .iter()
-            .any(|(l, charged)| self.lineage(l).charged.0 != *charged)
-        {
-            return None;
-        }
         let acc = |u: Usage| i64::try_from(u.accelerators).unwrap_or(i64::MAX);
         let cluster_used = acc(self.cluster_usage);
         let ns_used = acc(self.ns_usage.get(&key.0).copied().unwrap_or_default());
@@ -2068,6 +2084,13 @@ impl Engine {
             return;
         }
         for (i, l) in lineages.iter().enumerate() {
+            // The verdicts of jobs waiting on this lineage's totals may change.
+            if let Some(set) = self.quick_by_lineage.get(l.as_str()) {
+                let stale: Vec<QueueKey> = set.iter().copied().collect();
+                for qk in stale {
+                    self.forget_quick(&qk);
+                }
+            }
             let t = match self.lineages.get_mut(l.as_str()) {
                 Some(t) => t,
                 None => self.lineages.entry(l.clone()).or_default(),
