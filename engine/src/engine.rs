@@ -521,7 +521,12 @@ impl Waiters {
 pub struct Engine {
     base_catalog: Arc<Catalog>,
     policies: BTreeMap<String, CompiledPolicy>,
-    jobs: HashMap<JobKey, JobState>,
+    /// Live jobs (not yet ended) by their sequence number, which is also the
+    /// last part of a queued job's [`QueueKey`]: the hot paths reach a job
+    /// without hashing its name.
+    jobs: HashMap<u64, JobState>,
+    /// Live jobs' sequence numbers by namespace and name.
+    ids: HashMap<JobKey, u64>,
     ended: HashMap<JobKey, Tombstone>,
     lineages: HashMap<String, LineageTotals>,
     /// Charge series per budget scope (Namespace, Model, Cluster), by scope key.
@@ -530,8 +535,8 @@ pub struct Engine {
     window_lengths: [Vec<i64>; 3],
     cluster_usage: Usage,
     ns_usage: HashMap<String, Usage>,
-    /// Queued jobs in order (shared keys: a visit takes one without copying).
-    queue: BTreeMap<QueueKey, Arc<JobKey>>,
+    /// Queued jobs in order (the job is `jobs[qk.2]`).
+    queue: std::collections::BTreeSet<QueueKey>,
     /// Queued jobs that freed capacity could help (waiting on a cap, or unknown).
     capacity_waiters: std::collections::BTreeSet<QueueKey>,
     /// Capacity waiters' wake-up index: a finish re-evaluates only those that
@@ -603,13 +608,14 @@ impl Engine {
             base_catalog: Arc::new(catalog),
             policies: BTreeMap::new(),
             jobs: HashMap::new(),
+            ids: HashMap::new(),
             ended: HashMap::new(),
             lineages: HashMap::new(),
             windows: Default::default(),
             window_lengths: Default::default(),
             cluster_usage: Usage::default(),
             ns_usage: HashMap::new(),
-            queue: BTreeMap::new(),
+            queue: std::collections::BTreeSet::new(),
             capacity_waiters: Default::default(),
             cap_entries: HashMap::new(),
             cluster_waiters: Waiters::default(),
@@ -681,16 +687,25 @@ impl Engine {
 
     pub fn phase(&self, id: &JobId) -> Option<Phase> {
         let key = key_of(id);
-        self.jobs
-            .get(&key)
+        self.live(&key)
             .map(|j| j.phase)
             .or_else(|| self.ended.get(&key).map(|t| t.phase))
+    }
+
+    /// A live job by namespace and name.
+    fn live(&self, key: &JobKey) -> Option<&JobState> {
+        self.ids.get(key).and_then(|seq| self.jobs.get(seq))
+    }
+
+    /// A queued job by its place in the queue.
+    fn queued(&self, qk: &QueueKey) -> Option<&JobState> {
+        self.jobs.get(&qk.2).filter(|j| j.phase == Phase::Queued)
     }
 
     /// The current decision of a live job, or of a rejected one.
     pub fn decision(&self, id: &JobId) -> Option<&Decision> {
         let key = key_of(id);
-        match self.jobs.get(&key) {
+        match self.live(&key) {
             Some(j) => j.decision.as_ref(),
             None => self.ended.get(&key).and_then(|t| t.decision.as_deref()),
         }
@@ -702,16 +717,25 @@ impl Engine {
     }
 
     /// Moves an ended job to a tombstone.
-    fn bury(&mut self, key: &JobKey) {
-        if let Some((key, j)) = self.jobs.remove_entry(key) {
-            let keep = j.phase == Phase::Rejected;
+    fn bury(&mut self, seq: u64) {
+        if let Some(j) = self.jobs.remove(&seq) {
+            let JobState {
+                request,
+                phase,
+                decision,
+                ..
+            } = j;
+            let JobRequest { id, spec_hash, .. } = request;
+            let key = (id.namespace, id.name);
+            self.ids.remove(&key);
+            let keep = phase == Phase::Rejected;
             self.ended.insert(
                 key,
                 Tombstone {
-                    uid: j.request.id.uid,
-                    spec_hash: j.request.spec_hash,
-                    phase: j.phase,
-                    decision: if keep { j.decision.map(Box::new) } else { None },
+                    uid: id.uid,
+                    spec_hash,
+                    phase,
+                    decision: if keep { decision.map(Box::new) } else { None },
                 },
             );
         }
@@ -724,8 +748,10 @@ impl Engine {
     /// job would no longer be throttled at `now` (its wake-up is due but not
     /// yet processed), the stored decision stays until that event decides.
     pub fn refresh_reason(&mut self, now: Timestamp, id: &JobId) {
-        let key = key_of(id);
-        let Some(job) = self.jobs.get(&key) else {
+        let Some(&seq) = self.ids.get(&key_of(id)) else {
+            return;
+        };
+        let Some(job) = self.jobs.get(&seq) else {
             return;
         };
         if job.phase != Phase::Queued {
@@ -737,7 +763,7 @@ impl Engine {
         if eval.decision.verdict != Verdict::Throttle {
             return;
         }
-        if let Some(j) = self.jobs.get_mut(&key) {
+        if let Some(j) = self.jobs.get_mut(&seq) {
             let position = j.decision.as_ref().and_then(|d| d.queue_position);
             j.decision = Some(Decision {
                 queue_position: position,
@@ -750,20 +776,20 @@ impl Engine {
     /// in one O(n) walk (asking [`Self::queue_position`] per job is O(n²)).
     pub fn queue_positions(&self) -> impl Iterator<Item = (&JobId, u32)> + '_ {
         self.queue
-            .values()
-            .filter_map(|k| self.jobs.get(k).map(|j| &j.request.id))
+            .iter()
+            .filter_map(|qk| self.jobs.get(&qk.2).map(|j| &j.request.id))
             .zip(1u32..)
     }
 
     /// When a live (not yet ended) job was first submitted: the time that
     /// orders it in the queue after its priority.
     pub fn submitted_at(&self, id: &JobId) -> Option<Timestamp> {
-        self.jobs.get(&key_of(id)).map(|j| j.submitted_at)
+        self.live(&key_of(id)).map(|j| j.submitted_at)
     }
 
     /// 1-based position of a queued job.
     pub fn queue_position(&self, id: &JobId) -> Option<u32> {
-        let j = self.jobs.get(&key_of(id))?;
+        let j = self.live(&key_of(id))?;
         if j.phase != Phase::Queued {
             return None;
         }
@@ -878,16 +904,23 @@ impl Engine {
                 lineages,
             });
         }
-        if job.phase == Phase::Queued {
-            let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
-            self.queue.insert(qk, Arc::new(key.clone()));
-            self.set_waits(qk, &[], None, Watch::ALWAYS);
-        }
-        if let Some(old) = self.jobs.insert(key, job) {
+        if let Some(old) = self.ids.get(&key).and_then(|s| self.jobs.get(s)).cloned() {
             self.unqueue(&old);
             if old.phase.holds_capacity() {
                 self.release(&old);
             }
+            self.jobs.remove(&old.seq);
+        }
+        let queued = (job.phase == Phase::Queued).then_some((
+            Reverse(job.request.priority),
+            job.submitted_at,
+            job.seq,
+        ));
+        self.ids.insert(key, seq);
+        self.jobs.insert(seq, job);
+        if let Some(qk) = queued {
+            self.queue.insert(qk);
+            self.set_waits(qk, &[], None, Watch::ALWAYS);
         }
     }
 
@@ -1039,7 +1072,7 @@ impl Engine {
             }
             self.ended.remove(&key); // a new incarnation
         }
-        if let Some(existing) = self.jobs.get(&key) {
+        if let Some(existing) = self.live(&key) {
             let same_incarnation = existing.request.id.uid == req.id.uid;
             if same_incarnation && existing.request.spec_hash == req.spec_hash {
                 return Ok(()); // idempotent resubmission
@@ -1058,11 +1091,13 @@ impl Engine {
             if !same_incarnation && old.phase.holds_capacity() {
                 self.release(&old);
             }
+            self.jobs.remove(&old.seq);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.ids.insert(key, seq);
         self.jobs.insert(
-            key.clone(),
+            seq,
             JobState {
                 request: req,
                 phase: Phase::Pending,
@@ -1076,7 +1111,7 @@ impl Engine {
                 throttled_strict: false,
             },
         );
-        self.decide(now, &key, step, true);
+        self.decide(now, seq, step, true);
         Ok(())
     }
 
@@ -1088,10 +1123,14 @@ impl Engine {
         spec_hash: &str,
         step: &mut Step,
     ) -> Result<(), EngineError> {
-        let key = key_of(id);
+        let seq = self
+            .ids
+            .get(&key_of(id))
+            .copied()
+            .ok_or_else(|| EngineError::UnknownJob(id.to_string()))?;
         let job = self
             .jobs
-            .get(&key)
+            .get(&seq)
             .ok_or_else(|| EngineError::UnknownJob(id.to_string()))?;
         let err = |reason: String| EngineError::Approval {
             job: id.to_string(),
@@ -1135,21 +1174,23 @@ impl Engine {
         });
         let held = job.phase == Phase::AwaitingApproval;
         let qk = (Reverse(job.request.priority), job.submitted_at, job.seq);
-        if let Some(j) = self.jobs.get_mut(&key) {
+        if let Some(j) = self.jobs.get_mut(&seq) {
             j.approvals.push(approver);
         }
         // Approvals can lift an escalation: re-evaluate it at the next finish.
         self.mark_dirty(&qk);
         if held {
-            self.decide(now, &key, step, false);
+            self.decide(now, seq, step, false);
         }
         Ok(())
     }
 
     fn withdraw(&mut self, now: Timestamp, id: &JobId, approver: &str, step: &mut Step) {
-        let key = key_of(id);
-        let Some(job) = self.jobs.get(&key) else {
+        let Some(&seq) = self.ids.get(&key_of(id)) else {
             return; // ended or unknown: nothing counts any more
+        };
+        let Some(job) = self.jobs.get(&seq) else {
+            return;
         };
         let pending = matches!(
             job.phase,
@@ -1165,24 +1206,23 @@ impl Engine {
             };
             rec
         });
-        if let Some(j) = self.jobs.get_mut(&key) {
+        if let Some(j) = self.jobs.get_mut(&seq) {
             j.approvals.retain(|a| a.user != approver);
         }
-        self.decide(now, &key, step, false);
+        self.decide(now, seq, step, false);
     }
 
     /// The approvals counted for a job not yet ended (who approved, in order).
     pub fn approvals(&self, id: &JobId) -> &[Principal] {
-        self.jobs
-            .get(&key_of(id))
+        self.live(&key_of(id))
             .map_or(&[], |j| j.approvals.as_slice())
     }
 
     fn start(&mut self, now: Timestamp, id: &JobId, step: &mut Step) -> Result<(), EngineError> {
-        let key = key_of(id);
         let job = self
-            .jobs
-            .get_mut(&key)
+            .ids
+            .get(&key_of(id))
+            .and_then(|seq| self.jobs.get_mut(seq))
             .ok_or_else(|| EngineError::UnknownJob(id.to_string()))?;
         if job.phase != Phase::Admitted {
             return Ok(());
@@ -1199,8 +1239,8 @@ impl Engine {
     }
 
     /// Meters a job that held capacity and releases it.
-    fn meter(&mut self, now: Timestamp, key: &JobKey) -> (AcceleratorSeconds, Flop) {
-        let Some(job) = self.jobs.get(key) else {
+    fn meter(&mut self, now: Timestamp, seq: u64) -> (AcceleratorSeconds, Flop) {
+        let Some(job) = self.jobs.get(&seq) else {
             return (AcceleratorSeconds::ZERO, Flop::ZERO);
         };
         let elapsed = match job.started_at {
@@ -1276,17 +1316,21 @@ impl Engine {
         outcome: Outcome,
         step: &mut Step,
     ) -> Result<(), EngineError> {
-        let key = key_of(id);
+        let seq = self
+            .ids
+            .get(&key_of(id))
+            .copied()
+            .ok_or_else(|| EngineError::UnknownJob(id.to_string()))?;
         let phase = self
             .jobs
-            .get(&key)
+            .get(&seq)
             .map(|j| j.phase)
             .ok_or_else(|| EngineError::UnknownJob(id.to_string()))?;
         if !phase.holds_capacity() {
             return Ok(());
         }
-        let (acc, flop) = self.meter(ended_at, &key);
-        let Some(job) = self.jobs.get_mut(&key) else {
+        let (acc, flop) = self.meter(ended_at, seq);
+        let Some(job) = self.jobs.get_mut(&seq) else {
             return Ok(());
         };
         job.phase = match outcome {
@@ -1310,13 +1354,13 @@ impl Engine {
             };
             rec
         });
-        self.bury(&key);
+        self.bury(seq);
         Ok(())
     }
 
     fn delete(&mut self, now: Timestamp, id: &JobId, step: &mut Step) -> Result<(), EngineError> {
         let key = key_of(id);
-        let Some(job) = self.jobs.get(&key).cloned() else {
+        let Some(job) = self.live(&key).cloned() else {
             if let Some(t) = self.ended.remove(&key) {
                 // An ended job's TrainingJob goes: nothing left to meter, but the
                 // deletion is on the books like any other.
@@ -1338,12 +1382,13 @@ impl Engine {
             return Err(EngineError::UnknownJob(id.to_string()));
         };
         let (acc, flop) = if job.phase.holds_capacity() {
-            self.meter(now, &key)
+            self.meter(now, job.seq)
         } else {
             (AcceleratorSeconds::ZERO, Flop::ZERO)
         };
         self.unqueue(&job);
-        self.jobs.remove(&key);
+        self.jobs.remove(&job.seq);
+        self.ids.remove(&key);
         step.emit(self.keep_records, || {
             let mut rec = self.record(now, &job.request, OPERATOR_ACTOR);
             rec.event = LedgerEvent::Deleted {
@@ -1382,9 +1427,7 @@ impl Engine {
         let cap_watch = if unknown { &Watch::ALWAYS } else { &watch };
         let same_cap = (on_other || unknown)
             && self
-                .queue
-                .get(&qk)
-                .and_then(|k| self.jobs.get(k))
+                .queued(&qk)
                 .is_some_and(|j| j.throttled_on.as_slice() == throttled_on)
             && self.cap_entries.get(&qk).is_some_and(|e| {
                 e.cluster_slack == cap_watch.cluster_slack
@@ -1409,27 +1452,31 @@ impl Engine {
         if (on_other || unknown) && !same_cap {
             // Waiting only on its own namespace's cap: only that namespace's
             // finishing jobs can help it.
-            let ns = self.queue.get(&qk).cloned();
-            let only_ns = ns.as_ref().is_some_and(|k| {
+            let home = self
+                .jobs
+                .get(&qk.2)
+                .filter(|j| j.phase == Phase::Queued)
+                .map(|j| &j.request.id.namespace);
+            let only_ns = home.is_some_and(|ns| {
                 !unknown
                     && throttled_on
                         .iter()
                         .filter(|c| !c.starts_with("budget/"))
                         .all(|c| {
                             c.starts_with("capacity/")
-                                && c.strip_suffix(k.0.as_str())
+                                && c.strip_suffix(ns.as_str())
                                     .is_some_and(|c| c.ends_with("namespace "))
                         })
             });
-            match ns {
-                Some(k) if only_ns => {
-                    match self.ns_capacity_waiters.get_mut(&k.0) {
+            match home {
+                Some(ns) if only_ns => {
+                    match self.ns_capacity_waiters.get_mut(ns.as_str()) {
                         Some(set) => {
                             set.insert(qk);
                         }
                         None => {
                             self.ns_capacity_waiters
-                                .insert(k.0.clone(), std::collections::BTreeSet::from([qk]));
+                                .insert(ns.clone(), std::collections::BTreeSet::from([qk]));
                         }
                     }
                     self.index_cap(qk, watch, true);
@@ -1462,7 +1509,7 @@ impl Engine {
         let Some(items) = quick else {
             return;
         };
-        let Some(job) = self.queue.get(&qk).and_then(|k| self.jobs.get(k)) else {
+        let Some(job) = self.queued(&qk) else {
             return;
         };
         let lineages: Vec<String> = std::iter::once(job.request.lineage())
@@ -1505,7 +1552,7 @@ impl Engine {
 
     /// Files a capacity waiter in the wake-up index.
     fn index_cap(&mut self, qk: QueueKey, watch: Watch, ns_home: bool) {
-        let Some(job) = self.queue.get(&qk).and_then(|k| self.jobs.get(k)) else {
+        let Some(job) = self.queued(&qk) else {
             return;
         };
         let mut lineages = vec![job.request.lineage().to_string()];
@@ -1657,12 +1704,12 @@ impl Engine {
     }
 
     fn unfile_ns_waiter(&mut self, qk: &QueueKey) {
-        if let Some(k) = self.queue.get(qk)
-            && let Some(set) = self.ns_capacity_waiters.get_mut(&k.0)
+        if let Some(j) = self.jobs.get(&qk.2)
+            && let Some(set) = self.ns_capacity_waiters.get_mut(&j.request.id.namespace)
         {
             set.remove(qk);
             if set.is_empty() {
-                self.ns_capacity_waiters.remove(&k.0);
+                self.ns_capacity_waiters.remove(&j.request.id.namespace);
             }
         }
     }
@@ -1685,15 +1732,15 @@ impl Engine {
 
     /// Re-evaluates everything held: queued jobs and jobs awaiting approval.
     fn reevaluate_held(&mut self, now: Timestamp, step: &mut Step) {
-        let mut held: Vec<(Timestamp, u64, JobKey)> = self
+        let mut held: Vec<(Timestamp, u64)> = self
             .jobs
-            .iter()
-            .filter(|(_, j)| j.phase == Phase::AwaitingApproval)
-            .map(|(k, j)| (j.submitted_at, j.seq, k.clone()))
+            .values()
+            .filter(|j| j.phase == Phase::AwaitingApproval)
+            .map(|j| (j.submitted_at, j.seq))
             .collect();
         held.sort();
-        for (_, _, k) in held {
-            self.decide(now, &k, step, false);
+        for (_, seq) in held {
+            self.decide(now, seq, step, false);
         }
         self.drain_queue(now, step, Trigger::All);
     }
@@ -1731,7 +1778,7 @@ impl Engine {
                 due.sort();
                 due
             }
-            _ => self.queue.keys().copied().collect(),
+            _ => self.queue.iter().copied().collect(),
         };
         for qk in std::mem::take(&mut qks) {
             self.visit(now, step, trigger, qk, &mut blocked);
@@ -1809,11 +1856,11 @@ impl Engine {
         qk: QueueKey,
     ) -> Option<(Vec<String>, Option<i64>, Watch)> {
         let w = self.quick_watch.get(&qk)?;
-        let key = self.queue.get(&qk)?;
-        let job = self.jobs.get(key)?;
+        let job = self.queued(&qk)?;
+        let namespace = job.request.id.namespace.as_str();
         let acc = |u: Usage| i64::try_from(u.accelerators).unwrap_or(i64::MAX);
         let cluster_used = acc(self.cluster_usage);
-        let ns_used = acc(self.ns_usage.get(&key.0).copied().unwrap_or_default());
+        let ns_used = acc(self.ns_usage.get(namespace).copied().unwrap_or_default());
         let now_ms = ms(now);
         let mut held: Vec<String> = Vec::new();
         let mut wake: Option<i64> = None;
@@ -1827,7 +1874,7 @@ impl Engine {
                     governing,
                 } => {
                     let scope_key = match scope {
-                        0 => key.0.as_str(),
+                        0 => namespace,
                         1 => job.request.lineage(),
                         _ => "",
                     };
@@ -1879,11 +1926,8 @@ impl Engine {
         blocked: &mut HashSet<String>,
     ) {
         {
-            let Some(key) = self.queue.get(&qk).cloned() else {
-                return;
-            };
-            let Some(job) = self.jobs.get(&key) else {
-                self.dequeue(&qk);
+            let seq = qk.2;
+            let Some(job) = self.queued(&qk) else {
                 return;
             };
             // Freed capacity cannot help a job waiting only on a budget window,
@@ -1916,7 +1960,7 @@ impl Engine {
                     self.wakeups.insert(w);
                 }
                 self.set_waits(qk, &held, wake_at, watch);
-                if let Some(j) = self.jobs.get_mut(&key) {
+                if let Some(j) = self.jobs.get_mut(&seq) {
                     j.throttled_on = held;
                 }
                 return;
@@ -1933,7 +1977,7 @@ impl Engine {
                 let watch = std::mem::replace(&mut eval.watch, Watch::ALWAYS);
                 self.set_waits(qk, &eval.throttled_on, eval.wake_at, watch);
                 self.watch_quick(qk, eval.quick.take());
-                if let Some(j) = self.jobs.get_mut(&key) {
+                if let Some(j) = self.jobs.get_mut(&seq) {
                     j.decision = Some(eval.decision);
                     j.throttled_on = eval.throttled_on;
                     j.throttled_strict = eval.strict;
@@ -1941,19 +1985,19 @@ impl Engine {
                 return;
             }
             self.dequeue(&qk);
-            self.commit(now, &key, eval, step, false);
+            self.commit(now, seq, eval, step, false);
         }
     }
 
     /// Evaluates a job and applies the verdict.
-    fn decide(&mut self, now: Timestamp, key: &JobKey, step: &mut Step, fresh: bool) {
-        let Some(job) = self.jobs.get(key) else {
+    fn decide(&mut self, now: Timestamp, seq: u64, step: &mut Step, fresh: bool) {
+        let Some(job) = self.jobs.get(&seq) else {
             return;
         };
         let blocked =
             self.blocked_ahead((Reverse(job.request.priority), job.submitted_at, job.seq));
         let eval = self.evaluate(now, &job.request, &job.approvals, &blocked);
-        self.commit(now, key, eval, step, fresh);
+        self.commit(now, seq, eval, step, fresh);
     }
 
     /// Constraints blocked by queued jobs ahead of `job` (StrictFIFO).
@@ -1962,23 +2006,16 @@ impl Engine {
         if self.queue.is_empty() || !self.any_strict() {
             return out;
         }
-        for other in self.queue.range(..qk).map(|(_, k)| k) {
-            if let Some(o) = self.jobs.get(other) {
+        for other in self.queue.range(..qk) {
+            if let Some(o) = self.jobs.get(&other.2) {
                 out.extend(o.throttled_on.iter().cloned());
             }
         }
         out
     }
 
-    fn commit(
-        &mut self,
-        now: Timestamp,
-        key: &JobKey,
-        eval: Evaluation,
-        step: &mut Step,
-        fresh: bool,
-    ) {
-        let Some(job) = self.jobs.get(key) else {
+    fn commit(&mut self, now: Timestamp, seq: u64, eval: Evaluation, step: &mut Step, fresh: bool) {
+        let Some(job) = self.jobs.get(&seq) else {
             return;
         };
         let previous = job.decision.as_ref().map(|d| d.verdict);
@@ -1995,7 +2032,11 @@ impl Engine {
         let qk = (Reverse(priority), job.submitted_at, job.seq);
         if phase == Phase::Queued {
             if !was_queued {
-                self.queue.insert(qk, Arc::new(key.clone()));
+                self.queue.insert(qk);
+            }
+            // Queued from here on (`queued` finds it by its phase).
+            if let Some(j) = self.jobs.get_mut(&seq) {
+                j.phase = Phase::Queued;
             }
             self.set_waits(qk, &eval.throttled_on, eval.wake_at, eval.watch.clone());
             self.watch_quick(qk, eval.quick.clone());
@@ -2018,7 +2059,7 @@ impl Engine {
         let changed = fresh || previous != Some(decision.verdict);
         // Names of the policies that selected the job: for the ledger entry
         // and for the crossings an admission causes (computed once).
-        let req = match self.jobs.get(key) {
+        let req = match self.jobs.get(&seq) {
             Some(j) => &j.request,
             None => return,
         };
@@ -2055,7 +2096,7 @@ impl Engine {
         if phase == Phase::Admitted {
             self.record_crossings(now, &eval.charged_lineages, Some(&selected));
         }
-        if let Some(j) = self.jobs.get_mut(key) {
+        if let Some(j) = self.jobs.get_mut(&seq) {
             j.phase = phase;
             if phase == Phase::Admitted {
                 j.admitted = Some(Admission {
@@ -2075,7 +2116,7 @@ impl Engine {
             j.decision = Some(decision);
         }
         if phase == Phase::Rejected {
-            self.bury(key);
+            self.bury(seq);
         }
     }
 
