@@ -1846,26 +1846,25 @@ impl Engine {
 
     /// For a queued job with a [`QuickWatch`] whose lineages' totals still
     /// stand: what evaluating it now would give while it stays throttled (the
-    /// constraints that hold it back, when a budget window frees enough for
-    /// it, how to file it), from its budgets' windows and the current usage
-    /// alone. `None`: nothing holds it back any more (or it has no quick
+    /// constraints that hold it back, as a bit per item of the watch; when a
+    /// budget window frees enough for it; how to file it), from its budgets'
+    /// windows and the current usage alone. `None`: nothing holds it back any more (or it has no quick
     /// watch, or its lineages were charged since): evaluate it.
-    fn quick_check(
-        &self,
-        now: Timestamp,
-        qk: QueueKey,
-    ) -> Option<(Vec<String>, Option<i64>, Watch)> {
+    fn quick_check(&self, now: Timestamp, qk: QueueKey) -> Option<(u64, Option<i64>, Watch)> {
         let w = self.quick_watch.get(&qk)?;
+        if w.items.len() > 64 {
+            return None;
+        }
         let job = self.queued(&qk)?;
         let namespace = job.request.id.namespace.as_str();
         let acc = |u: Usage| i64::try_from(u.accelerators).unwrap_or(i64::MAX);
         let cluster_used = acc(self.cluster_usage);
         let ns_used = acc(self.ns_usage.get(namespace).copied().unwrap_or_default());
         let now_ms = ms(now);
-        let mut held: Vec<String> = Vec::new();
+        let mut held = 0u64;
         let mut wake: Option<i64> = None;
         let mut watch = Watch::ALWAYS;
-        for item in &w.items {
+        for (i, item) in w.items.iter().enumerate() {
             match item.test {
                 QuickTest::Budget {
                     scope,
@@ -1885,7 +1884,7 @@ impl Engine {
                         watch.ns_budgets.push((window_ms, limit, governing));
                     }
                     if used + governing > limit {
-                        held.push(item.constraint.clone());
+                        held |= 1 << i;
                         if let Some(f) =
                             series.and_then(|s| s.frees_at(window_ms, limit - governing))
                         {
@@ -1902,12 +1901,12 @@ impl Engine {
                         cluster_used
                     };
                     if used > slack {
-                        held.push(item.constraint.clone());
+                        held |= 1 << i;
                     }
                 }
             }
         }
-        if held.is_empty() {
+        if held == 0 {
             return None;
         }
         if w.cluster_budget {
@@ -1959,6 +1958,31 @@ impl Engine {
                 if let Some(w) = wake_at {
                     self.wakeups.insert(w);
                 }
+                let Some(items) = self.quick_watch.get(&qk).map(|w| &w.items) else {
+                    return;
+                };
+                let holding = || {
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| held & (1 << i) != 0)
+                        .map(|(_, item)| &item.constraint)
+                };
+                let current = self.jobs.get(&seq).map(|j| &j.throttled_on);
+                let budgets_as_before = current.is_some_and(|on| {
+                    holding().eq(on.iter()) && on.iter().all(|c| c.starts_with("budget/"))
+                });
+                if budgets_as_before {
+                    // Held by the same budgets only: what `set_waits` would do
+                    // comes down to its new wake-up.
+                    let w = wake_at.unwrap_or(i64::MAX);
+                    if let Some(old) = self.budget_wake.insert(qk, w) {
+                        self.budget_waiters.remove(&(old, qk));
+                    }
+                    self.budget_waiters.insert((w, qk));
+                    return;
+                }
+                let held: Vec<String> = holding().cloned().collect();
                 self.set_waits(qk, &held, wake_at, watch);
                 if let Some(j) = self.jobs.get_mut(&seq) {
                     j.throttled_on = held;
