@@ -74,7 +74,8 @@ pub struct JobRequest {
     pub id: JobId,
     /// Labels of the job's namespace, for policies' namespaceSelector.
     #[serde(default)]
-    pub namespace_labels: BTreeMap<String, String>,
+    /// Shared: every job of a namespace carries the same labels.
+    pub namespace_labels: std::sync::Arc<BTreeMap<String, String>>,
     pub model: ModelSpec,
     pub accelerator: AcceleratorSpec,
     /// replicas × the accelerator resource limit of the pod template.

@@ -206,7 +206,7 @@ pub fn job_request(
             name: doc.metadata.name.clone(),
             uid: doc.metadata.uid.clone().unwrap_or_default(),
         },
-        namespace_labels: BTreeMap::new(),
+        namespace_labels: Default::default(),
         model: doc.spec.model.clone(),
         accelerator: doc.spec.accelerator.clone(),
         count,

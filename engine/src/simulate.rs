@@ -379,6 +379,12 @@ pub fn simulate_stream(
         });
     }
     let mut alive: HashMap<(String, String), Alive> = HashMap::new();
+    // Each namespace's labels, shared by all its jobs.
+    let labels: HashMap<String, std::sync::Arc<BTreeMap<String, String>>> = header
+        .namespaces
+        .iter()
+        .map(|(ns, l)| (ns.clone(), std::sync::Arc::new(l.clone())))
+        .collect();
     let mut finishes: BinaryHeap<Reverse<(i64, u64, Pending)>> = BinaryHeap::new();
     let mut waits = WaitStats::default();
     let mut order = 0u64;
@@ -433,15 +439,7 @@ pub fn simulate_stream(
             now = start
                 .checked_add(SignedDuration::from_millis(at))
                 .map_err(|err| format!("events[{i}].at: {err}"))?;
-            sim.trace_event(
-                &mut engine,
-                now,
-                i,
-                e,
-                &header.namespaces,
-                options,
-                &mut alive,
-            )?
+            sim.trace_event(&mut engine, now, i, e, &labels, options, &mut alive)?
         } else {
             let Some(Reverse((t, _, pending))) = finishes.pop() else {
                 break;
@@ -539,7 +537,7 @@ impl Simulation {
         now: Timestamp,
         i: usize,
         e: TraceEvent,
-        namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+        namespaces: &HashMap<String, std::sync::Arc<BTreeMap<String, String>>>,
         options: &SimulateOptions,
         alive: &mut HashMap<(String, String), Alive>,
     ) -> Result<crate::engine::Step, String> {

@@ -137,7 +137,7 @@ fn job(row: &Row, entry: &AcceleratorEntry, precision: Precision) -> JobRequest 
             name: row.model.clone(),
             uid: String::new(),
         },
-        namespace_labels: BTreeMap::new(),
+        namespace_labels: Default::default(),
         model: ModelSpec::default(),
         accelerator: AcceleratorSpec {
             kind: entry.name.clone(),

@@ -35,7 +35,10 @@ fn job(ns: &str, name: &str, lineage: &str, count: u32, hours: u64) -> JobReques
             name: name.into(),
             uid: format!("uid-{name}"),
         },
-        namespace_labels: [("team".to_string(), ns.to_string())].into(),
+        namespace_labels: std::sync::Arc::new(std::collections::BTreeMap::from([(
+            "team".to_string(),
+            ns.to_string(),
+        )])),
         model: ModelSpec {
             name: Some(lineage.into()),
             ..ModelSpec::default()

@@ -90,7 +90,10 @@ fn request(
 ) -> JobRequest {
     let id = id(ns, name);
     JobRequest {
-        namespace_labels: [("team".to_string(), id.namespace.clone())].into(),
+        namespace_labels: std::sync::Arc::new(std::collections::BTreeMap::from([(
+            "team".to_string(),
+            id.namespace.clone(),
+        )])),
         id,
         model: ModelSpec {
             name: Some(format!("l{lineage}")),

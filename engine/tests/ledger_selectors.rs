@@ -45,7 +45,8 @@ fn job(ns: &str, name: &str, lineage: &str, labels: &[(&str, &str)]) -> JobReque
         namespace_labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into(),
         model: ModelSpec {
             name: Some(lineage.into()),
             ..ModelSpec::default()

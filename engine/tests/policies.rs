@@ -46,7 +46,8 @@ fn job(
         namespace_labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
+            .collect::<BTreeMap<_, _>>()
+            .into(),
         model: ModelSpec {
             name: Some(lineage.into()),
             base_model: base.map(str::to_string),

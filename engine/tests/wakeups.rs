@@ -170,7 +170,10 @@ fn to_event(op: &Op, now: Timestamp) -> Event {
         } => {
             let id = id(ns, name);
             Event::Submit(JobRequest {
-                namespace_labels: [("team".to_string(), id.namespace.clone())].into(),
+                namespace_labels: std::sync::Arc::new(std::collections::BTreeMap::from([(
+                    "team".to_string(),
+                    id.namespace.clone(),
+                )])),
                 id,
                 model: ModelSpec {
                     name: Some(format!("l{lineage}")),

@@ -53,7 +53,7 @@ fn project(args: &ProjectArgs) -> Result<String, String> {
             .ok_or_else(|| format!("--namespace-label: {l:?} must be KEY=VALUE"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    job.namespace_labels = labels;
+    job.namespace_labels = labels.into();
     let mut engine = Engine::new(Catalog::builtin());
     let now = Timestamp::now();
     for p in &policies {

@@ -44,7 +44,7 @@ pub fn job_request(
         .map_err(|e| e.message)?;
     req.id.namespace = tj.namespace().unwrap_or_default();
     req.id.uid = tj.uid().unwrap_or_default();
-    req.namespace_labels = namespace_labels;
+    req.namespace_labels = namespace_labels.into();
     Ok(req)
 }
 

@@ -508,7 +508,7 @@ fn job_request(
             name,
             uid: object.metadata.uid.clone().unwrap_or_default(),
         },
-        namespace_labels: view.namespace_labels.clone(),
+        namespace_labels: std::sync::Arc::new(view.namespace_labels.clone()),
         model,
         accelerator: AcceleratorSpec { kind, precision },
         count,
