@@ -2115,6 +2115,11 @@ impl Engine {
                 };
                 rec
             });
+            if step.decisions.capacity() == 0 {
+                // Most steps decide one job: room for one (the first growth
+                // would make room for four, ~1.5 KB).
+                step.decisions.reserve_exact(1);
+            }
             step.decisions.push((req.id.clone(), decision.clone()));
         }
         if phase == Phase::Admitted {
@@ -2201,13 +2206,16 @@ impl Engine {
         let mut new = Vec::new();
         for l in lineages {
             let total = self.lineage(l).charged;
+            let done = self.crossed.get(l.as_str());
             for p in self.policies.values() {
-                if selected.is_some_and(|names| !names.contains(&p.name)) {
-                    continue;
+                if !p.spec.tiers.iter().any(|t| total.0 > t.threshold.0)
+                    || selected.is_some_and(|names| !names.contains(&p.name))
+                {
+                    continue; // below all its tiers, or not selecting the job
                 }
                 for t in &p.spec.tiers {
                     if total.0 > t.threshold.0 {
-                        if self.crossed.get(l.as_str()).is_some_and(|done| {
+                        if done.is_some_and(|done| {
                             done.iter().any(|(dp, dt)| *dp == p.name && *dt == t.name)
                         }) {
                             continue;
@@ -2304,7 +2312,9 @@ impl Engine {
             basis: Basis,
             approvals_lifted: bool,
         }
-        let mut results: Vec<PolicyResult> = Vec::new();
+        // Sized exactly: a few hundred bytes each, so growing by doubling
+        // would ask the allocator for a block past its fast per-thread cache.
+        let mut results: Vec<PolicyResult> = Vec::with_capacity(policies.len());
         let mut constraints = Vec::new();
         let mut throttled_on = Vec::new();
         let mut strict = false;
