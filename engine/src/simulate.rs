@@ -84,8 +84,9 @@ pub struct TraceEvent {
     /// `namespace/name` of a job to delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete: Option<String>,
+    /// Boxed: rare, and large enough to make every event large.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<ComputePolicyDoc>,
+    pub policy: Option<Box<ComputePolicyDoc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remove_policy: Option<String>,
 }
@@ -292,8 +293,10 @@ pub fn read_jsonl_trace<R: std::io::BufRead + Send + 'static>(
 fn read_ahead(
     events: impl Iterator<Item = Result<TraceEvent, String>> + Send + 'static,
 ) -> TraceEvents {
-    const BATCH: usize = 1024;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<TraceEvent, String>>>(8);
+    // Small batches (tens of KB): freeing a block past 64 KB makes glibc
+    // consolidate its free lists, on the engine's thread.
+    const BATCH: usize = 32;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<TraceEvent, String>>>(128);
     let spawned = std::thread::Builder::new()
         .name("trace-reader".into())
         .spawn(move || {
