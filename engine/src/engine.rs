@@ -2087,7 +2087,10 @@ impl Engine {
             Some(j) => &j.request,
             None => return,
         };
-        let selected: Vec<String> = if (changed && self.keep_records) || phase == Phase::Admitted {
+        // An admission crosses a tier only now and then: the names are not
+        // needed otherwise unless a ledger entry records them.
+        let crossing = phase == Phase::Admitted && self.may_cross(&eval.charged_lineages);
+        let selected: Vec<String> = if (changed && self.keep_records) || crossing {
             self.selecting(req).iter().map(|p| p.name.clone()).collect()
         } else {
             Vec::new()
@@ -2122,7 +2125,7 @@ impl Engine {
             }
             step.decisions.push((req.id.clone(), decision.clone()));
         }
-        if phase == Phase::Admitted {
+        if crossing {
             self.record_crossings(now, &eval.charged_lineages, Some(&selected));
         }
         if let Some(j) = self.jobs.get_mut(&seq) {
@@ -2197,6 +2200,24 @@ impl Engine {
     /// cumulative total (all charges) exceeds the threshold. `selected` names
     /// the policies that selected the job; `None` (ledger entries written
     /// before `selectedBy` existed) counts toward every policy.
+    /// Whether some policy's tier is below one of these lineages' totals and
+    /// not yet recorded as crossed on it (what [`Self::record_crossings`]
+    /// would record, before asking which policies selected the job).
+    fn may_cross(&self, lineages: &[String]) -> bool {
+        lineages.iter().any(|l| {
+            let total = self.lineage(l).charged;
+            let done = self.crossed.get(l.as_str());
+            self.policies.values().any(|p| {
+                p.spec.tiers.iter().any(|t| {
+                    total.0 > t.threshold.0
+                        && !done.is_some_and(|done| {
+                            done.iter().any(|(dp, dt)| *dp == p.name && *dt == t.name)
+                        })
+                })
+            })
+        })
+    }
+
     fn record_crossings(
         &mut self,
         now: Timestamp,
@@ -2299,16 +2320,16 @@ impl Engine {
             };
         }
 
-        struct PolicyResult {
-            name: String,
+        struct PolicyResult<'a> {
+            name: &'a str,
             mode: Mode,
             outcome: RuleOutcome,
             projection: Option<Projection>,
             governing: Flop,
             lineage_total: Flop,
-            tier: Option<String>,
+            tier: Option<&'a str>,
             /// For the Admit sentence, written only if this policy decides.
-            tier_lineage: String,
+            tier_lineage: &'a str,
             basis: Basis,
             approvals_lifted: bool,
         }
@@ -2329,6 +2350,9 @@ impl Engine {
         // budget (index into its budgets; `usize::MAX`: a cap).
         let mut quick: Option<Vec<(usize, usize, QuickTest)>> = Some(Vec::new());
 
+        // The last projection, by the catalog and utilization it used: policies
+        // without accelerator overrides share the base catalog.
+        let mut projected: Option<(*const Catalog, Option<f64>, Result<Projection, String>)> = None;
         for (pi, p) in policies.iter().enumerate() {
             let spec = &p.spec;
             let mut outcomes: Vec<RuleOutcome> = Vec::new();
@@ -2356,7 +2380,17 @@ impl Engine {
                 ));
                 None
             } else {
-                match project(&p.catalog, req, spec.estimate.utilization) {
+                let key = (Arc::as_ptr(&p.catalog), spec.estimate.utilization);
+                let result = match &projected {
+                    Some((c, u, r)) if (*c, *u) == key => r.clone(),
+                    _ => {
+                        let r = project(&p.catalog, req, spec.estimate.utilization)
+                            .map_err(|e| e.to_string());
+                        projected = Some((key.0, key.1, r.clone()));
+                        r
+                    }
+                };
+                match result {
                     Ok(pr) => Some(pr),
                     Err(e) => {
                         outcomes.push(reject("validation/accelerator", format!("Rejected: {e}.")));
@@ -2386,12 +2420,12 @@ impl Engine {
                 (Some(b), true) => {
                     let bt = self.lineage(b).charged + governing;
                     if bt.0 > own_total.0 {
-                        (b.clone(), bt)
+                        (b.as_str(), bt)
                     } else {
-                        (lineage.clone(), own_total)
+                        (lineage.as_str(), own_total)
                     }
                 }
-                _ => (lineage.clone(), own_total),
+                _ => (lineage.as_str(), own_total),
             };
             let mut tier_name = None;
             if let Some(t) = spec
@@ -2400,7 +2434,7 @@ impl Engine {
                 .rev()
                 .find(|t| lineage_total.0 > t.threshold.0)
             {
-                tier_name = Some(t.name.clone());
+                tier_name = Some(t.name.as_str());
                 let rule = format!("tier/{}", t.name);
                 let context = || {
                     format!(
@@ -2723,7 +2757,7 @@ impl Engine {
                 charged_lineages.push(b.clone());
             }
             results.push(PolicyResult {
-                name: p.name.clone(),
+                name: &p.name,
                 mode: spec.mode,
                 outcome,
                 projection,
@@ -2810,14 +2844,14 @@ impl Engine {
                 verdict,
                 enforced_verdict,
                 mode: decider.mode,
-                policy: Some(decider.name.clone()),
+                policy: Some(decider.name.to_string()),
                 rule: Some(decider.outcome.rule.clone()),
                 reason,
                 warnings,
                 projection: decider.projection.clone(),
                 governing: decider.governing,
                 lineage_total: decider.lineage_total,
-                tier: decider.tier.clone(),
+                tier: decider.tier.map(str::to_string),
                 approvals,
                 queue_position: None,
             },
