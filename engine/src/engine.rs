@@ -593,6 +593,35 @@ fn from_ms(v: i64) -> Timestamp {
     Timestamp::from_millisecond(v).unwrap_or(Timestamp::MAX)
 }
 
+/// The hash approvals bind to and resubmissions are compared by when the
+/// caller gives none: `content_hash` of (model, accelerator, count,
+/// maxDuration, priority), its canonical bytes written directly
+/// (tests/ledger_canonical.rs). Exposed so a caller can compute it ahead,
+/// e.g. on another thread.
+pub fn spec_hash(req: &JobRequest) -> String {
+    spec_hash_of(
+        &req.model,
+        &req.accelerator,
+        req.count,
+        req.max_duration,
+        req.priority,
+    )
+}
+
+/// [`spec_hash`] from the parts of a spec it covers.
+pub fn spec_hash_of(
+    model: &crate::job::ModelSpec,
+    accelerator: &crate::job::AcceleratorSpec,
+    count: u32,
+    max_duration: crate::duration::GoDuration,
+    priority: i32,
+) -> String {
+    let bytes =
+        crate::ledger::job_spec_canonical_json(model, accelerator, count, max_duration, priority)
+            .unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
 /// SHA-256 (hex) of a value's canonical JSON; used for spec and policy hashes.
 /// The single-pass serializer the ledger uses (tested byte for byte against
 /// `serde_json_canonicalizer`); a value with no canonical form hashes as
@@ -1047,17 +1076,7 @@ impl Engine {
         step: &mut Step,
     ) -> Result<(), EngineError> {
         if req.spec_hash.is_empty() {
-            // As `content_hash` of (model, accelerator, count, maxDuration,
-            // priority), written directly (tests/ledger_canonical.rs).
-            let bytes = crate::ledger::job_spec_canonical_json(
-                &req.model,
-                &req.accelerator,
-                req.count,
-                req.max_duration,
-                req.priority,
-            )
-            .unwrap_or_default();
-            req.spec_hash = hex::encode(Sha256::digest(&bytes));
+            req.spec_hash = spec_hash(&req);
         }
         let key = key_of(&req.id);
         if let Some(t) = self.ended.get(&key) {

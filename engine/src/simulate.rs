@@ -111,6 +111,10 @@ pub struct Submission {
     pub runtime: Option<GoDuration>,
     #[serde(default)]
     pub fails: bool,
+    /// The job's spec hash, computed by the trace reader on its own thread
+    /// (never read from or written to a trace).
+    #[serde(skip)]
+    pub spec_hash: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -281,6 +285,19 @@ pub fn read_jsonl_trace<R: std::io::BufRead + Send + 'static>(
             Ok(l) if l.trim().is_empty() => None,
             Ok(l) => Some(
                 serde_json::from_str::<TraceEvent>(&l)
+                    .map(|mut e| {
+                        // Hashed here, on the reader's thread, not the engine's.
+                        if let Some(s) = &mut e.submit {
+                            s.spec_hash = Some(crate::engine::spec_hash_of(
+                                &s.model,
+                                &s.accelerator,
+                                s.count,
+                                s.max_duration,
+                                s.priority,
+                            ));
+                        }
+                        e
+                    })
                     .map_err(|e| format!("{name}: line {}: {e}", i + 2)),
             ),
         });
@@ -559,7 +576,7 @@ impl Simulation {
                     user,
                     groups: s.groups,
                 }),
-                spec_hash: String::new(),
+                spec_hash: s.spec_hash.unwrap_or_default(),
                 id: JobId {
                     namespace: s.namespace,
                     name: s.name,
