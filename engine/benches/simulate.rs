@@ -7,6 +7,11 @@
 //! `komptroller gen-trace --submissions 1000000 -o trace.jsonl &&
 //!  /usr/bin/time -v komptroller simulate --trace trace.jsonl --summary-only`
 
+// The allocator the komptroller binary uses (operator/src/main.rs), so this
+// measures what `komptroller simulate` runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::BufReader;
 use std::time::Instant;
 
