@@ -1312,18 +1312,14 @@ impl Engine {
 
     fn release(&mut self, job: &JobState) {
         if let Some(a) = &job.admitted {
-            self.release_usage(&job.request.id.namespace, a.rate, a.accelerators);
+            release_usage(
+                &mut self.cluster_usage,
+                &mut self.ns_usage,
+                &job.request.id.namespace,
+                a.rate,
+                a.accelerators,
+            );
         }
-    }
-
-    fn release_usage(&mut self, namespace: &str, rate: FlopPerSecond, accelerators: u64) {
-        release_usage(
-            &mut self.cluster_usage,
-            &mut self.ns_usage,
-            namespace,
-            rate,
-            accelerators,
-        );
     }
 
     /// Ends a job at `now`, metering its run up to `ended_at` (≤ `now`).
