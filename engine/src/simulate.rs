@@ -821,7 +821,10 @@ impl Simulation {
             .filter(|j| j.queue_wait_seconds.is_some_and(|w| w > 0.0))
             .collect();
         out.push_str("\nQUEUE WAITS\n");
-        if waited.is_empty() {
+        if self.jobs.is_empty() && self.summary.submissions > 0 {
+            // A run that kept no per-job lines (--summary-only).
+            out.push_str("per-job waits not kept (summary only)\n");
+        } else if waited.is_empty() {
             out.push_str("no job waited\n");
         }
         for j in waited.iter().take(timeline_limit) {

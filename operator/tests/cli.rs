@@ -194,3 +194,34 @@ fn simulate_out_writes_the_books_and_verify_accepts_them() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--summary-only` keeps no timeline, records or reasons, yet its summary
+/// counts what a full run counts, and it says per-job waits were not kept
+/// instead of claiming no job waited.
+#[test]
+fn simulate_summary_only_counts_what_a_full_run_counts() {
+    let dir = std::env::temp_dir().join(format!("komptroller-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("t.jsonl");
+    let trace = trace.to_str().unwrap();
+    let (code, _, err) = komptroller(&["gen-trace", "--submissions", "2000", "-o", trace]);
+    assert_eq!(code, 0, "{err}");
+    let (code, full, err) = komptroller(&["simulate", "--trace", trace]);
+    assert_eq!(code, 0, "{err}");
+    let (code, summary, err) = komptroller(&["simulate", "--trace", trace, "--summary-only"]);
+    assert_eq!(code, 0, "{err}");
+    let counts = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("2000 submissions,"))
+            .map(str::to_string)
+    };
+    assert!(counts(&full).is_some(), "{full}");
+    assert_eq!(counts(&full), counts(&summary));
+    assert!(
+        summary.contains("per-job waits not kept (summary only)"),
+        "{summary}"
+    );
+    assert!(!summary.contains("no job waited"), "{summary}");
+    assert!(!full.contains("per-job waits not kept"), "{full}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

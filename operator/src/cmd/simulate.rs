@@ -31,7 +31,8 @@ pub struct SimulateArgs {
     /// Lines of timeline, queue waits and lineages to print in text output.
     #[arg(long, default_value_t = 200)]
     pub limit: usize,
-    /// Skip the timeline and records (for very large traces).
+    /// Skip the timeline, the ledger records and the worded reasons (for very
+    /// large traces): the summary, its counts and totals are the same.
     #[arg(long, conflicts_with = "out")]
     pub summary_only: bool,
     /// Write the books to DIR: ledger.jsonl, report.json (signed), report.csv,
