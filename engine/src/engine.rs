@@ -136,6 +136,11 @@ pub struct Step {
 }
 
 impl Step {
+    /// Ledger records this step produced, kept or not.
+    pub fn record_count(&self) -> u64 {
+        self.records.len() as u64 + self.records_not_kept
+    }
+
     /// Adds the record `make` builds, or only counts it when `keep` is false.
     fn emit(&mut self, keep: bool, make: impl FnOnce() -> LedgerRecord) {
         if keep {
@@ -1420,9 +1425,7 @@ impl Engine {
         self.queue.remove(qk);
         self.capacity_waiters.remove(qk);
         self.unindex_cap(qk);
-        if let Some(w) = self.budget_wake.remove(qk) {
-            self.budget_waiters.remove(&(w, *qk));
-        }
+        self.unfile_budget_waiter(qk);
         self.forget_quick(qk);
     }
 
@@ -1502,9 +1505,6 @@ impl Engine {
                 }
             }
         }
-        if let Some(w) = self.budget_wake.remove(&qk) {
-            self.budget_waiters.remove(&(w, qk));
-        }
         if on_budget || unknown {
             // Due when its window frees; unknown: at every tick.
             let w = if unknown {
@@ -1512,8 +1512,23 @@ impl Engine {
             } else {
                 wake_at.unwrap_or(i64::MAX)
             };
-            self.budget_waiters.insert((w, qk));
-            self.budget_wake.insert(qk, w);
+            self.file_budget_waiter(qk, w);
+        } else {
+            self.unfile_budget_waiter(&qk);
+        }
+    }
+
+    /// Files (or refiles) a budget waiter to be due at `w` (ms).
+    fn file_budget_waiter(&mut self, qk: QueueKey, w: i64) {
+        if let Some(old) = self.budget_wake.insert(qk, w) {
+            self.budget_waiters.remove(&(old, qk));
+        }
+        self.budget_waiters.insert((w, qk));
+    }
+
+    fn unfile_budget_waiter(&mut self, qk: &QueueKey) {
+        if let Some(w) = self.budget_wake.remove(qk) {
+            self.budget_waiters.remove(&(w, *qk));
         }
     }
 
@@ -1990,11 +2005,7 @@ impl Engine {
                 if budgets_as_before {
                     // Held by the same budgets only: what `set_waits` would do
                     // comes down to its new wake-up.
-                    let w = wake_at.unwrap_or(i64::MAX);
-                    if let Some(old) = self.budget_wake.insert(qk, w) {
-                        self.budget_waiters.remove(&(old, qk));
-                    }
-                    self.budget_waiters.insert((w, qk));
+                    self.file_budget_waiter(qk, wake_at.unwrap_or(i64::MAX));
                     return;
                 }
                 let held: Vec<String> = holding().cloned().collect();

@@ -700,7 +700,7 @@ impl Simulation {
         finishes: &mut BinaryHeap<Reverse<(i64, u64, Pending)>>,
         waits: &mut WaitStats,
     ) {
-        self.summary.ledger_records += step.records.len() as u64 + step.records_not_kept;
+        self.summary.ledger_records += step.record_count();
         if options.records {
             self.records.extend(step.records);
         }
@@ -753,8 +753,7 @@ impl Simulation {
                     }
                     // The simulated cluster starts the Job at once.
                     if let Ok(st) = engine.apply(now, Event::Start { job: id }) {
-                        self.summary.ledger_records +=
-                            st.records.len() as u64 + st.records_not_kept;
+                        self.summary.ledger_records += st.record_count();
                         if options.records {
                             self.records.extend(st.records);
                         }
