@@ -2234,12 +2234,10 @@ impl Engine {
             let total = self.lineage(l).charged;
             let done = self.crossed.get(l.as_str());
             self.policies.values().any(|p| {
-                p.spec.tiers.iter().any(|t| {
-                    total.0 > t.threshold.0
-                        && !done.is_some_and(|done| {
-                            done.iter().any(|(dp, dt)| *dp == p.name && *dt == t.name)
-                        })
-                })
+                p.spec
+                    .tiers
+                    .iter()
+                    .any(|t| newly_crossed(total, done, &p.name, t))
             })
         })
     }
@@ -2261,31 +2259,27 @@ impl Engine {
                     continue; // below all its tiers, or not selecting the job
                 }
                 for t in &p.spec.tiers {
-                    if total.0 > t.threshold.0 {
-                        if done.is_some_and(|done| {
-                            done.iter().any(|(dp, dt)| *dp == p.name && *dt == t.name)
-                        }) {
-                            continue;
-                        }
-                        let id = (l.clone(), p.name.clone(), t.name.clone());
-                        new.push((
-                            id,
-                            Crossing {
-                                lineage: l.clone(),
-                                policy: p.name.clone(),
-                                tier: t.name.clone(),
-                                threshold: t.threshold,
-                                at: now,
-                                notify_by: t.reporting.as_ref().and_then(|r| {
-                                    now.checked_add(SignedDuration::from_millis(
-                                        r.notify_within.as_millis(),
-                                    ))
-                                    .ok()
-                                }),
-                                regulation: t.reporting.as_ref().map(|r| r.regulation.clone()),
-                            },
-                        ));
+                    if !newly_crossed(total, done, &p.name, t) {
+                        continue;
                     }
+                    let id = (l.clone(), p.name.clone(), t.name.clone());
+                    new.push((
+                        id,
+                        Crossing {
+                            lineage: l.clone(),
+                            policy: p.name.clone(),
+                            tier: t.name.clone(),
+                            threshold: t.threshold,
+                            at: now,
+                            notify_by: t.reporting.as_ref().and_then(|r| {
+                                now.checked_add(SignedDuration::from_millis(
+                                    r.notify_within.as_millis(),
+                                ))
+                                .ok()
+                            }),
+                            regulation: t.reporting.as_ref().map(|r| r.regulation.clone()),
+                        },
+                    ));
                 }
             }
         }
@@ -2953,6 +2947,18 @@ impl Engine {
             quick: None,
         }
     }
+}
+
+/// Whether a lineage at `total` is above `policy`'s tier `t` without the
+/// crossing being recorded yet (`done`: the lineage's crossed tiers).
+fn newly_crossed(
+    total: Flop,
+    done: Option<&Vec<(String, String)>>,
+    policy: &str,
+    t: &crate::policy::Tier,
+) -> bool {
+    total.0 > t.threshold.0
+        && !done.is_some_and(|done| done.iter().any(|(dp, dt)| dp == policy && *dt == t.name))
 }
 
 /// Gives back the capacity an admitted job held, cluster-wide and in its
