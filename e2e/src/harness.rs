@@ -1,7 +1,8 @@
 //! The e2e harness: every scenario reaches the cluster through a kubeconfig
-//! only. By default a fresh stand-in is started; with
-//! `KOMPTROLLER_E2E_KUBECONFIG` set the same scenarios run against that real
-//! cluster. The harness prints which one it runs against.
+//! only. By default it runs on the real control plane `e2e/cluster` builds
+//! and starts (one per test binary, see [`crate::control_plane`]); with
+//! `KOMPTROLLER_E2E_KUBECONFIG` set the same scenarios run against that
+//! cluster. The harness prints which one it runs against and its version.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,6 +14,7 @@ use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
+use crate::control_plane::ControlPlane;
 use crate::standin::{Options, StandIn};
 
 /// The environment variable naming a real cluster's kubeconfig.
@@ -44,6 +46,12 @@ pub enum Error {
         "this scenario needs the stand-in (it injects faults), but runs against a real cluster"
     )]
     NeedsStandIn,
+    #[error("control plane: {0}")]
+    ControlPlane(String),
+    #[error(
+        "this scenario needs the e2e control plane (it restarts or signals its components), but runs against the cluster named by KOMPTROLLER_E2E_KUBECONFIG"
+    )]
+    NeedsControlPlane,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -63,9 +71,18 @@ pub fn crds_dir() -> PathBuf {
 /// Which cluster a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
+    /// The real control plane `e2e/cluster/start` runs (the default).
+    ControlPlane,
     StandIn,
+    /// The cluster `KOMPTROLLER_E2E_KUBECONFIG` names.
     Real,
 }
+
+/// Scenarios of one test binary that change cluster-wide state (policies,
+/// the ledger, webhook configurations, leases) take turns on the shared
+/// control plane: this is the turn.
+static TURN: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
 
 /// A cluster under test.
 pub struct Cluster {
@@ -73,6 +90,8 @@ pub struct Cluster {
     kubeconfig: PathBuf,
     client: Client,
     standin: Option<StandIn>,
+    control_plane: Option<&'static ControlPlane>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// A kube client from a kubeconfig file (its current context).
@@ -91,12 +110,156 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
 }
 
 impl Cluster {
-    /// The real cluster named by `KOMPTROLLER_E2E_KUBECONFIG`, else a fresh stand-in.
+    /// The cluster named by `KOMPTROLLER_E2E_KUBECONFIG`, else this test
+    /// binary's real control plane; either way exclusively: the scenario
+    /// waits for its turn, and the cluster-wide state earlier scenarios left
+    /// (komptroller objects, webhook configurations, test namespaces) is
+    /// removed first. Namespaced-only scenarios use [`Cluster::start_shared`].
     pub async fn start() -> Result<Self> {
+        let turn = TURN.clone().lock_owned().await;
+        let mut c = Self::start_shared().await?;
+        c.reset().await?;
+        c._turn = Some(turn);
+        Ok(c)
+    }
+
+    /// As [`Cluster::start`], without waiting for a turn: for scenarios that
+    /// touch only their own namespace and cluster-scoped kinds of their own.
+    pub async fn start_shared() -> Result<Self> {
         match std::env::var_os(KUBECONFIG_ENV) {
             Some(p) if !p.is_empty() => Self::real(Path::new(&p)).await,
-            _ => Self::start_standin(Options::default()).await,
+            _ => Self::control_plane().await,
         }
+    }
+
+    /// This test binary's control plane (started on first use).
+    pub async fn control_plane() -> Result<Self> {
+        let cp = tokio::task::spawn_blocking(ControlPlane::shared)
+            .await
+            .map_err(|e| Error::ControlPlane(e.to_string()))??;
+        let client = client_from_kubeconfig(&cp.kubeconfig).await?;
+        let v = client.apiserver_version().await?;
+        eprintln!(
+            "e2e: running against the e2e control plane (real etcd, kube-apiserver {}, kube-controller-manager, kube-scheduler; kwok nodes) at {}, {}",
+            v.git_version,
+            cp.server,
+            cp.dir.display()
+        );
+        Ok(Self {
+            target: Target::ControlPlane,
+            kubeconfig: cp.kubeconfig.clone(),
+            client,
+            standin: None,
+            control_plane: Some(cp),
+            _turn: None,
+        })
+    }
+
+    /// The control plane (to restart, pause or compact), if that is what runs.
+    pub fn control_plane_ref(&self) -> Option<&'static ControlPlane> {
+        self.control_plane
+    }
+
+    /// The control plane, or an error saying the scenario cannot run elsewhere.
+    pub fn require_control_plane(&self) -> Result<&'static ControlPlane> {
+        self.control_plane.ok_or(Error::NeedsControlPlane)
+    }
+
+    /// A kubeconfig acting as `user` in `groups`: a client certificate on the
+    /// control plane; impersonation by the admin elsewhere.
+    pub fn kubeconfig_for_user(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        if let Some(cp) = self.control_plane {
+            return cp.kubeconfig_for_user(user, groups);
+        }
+        // Another cluster: the admin kubeconfig, impersonating.
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let mut kc: Value = serde_saphyr::from_str(&text).map_err(|e| Error::Kubeconfig {
+            path: self.kubeconfig.clone(),
+            message: e.to_string(),
+        })?;
+        if let Some(users) = kc.get_mut("users").and_then(Value::as_array_mut) {
+            for u in users {
+                if let Some(ui) = u.get_mut("user").and_then(Value::as_object_mut) {
+                    ui.insert("as".into(), json!(user));
+                    ui.insert("as-groups".into(), json!(groups));
+                }
+            }
+        }
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = std::env::temp_dir().join(format!(
+            "komptroller-e2e-{}-{safe}-{}.kubeconfig",
+            std::process::id(),
+            groups.join("_")
+        ));
+        std::fs::write(&path, serde_json::to_string(&kc).unwrap_or_default())?;
+        Ok(path)
+    }
+
+    /// Removes the cluster-wide state scenarios leave: every komptroller.dev
+    /// object (finalizers dropped: its operator is gone), every admission
+    /// webhook configuration, and every namespace but the system ones, and
+    /// waits until the namespaces are gone.
+    pub async fn reset(&self) -> Result<()> {
+        use k8s_openapi::api::admissionregistration::v1 as adm;
+        use k8s_openapi::api::core::v1::Namespace;
+        let lp = kube::api::ListParams::default();
+        let dp = DeleteParams::background();
+        let mwc: Api<adm::MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        for o in mwc.list_metadata(&lp).await? {
+            let _ = mwc.delete(&o.metadata.name.unwrap_or_default(), &dp).await;
+        }
+        let vwc: Api<adm::ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+        for o in vwc.list_metadata(&lp).await? {
+            let _ = vwc.delete(&o.metadata.name.unwrap_or_default(), &dp).await;
+        }
+        // komptroller.dev objects, wherever they are.
+        let discovery = kube::Discovery::new(self.client.clone())
+            .filter(&["komptroller.dev"])
+            .run()
+            .await?;
+        for group in discovery.groups() {
+            for (ar, _caps) in group.recommended_resources() {
+                let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+                for o in api.list_metadata(&lp).await? {
+                    let name = o.metadata.name.clone().unwrap_or_default();
+                    let api: Api<DynamicObject> = match o.metadata.namespace.as_deref() {
+                        Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+                        None => Api::all_with(self.client.clone(), &ar),
+                    };
+                    if o.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+                        let _ = api
+                            .patch(
+                                &name,
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                            )
+                            .await;
+                    }
+                    let _ = api.delete(&name, &dp).await;
+                }
+            }
+        }
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        let system = ["default", "kube-system", "kube-public", "kube-node-lease"];
+        let mut gone = Vec::new();
+        for o in nss.list_metadata(&lp).await? {
+            let name = o.metadata.name.unwrap_or_default();
+            if !system.contains(&name.as_str()) {
+                let _ = nss.delete(&name, &dp).await;
+                gone.push(name);
+            }
+        }
+        // Leases and Events of earlier operators in `default`.
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), "default");
+        let _ = leases.delete_collection(&dp, &lp).await;
+        for n in gone {
+            wait_for_deletion(&nss, &n, crate::control_plane::RESET_TIMEOUT).await?;
+        }
+        Ok(())
     }
 
     /// A real cluster by kubeconfig.
@@ -121,6 +284,8 @@ impl Cluster {
             kubeconfig: kubeconfig.to_path_buf(),
             client,
             standin: None,
+            control_plane: None,
+            _turn: None,
         })
     }
 
@@ -138,6 +303,8 @@ impl Cluster {
             kubeconfig: standin.kubeconfig.clone(),
             client,
             standin: Some(standin),
+            control_plane: None,
+            _turn: None,
         })
     }
 
@@ -159,10 +326,28 @@ impl Cluster {
         self.standin.as_ref().ok_or(Error::NeedsStandIn)
     }
 
-    /// A `kubectl` command pointed at this cluster.
+    /// A `kubectl` command pointed at this cluster: the real kubectl
+    /// `e2e/cluster/build` built (never one from PATH).
     pub fn kubectl(&self) -> std::process::Command {
-        let mut c = std::process::Command::new("kubectl");
+        let bin = crate::control_plane::tool("kubectl")
+            .unwrap_or_else(|e| PathBuf::from(format!("kubectl-not-built ({e})")));
+        let mut c = std::process::Command::new(bin);
         c.env("KUBECONFIG", &self.kubeconfig);
+        c
+    }
+
+    /// A `helm` command pointed at this cluster: the real helm CLI
+    /// `e2e/cluster/build` built, with its own cache and config under the
+    /// system temp directory.
+    pub fn helm(&self) -> std::process::Command {
+        let bin = crate::control_plane::tool("helm")
+            .unwrap_or_else(|e| PathBuf::from(format!("helm-not-built ({e})")));
+        let mut c = std::process::Command::new(bin);
+        let home = std::env::temp_dir().join(format!("komptroller-e2e-helm-{}", std::process::id()));
+        c.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
         c
     }
 
