@@ -78,15 +78,20 @@ pub fn tool(name: &str) -> Result<PathBuf> {
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { repo_root().join(p) })
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                repo_root().join(p)
+            }
+        })
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
 /// Whether a process with this pid runs.
 fn alive(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(|p| {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
-    })
+    i32::try_from(pid)
+        .is_ok_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
 }
 
 /// Removes control-plane directories of test binaries that are gone.
@@ -255,7 +260,13 @@ impl ControlPlane {
         std::fs::create_dir_all(&users)?;
         let safe: String = format!("{user}_{}", groups.join("_"))
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let path = users.join(format!("{safe}.kubeconfig"));
         if path.exists() {
@@ -304,6 +315,11 @@ impl ControlPlane {
             csr.as_os_str(),
         ])?;
         let (ca, ca_key) = (self.ca_file(), self.dir.join("pki/ca.key"));
+        let ext = users.join(format!("{safe}.ext"));
+        std::fs::write(
+            &ext,
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )?;
         run(&[
             &os("x509"),
             &os("-req"),
@@ -316,6 +332,8 @@ impl ControlPlane {
             &os("-CAcreateserial"),
             &os("-days"),
             &os("30"),
+            &os("-extfile"),
+            ext.as_os_str(),
             &os("-out"),
             crt.as_os_str(),
         ])?;

@@ -79,10 +79,18 @@ pub enum Target {
 }
 
 /// Scenarios of one test binary that change cluster-wide state (policies,
-/// the ledger, webhook configurations, leases) take turns on the shared
-/// control plane: this is the turn.
-static TURN: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
-    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
+/// the ledger, webhook configurations, leases) or restart the control
+/// plane's components take turns on it, alone (a write turn); scenarios that
+/// stay in their own namespace share it (read turns).
+static TURN: std::sync::LazyLock<std::sync::Arc<tokio::sync::RwLock<()>>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::RwLock::new(())));
+
+/// A scenario's turn on the shared cluster, held as long as its `Cluster`.
+#[allow(dead_code)]
+enum Turn {
+    Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+}
 
 /// A cluster under test.
 pub struct Cluster {
@@ -91,7 +99,7 @@ pub struct Cluster {
     client: Client,
     standin: Option<StandIn>,
     control_plane: Option<&'static ControlPlane>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _turn: Option<Turn>,
 }
 
 /// A kube client from a kubeconfig file (its current context).
@@ -116,16 +124,23 @@ impl Cluster {
     /// (komptroller objects, webhook configurations, test namespaces) is
     /// removed first. Namespaced-only scenarios use [`Cluster::start_shared`].
     pub async fn start() -> Result<Self> {
-        let turn = TURN.clone().lock_owned().await;
-        let mut c = Self::start_shared().await?;
+        let turn = TURN.clone().write_owned().await;
+        let mut c = Self::connect().await?;
         c.reset().await?;
-        c._turn = Some(turn);
+        c._turn = Some(Turn::Alone(turn));
         Ok(c)
     }
 
     /// As [`Cluster::start`], without waiting for a turn: for scenarios that
     /// touch only their own namespace and cluster-scoped kinds of their own.
     pub async fn start_shared() -> Result<Self> {
+        let turn = TURN.clone().read_owned().await;
+        let mut c = Self::connect().await?;
+        c._turn = Some(Turn::Shared(turn));
+        Ok(c)
+    }
+
+    async fn connect() -> Result<Self> {
         match std::env::var_os(KUBECONFIG_ENV) {
             Some(p) if !p.is_empty() => Self::real(Path::new(&p)).await,
             _ => Self::control_plane().await,
@@ -229,7 +244,11 @@ impl Cluster {
                         Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
                         None => Api::all_with(self.client.clone(), &ar),
                     };
-                    if o.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+                    if o.metadata
+                        .finalizers
+                        .as_ref()
+                        .is_some_and(|f| !f.is_empty())
+                    {
                         let _ = api
                             .patch(
                                 &name,
@@ -343,7 +362,8 @@ impl Cluster {
         let bin = crate::control_plane::tool("helm")
             .unwrap_or_else(|e| PathBuf::from(format!("helm-not-built ({e})")));
         let mut c = std::process::Command::new(bin);
-        let home = std::env::temp_dir().join(format!("komptroller-e2e-helm-{}", std::process::id()));
+        let home =
+            std::env::temp_dir().join(format!("komptroller-e2e-helm-{}", std::process::id()));
         c.env("KUBECONFIG", &self.kubeconfig)
             .env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_CONFIG_HOME", home.join("config"))
