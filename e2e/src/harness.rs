@@ -20,6 +20,11 @@ use crate::standin::{Options, StandIn};
 /// The environment variable naming a real cluster's kubeconfig.
 pub const KUBECONFIG_ENV: &str = "KOMPTROLLER_E2E_KUBECONFIG";
 
+/// The pod annotation that says how long a Job's pods run on the kwok nodes
+/// before they succeed (e.g. `"30s"`; e2e/cluster/kwok-pod-complete.yaml).
+/// Without it a pod runs until its Job's `activeDeadlineSeconds`.
+pub const RUNTIME_ANNOTATION: &str = "pod-complete.stage.kwok.x-k8s.io/delay";
+
 /// The field manager the harness applies with.
 pub const FIELD_MANAGER: &str = "komptroller-e2e";
 
@@ -211,6 +216,76 @@ impl Cluster {
         ));
         std::fs::write(&path, serde_json::to_string(&kc).unwrap_or_default())?;
         Ok(path)
+    }
+
+    /// A kubeconfig acting as the chart's ServiceAccount
+    /// (`komptroller-system/komptroller`), with the chart's RBAC applied
+    /// (`e2e/tests/fixtures/chart-rbac.yaml`, kept equal to the chart by
+    /// `scripts/checks/chart.sh`): the operator runs out of cluster with a
+    /// token from the TokenRequest API, so the real RBAC authorizer sees
+    /// exactly what the chart grants.
+    pub async fn operator_kubeconfig(&self) -> Result<PathBuf> {
+        self.apply_yaml(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: komptroller-system}\n",
+            None,
+        )
+        .await?;
+        self.apply_file(
+            &repo_root().join("e2e/tests/fixtures/chart-rbac.yaml"),
+            None,
+        )
+        .await?;
+        let token = self.service_account_token("komptroller-system", "komptroller")?;
+        let path = std::env::temp_dir().join(format!(
+            "komptroller-e2e-{}-operator-sa.kubeconfig",
+            std::process::id()
+        ));
+        self.write_token_kubeconfig(&path, &token)?;
+        Ok(path)
+    }
+
+    /// A token for ServiceAccount `ns/name` from the TokenRequest API (one
+    /// hour), the account created when missing.
+    pub fn service_account_token(&self, ns: &str, name: &str) -> Result<String> {
+        let _ = self
+            .kubectl()
+            .args(["-n", ns, "create", "serviceaccount", name])
+            .output()?;
+        let out = self
+            .kubectl()
+            .args(["-n", ns, "create", "token", name, "--duration", "1h"])
+            .output()?;
+        if !out.status.success() {
+            return Err(Error::ControlPlane(format!(
+                "TokenRequest for {ns}/{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// This cluster's kubeconfig with `token` as its user, written to `path`.
+    pub fn write_token_kubeconfig(&self, path: &Path, token: &str) -> Result<()> {
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let bad = |message: String| Error::Kubeconfig {
+            path: self.kubeconfig.clone(),
+            message,
+        };
+        let mut kc: Value = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        kc["users"] = json!([{"name": "token-user", "user": {"token": token}}]);
+        let ctx = kc["current-context"]
+            .as_str()
+            .ok_or_else(|| bad("no current-context".into()))?
+            .to_string();
+        if let Some(cs) = kc["contexts"].as_array_mut() {
+            for c in cs {
+                if c["name"] == ctx.as_str() {
+                    c["context"]["user"] = json!("token-user");
+                }
+            }
+        }
+        std::fs::write(path, serde_json::to_string(&kc).unwrap_or_default())?;
+        Ok(())
     }
 
     /// Removes the cluster-wide state scenarios leave: every komptroller.dev

@@ -398,7 +398,7 @@ async fn wait_for_job_conditions() {
     let ns = c.temp_namespace("kwait").await.unwrap();
     let job = |name: &str, runtime: &str, deadline: &str| {
         format!(
-            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\n  annotations: {{e2e.komptroller.dev/runtime: {runtime}}}\nspec:\n  {deadline}\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: busybox}}]\n"
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\n  annotations: {{pod-complete.stage.kwok.x-k8s.io/delay: \"{runtime}\"}}\nspec:\n  {deadline}\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: busybox}}]\n"
         )
     };
     assert!(

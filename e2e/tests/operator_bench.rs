@@ -151,7 +151,7 @@ fn job(name: &str, i: u64) -> DynamicObject {
         "metadata": {"name": name},
         "spec": {"model": {"name": format!("lineage-{}", i % 50)}, "accelerator": {"type": "nvidia-h100-sxm"},
             "replicas": replicas, "maxDuration": max,
-            "template": {"metadata": {"annotations": {"e2e.komptroller.dev/runtime": "5s"}},
+            "template": {"metadata": {"annotations": {e2e::harness::RUNTIME_ANNOTATION: "5s"}},
                 "spec": {"containers": [{"name": "t", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 8}}}]}}}
     }))
     .unwrap()

@@ -97,7 +97,7 @@ async fn prometheus_consumed_flop_equals_the_ledger_total() {
             "metadata": {"name": name},
             "spec": {"model": {"name": format!("m-{name}")}, "accelerator": {"type": "nvidia-h100-sxm"},
                 "replicas": 1, "maxDuration": "1h",
-                "template": {"metadata": {"annotations": {"e2e.komptroller.dev/runtime": runtime}},
+                "template": {"metadata": {"annotations": {e2e::harness::RUNTIME_ANNOTATION: runtime}},
                     "spec": {"containers": [{"name": "t", "image": "x", "resources": {"limits": {"nvidia.com/gpu": gpus}}}]}}}});
         c.apply_yaml(&serde_json::to_string(&v).unwrap(), Some(&ns.name))
             .await

@@ -17,6 +17,8 @@ use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
+/// The chart's release namespace: the operator's Lease and Events live here.
+const OPERATOR_NS: &str = "komptroller-system";
 
 fn tj_gvk() -> GroupVersionKind {
     GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "TrainingJob")
@@ -29,12 +31,8 @@ async fn cluster() -> Cluster {
     c
 }
 
-async fn cluster_with(opts: Options) -> Cluster {
-    let c = if std::env::var_os(e2e::harness::KUBECONFIG_ENV).is_some() {
-        Cluster::start().await.unwrap()
-    } else {
-        Cluster::start_standin(opts).await.unwrap()
-    };
+async fn cluster_with(_opts: Options) -> Cluster {
+    let c = Cluster::start().await.unwrap();
     c.install_crds(&crds_dir(), T).await.unwrap();
     c
 }
@@ -56,8 +54,10 @@ struct Operator {
 
 /// Starts `komptroller run` against the cluster and waits until it leads
 /// (or, with `expect_leader = false`, until it is ready).
+/// As the chart's ServiceAccount (a TokenRequest token), under the chart's RBAC.
 async fn start_operator(c: &Cluster, extra: &[&str], expect_leader: bool) -> Operator {
     let bin = workspace_binary("komptroller").unwrap();
+    let kubeconfig = c.operator_kubeconfig().await.unwrap();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut args = vec![
@@ -65,13 +65,13 @@ async fn start_operator(c: &Cluster, extra: &[&str], expect_leader: bool) -> Ope
         "--metrics-addr",
         addr.as_str(),
         "--namespace",
-        "default",
+        OPERATOR_NS,
         "--report-interval",
         "2s",
     ];
     args.extend_from_slice(extra);
     let mut process =
-        Process::start(&bin, &args, Some(c.kubeconfig()), &[("RUST_LOG", "info")]).unwrap();
+        Process::start(&bin, &args, Some(&kubeconfig), &[("RUST_LOG", "info")]).unwrap();
     let needle = if expect_leader {
         "books rebuilt"
     } else {
@@ -95,7 +95,7 @@ fn training_job(
     let mut template = json!({"spec": {"containers": [{"name": "train", "image": "busybox",
         "resources": {"limits": {"nvidia.com/gpu": gpus}}}]}});
     if let Some(r) = runtime {
-        template["metadata"] = json!({"annotations": {"e2e.komptroller.dev/runtime": r}});
+        template["metadata"] = json!({"annotations": {e2e::harness::RUNTIME_ANNOTATION: r}});
     }
     json!({
         "apiVersion": "komptroller.dev/v1alpha1",
@@ -683,7 +683,7 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     let flags = ["--lease-duration", "3s", "--lease-grace", "1s"];
     let mut a = start_operator(&c, &flags, true).await;
     let mut b = start_operator(&c, &flags, false).await;
-    let leases: Api<Lease> = Api::namespaced(c.client(), "default");
+    let leases: Api<Lease> = Api::namespaced(c.client(), OPERATOR_NS);
     let holder = leases
         .get("komptroller-leader")
         .await
@@ -803,7 +803,7 @@ async fn bad_configuration_fails_at_start_naming_the_flag() {
 async fn sigterm_stops_gracefully_and_releases_the_lease() {
     let c = cluster().await;
     let mut op = start_operator(&c, &[], true).await;
-    let leases: Api<Lease> = Api::namespaced(c.client(), "default");
+    let leases: Api<Lease> = Api::namespaced(c.client(), OPERATOR_NS);
     let held = leases.get("komptroller-leader").await.unwrap();
     assert!(held.spec.unwrap().holder_identity.is_some());
     let status = op.process.terminate(Duration::from_secs(10)).await.unwrap();

@@ -23,13 +23,10 @@ pub fn widget_gvk() -> GroupVersionKind {
     GroupVersionKind::gvk("test.komptroller.dev", "v1", "Widget")
 }
 
-/// A cluster (stand-in by default) with the test CRDs installed.
-pub async fn cluster_with_crds(opts: Options) -> Cluster {
-    let c = if std::env::var_os(e2e::harness::KUBECONFIG_ENV).is_some() {
-        Cluster::start().await.unwrap()
-    } else {
-        Cluster::start_standin(opts).await.unwrap()
-    };
+/// The e2e control plane (exclusively) with the test CRDs installed. `_opts`
+/// were the stand-in's options; the control plane has none.
+pub async fn cluster_with_crds(_opts: Options) -> Cluster {
+    let c = Cluster::start().await.unwrap();
     c.install_crds(&fixtures().join("crds"), T).await.unwrap();
     c
 }

@@ -1,4 +1,4 @@
-//! Running `komptroller run` on the stand-in as token users: the helpers the
+//! Running `komptroller run` on the e2e control plane as the chart's ServiceAccount: the helpers the
 //! chart-RBAC, policy-library and certificate-mode scenarios share.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use e2e::harness::{Cluster, Process, client_from_kubeconfig, wait_for, workspace_binary};
 use e2e::standin::Options;
-use e2e::standin::auth::Tokens;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
@@ -37,12 +36,43 @@ pub fn gvk(kind: &str) -> GroupVersionKind {
     GroupVersionKind::gvk("komptroller.dev", "v1alpha1", kind)
 }
 
-/// A stand-in with static-token users (`token,user,uid,"groups"` lines;
-/// user `u` gets token `tok-u`), the product CRDs and the operator's namespace.
+/// The e2e control plane (or the cluster `KOMPTROLLER_E2E_KUBECONFIG`
+/// names), exclusively, with the product CRDs, the operator's namespace and
+/// the chart's RBAC (its ServiceAccount, ClusterRole, Role and bindings:
+/// `tests/fixtures/chart-rbac.yaml`), and users: each `(user, "g1,g2")` acts
+/// by a client certificate in those groups and may use komptroller's kinds
+/// (ClusterRole `e2e-users`); a `system:serviceaccount:NS:NAME` user acts by
+/// a token from the TokenRequest API, with only what RBAC grants it.
 pub struct Env {
     pub cluster: Cluster,
     pub dir: tempfile::TempDir,
+    users: std::collections::BTreeMap<String, Vec<String>>,
 }
+
+/// What the scenarios' people may do (as a namespace `edit` binding would
+/// let an ML engineer): komptroller's namespaced kinds, and reading Jobs,
+/// Pods and Events.
+const USER_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: e2e-users}
+rules:
+- apiGroups: [komptroller.dev]
+  resources: [trainingjobs, computeapprovals]
+  verbs: [get, list, watch, create, update, patch, delete]
+- apiGroups: [komptroller.dev]
+  resources: [computepolicies, computereports, computeledgerentries, trainingjobs/status]
+  verbs: [get, list, watch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods, events, namespaces]
+  verbs: [get, list, watch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [get, list, watch]
+"#;
 
 impl Env {
     pub async fn start(users: &[(&str, &str)], options: Options) -> Env {
@@ -58,18 +88,10 @@ impl Env {
             .unwrap();
     }
 
-    /// As `start`, without the CRDs.
-    pub async fn start_bare(users: &[(&str, &str)], options: Options) -> Env {
-        let mut tokens = String::new();
-        for (user, groups) in users {
-            tokens.push_str(&format!("tok-{user},{user},uid-{user},\"{groups}\"\n"));
-        }
-        let cluster = Cluster::start_standin(Options {
-            tokens: Tokens::parse(&tokens).unwrap(),
-            ..options
-        })
-        .await
-        .unwrap();
+    /// As `start`, without the CRDs. `_options` were the stand-in's; on the
+    /// control plane authorization is always real (Node,RBAC).
+    pub async fn start_bare(users: &[(&str, &str)], _options: Options) -> Env {
+        let cluster = Cluster::start().await.unwrap();
         cluster
             .apply_yaml(
                 &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {OPERATOR_NS}}}\n"),
@@ -77,25 +99,65 @@ impl Env {
             )
             .await
             .unwrap();
+        let fixture = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chart-rbac.yaml"),
+        )
+        .unwrap();
+        cluster.apply_yaml(&fixture, None).await.unwrap();
+        cluster.apply_yaml(USER_RBAC, None).await.unwrap();
+        let mut map = std::collections::BTreeMap::new();
+        let mut subjects = Vec::new();
+        for (user, groups) in users {
+            let groups: Vec<String> = groups
+                .split(',')
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .map(String::from)
+                .collect();
+            if !user.starts_with("system:serviceaccount:") {
+                subjects.push(
+                    json!({"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}),
+                );
+            }
+            map.insert(user.to_string(), groups);
+        }
+        if !subjects.is_empty() {
+            let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "e2e-users"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "e2e-users"},
+                "subjects": subjects});
+            cluster
+                .apply_yaml(&serde_json::to_string(&binding).unwrap(), None)
+                .await
+                .unwrap();
+        }
         Env {
             cluster,
             dir: tempfile::tempdir().unwrap(),
+            users: map,
         }
     }
 
-    /// A kubeconfig that authenticates as `user` (token `tok-<user>`).
+    /// A kubeconfig that authenticates as `user`: a ServiceAccount by a
+    /// token from the TokenRequest API (the account is created when
+    /// missing), anyone else by a client certificate in its groups.
     pub fn kubeconfig_for(&self, user: &str) -> PathBuf {
-        // KUBECONFIG is a ':'-separated list: no colons in the file name.
-        let file = user.replace(':', "_");
-        let path = self.dir.path().join(format!("{file}.kubeconfig"));
-        if !path.exists() {
-            self.cluster
-                .require_standin()
-                .unwrap()
-                .write_kubeconfig_for_token(&path, &format!("tok-{user}"))
-                .unwrap();
+        if let Some(rest) = user.strip_prefix("system:serviceaccount:") {
+            let (ns, name) = rest.split_once(':').unwrap();
+            let file = user.replace(':', "_");
+            let path = self.dir.path().join(format!("{file}.kubeconfig"));
+            if !path.exists() {
+                let token = self.cluster.service_account_token(ns, name).unwrap();
+                self.cluster.write_token_kubeconfig(&path, &token).unwrap();
+            }
+            return path;
         }
-        path
+        let groups: Vec<&str> = self
+            .users
+            .get(user)
+            .map(|g| g.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        self.cluster.kubeconfig_for_user(user, &groups).unwrap()
     }
 
     pub async fn api_as(&self, user: &str, kind: &str, ns: &str) -> Api<DynamicObject> {
@@ -282,7 +344,8 @@ pub fn decision<'a>(o: &'a DynamicObject, field: &str) -> &'a Value {
 }
 
 /// A TrainingJob: `replicas` pods × `gpus` accelerators of `accelerator` for
-/// `max`; `runtime` is how long the stand-in's Job simulator lets it run.
+/// `max`; `runtime` is how long its pods run on the kwok nodes before they succeed
+/// (without one they run until the Job's deadline).
 pub fn training_job(
     name: &str,
     lineage: &str,
@@ -296,7 +359,7 @@ pub fn training_job(
         "name": "train", "image": "ghcr.io/example/trainer:1",
         "resources": {"limits": {"nvidia.com/gpu": gpus}}}]}});
     if let Some(r) = runtime {
-        template["metadata"] = json!({"annotations": {"e2e.komptroller.dev/runtime": r}});
+        template["metadata"] = json!({"annotations": {e2e::harness::RUNTIME_ANNOTATION: r}});
     }
     json!({
         "apiVersion": "komptroller.dev/v1alpha1", "kind": "TrainingJob",
