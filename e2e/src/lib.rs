@@ -9,9 +9,11 @@
 //! - [`harness`]: what e2e scenarios use: a cluster (the control plane by
 //!   default, or the one `KOMPTROLLER_E2E_KUBECONFIG` names), temporary
 //!   namespaces, manifests, waiting for conditions, and starting/killing binaries.
+//! - [`fault_proxy`]: a fault-injecting reverse proxy in front of a real kube-apiserver.
 #![forbid(unsafe_code)]
 
 pub mod control_plane;
+pub mod fault_proxy;
 pub mod harness;
 pub mod standin;
 pub mod tls;

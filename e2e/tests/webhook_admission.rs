@@ -27,6 +27,7 @@ const USERS: &[(&str, &str)] = &[
     ("carol", "safety-board"),
     ("erin", "safety-board"),
     ("dave", "ml-engineers"),
+    ("pat", "platform-team"),
 ];
 
 /// The shared stand-in environment (`common::operator::Env`: token users,
@@ -99,14 +100,14 @@ impl Env {
     /// kubectl as `user` in the test namespace; (success, stdout, stderr).
     fn kubectl(&self, user: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         use std::io::Write;
-        let mut c = std::process::Command::new("kubectl");
+        let mut c = std::process::Command::new(e2e::control_plane::tool("kubectl").unwrap());
         c.env("KUBECONFIG", self.kubeconfig_for(user))
             .args(["-n", &self.ns.name])
             .args(args);
         c.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().expect("kubectl on PATH");
+        let mut child = c.spawn().expect("the kubectl e2e/cluster/build built");
         if let Some(s) = stdin {
             child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
         }
@@ -391,9 +392,10 @@ spec:
             "nvidia-h100-sxm",
         ],
     );
-    // An invalid policy is refused by its webhook, naming each field.
+    // An invalid policy is refused by its webhook, naming each field (pat
+    // of the platform team may write policies; RBAC is real).
     let (ok, _, err) = env.kubectl(
-        "alice",
+        "pat",
         &["apply", "-f", "-"],
         Some(r#"{"apiVersion":"komptroller.dev/v1alpha1","kind":"ComputePolicy","metadata":{"name":"bad"},"spec":{"tiers":[{"name":"b","threshold":1e26,"action":"Reject"},{"name":"a","threshold":1e25,"action":"Admit"}]}}"#),
     );
@@ -402,7 +404,7 @@ spec:
 
     // Warn mode: admitted, and kubectl prints the verdict Enforce would give.
     let (ok, _, err) = env.kubectl(
-        "alice",
+        "pat",
         &[
             "label",
             "namespace",

@@ -72,6 +72,24 @@ rules:
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [get, list, watch]
+---
+# The platform team (group platform-team) writes policies and labels namespaces.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: e2e-platform-team}
+rules:
+- apiGroups: [komptroller.dev]
+  resources: [computepolicies]
+  verbs: [get, list, watch, create, update, patch, delete]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch, patch, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: e2e-platform-team}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-platform-team}
+subjects: [{kind: Group, name: platform-team, apiGroup: rbac.authorization.k8s.io}]
 "#;
 
 impl Env {
