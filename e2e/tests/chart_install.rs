@@ -25,7 +25,11 @@ const NS: &str = "komptroller-system";
 const T: Duration = Duration::from_secs(120);
 
 fn helm(c: &Cluster, args: &[&str]) -> (bool, String) {
-    let out = c.helm().args(args).output().expect("the helm e2e/cluster/build built");
+    let out = c
+        .helm()
+        .args(args)
+        .output()
+        .expect("the helm e2e/cluster/build built");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -60,8 +64,16 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_apiserver() {
     // A wrong value is refused before anything is written, naming the key.
     let (ok, err) = helm(
         &c,
-        &["install", "komptroller", chart, "-n", NS, "--create-namespace",
-          "--set", "webhook.certMode=bogus"],
+        &[
+            "install",
+            "komptroller",
+            chart,
+            "-n",
+            NS,
+            "--create-namespace",
+            "--set",
+            "webhook.certMode=bogus",
+        ],
     );
     assert!(!ok, "{err}");
     assert!(err.contains("certMode"), "{err}");
@@ -71,8 +83,17 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_apiserver() {
     // Install: --wait returns once the Deployment is available (kwok runs its pod).
     let (ok, out) = helm(
         &c,
-        &["install", "komptroller", chart, "-n", NS, "--create-namespace",
-          "--wait", "--timeout", "120s"],
+        &[
+            "install",
+            "komptroller",
+            chart,
+            "-n",
+            NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
     );
     assert!(ok, "{out}");
     let crds: Api<CustomResourceDefinition> = Api::all(c.client());
@@ -85,11 +106,25 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_apiserver() {
         .filter_map(|c| c.metadata.name)
         .filter(|n| n.ends_with(".komptroller.dev"))
         .collect();
-    for want in ["trainingjobs", "computepolicies", "computeapprovals", "computeledgerentries", "computereports"] {
-        assert!(names.contains(&format!("{want}.komptroller.dev")), "{names:?}");
+    for want in [
+        "trainingjobs",
+        "computepolicies",
+        "computeapprovals",
+        "computeledgerentries",
+        "computereports",
+    ] {
+        assert!(
+            names.contains(&format!("{want}.komptroller.dev")),
+            "{names:?}"
+        );
     }
     let d = deployments.get("komptroller").await.unwrap();
-    assert_eq!(d.status.as_ref().and_then(|s| s.available_replicas), Some(1), "{:?}", d.status);
+    assert_eq!(
+        d.status.as_ref().and_then(|s| s.available_replicas),
+        Some(1),
+        "{:?}",
+        d.status
+    );
     let sa: Api<ServiceAccount> = Api::namespaced(c.client(), NS);
     assert!(sa.get_opt("komptroller").await.unwrap().is_some());
     let roles: Api<ClusterRole> = Api::all(c.client());
@@ -103,11 +138,20 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_apiserver() {
         .into_iter()
         .filter_map(|s| s.metadata.name)
         .collect();
-    assert!(svc.contains("komptroller-metrics") && svc.contains("komptroller-webhook"), "{svc:?}");
+    assert!(
+        svc.contains("komptroller-metrics") && svc.contains("komptroller-webhook"),
+        "{svc:?}"
+    );
     let pods = running_pods(&c).await;
     assert_eq!(pods.len(), 1);
     assert!(
-        pods[0].spec.as_ref().unwrap().node_name.as_deref().is_some_and(|n| n.starts_with("kwok-")),
+        pods[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .node_name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("kwok-")),
         "scheduled onto a kwok node: {:?}",
         pods[0].spec.as_ref().unwrap().node_name
     );
@@ -116,7 +160,15 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_apiserver() {
     // upgrade fails naming the kind, and the release keeps running.
     let (ok, err) = helm(
         &c,
-        &["upgrade", "komptroller", chart, "-n", NS, "--set", "serviceMonitor.enabled=true"],
+        &[
+            "upgrade",
+            "komptroller",
+            chart,
+            "-n",
+            NS,
+            "--set",
+            "serviceMonitor.enabled=true",
+        ],
     );
     assert!(!ok && err.contains("ServiceMonitor"), "{err}");
     assert_eq!(running_pods(&c).await.len(), 1);
@@ -125,8 +177,18 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_apiserver() {
     let ha = repo_root().join("charts/komptroller/values-ha.yaml");
     let (ok, out) = helm(
         &c,
-        &["upgrade", "komptroller", chart, "-n", NS, "-f", ha.to_str().unwrap(),
-          "--wait", "--timeout", "120s"],
+        &[
+            "upgrade",
+            "komptroller",
+            chart,
+            "-n",
+            NS,
+            "-f",
+            ha.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
     );
     assert!(ok, "{out}");
     let d = wait_for(&deployments, "komptroller", T, |d| {
@@ -140,21 +202,46 @@ async fn helm_install_upgrade_and_uninstall_on_the_real_apiserver() {
         .into_iter()
         .filter_map(|p| p.spec.and_then(|s| s.node_name))
         .collect();
-    assert_eq!(nodes.len(), 3, "anti-affinity spreads the replicas: {nodes:?}");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "anti-affinity spreads the replicas: {nodes:?}"
+    );
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.client(), NS);
     let pdb = wait_for(&pdbs, "komptroller", T, |p| {
-        p.status.as_ref().is_some_and(|s| s.current_healthy == Some(3))
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.current_healthy == Some(3))
     })
     .await
     .unwrap();
     assert_eq!(pdb.status.unwrap().disruptions_allowed, Some(1));
     let (ok, history) = helm(&c, &["history", "komptroller", "-n", NS]);
-    assert!(ok && history.contains("deployed") && history.contains("superseded"), "{history}");
+    assert!(
+        ok && history.contains("deployed") && history.contains("superseded"),
+        "{history}"
+    );
 
     // Uninstall: the release goes, the CRDs stay.
-    let (ok, out) = helm(&c, &["uninstall", "komptroller", "-n", NS, "--wait", "--timeout", "120s"]);
+    let (ok, out) = helm(
+        &c,
+        &[
+            "uninstall",
+            "komptroller",
+            "-n",
+            NS,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    );
     assert!(ok, "{out}");
     assert!(deployments.get_opt("komptroller").await.unwrap().is_none());
     assert!(roles.get_opt("komptroller").await.unwrap().is_none());
-    assert!(crds.get_opt("trainingjobs.komptroller.dev").await.unwrap().is_some());
+    assert!(
+        crds.get_opt("trainingjobs.komptroller.dev")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

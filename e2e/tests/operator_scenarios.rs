@@ -515,6 +515,40 @@ async fn over_the_ceiling_is_rejected_naming_rule_and_numbers() {
         "{msg}"
     );
     assert!(jobs(&c, &ns.name).await.is_empty());
+
+    // What a new user types: the real kubectl shows the decision's Event on
+    // the TrainingJob (core and events.k8s.io Events are one resource in
+    // Kubernetes), and `kubectl get events` lists it.
+    let kubectl = |args: &[&str]| {
+        let out = c.kubectl().args(args).output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let described = kubectl(&["-n", &ns.name, "describe", "trainingjob", "huge"]);
+        let events = described.split("Events:").nth(1).unwrap_or("");
+        if events.contains("Rejected") && events.contains("1e20") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "kubectl describe shows no decision Event:\n{described}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let events = kubectl(&[
+        "-n",
+        &ns.name,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=huge",
+    ]);
+    assert!(
+        events.to_lowercase().contains("trainingjob/huge") && events.contains("Rejected"),
+        "{events}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
