@@ -23,6 +23,38 @@ pub const KUBE_MINOR_ENV: &str = "KOMPTROLLER_KUBE_MINOR";
 /// gets (default 4, 8 GPUs each, plus one MI300X node).
 pub const NODES_ENV: &str = "KOMPTROLLER_E2E_NODES";
 
+/// The address on the loopback interface that stands for a Service's
+/// endpoints. kube-apiserver calls a webhook named by `clientConfig.service`
+/// at the Service's endpoint addresses (`--enable-aggregator-routing`), and
+/// an Endpoints address may not be 127.0.0.0/8, so this one is added to `lo`
+/// (needs root, as CI and these machines have).
+pub const SERVICE_IP: &str = "10.255.0.1";
+
+/// Adds [`SERVICE_IP`] to `lo` (once; an address already there is fine) and
+/// returns it: a process that listens on it is reachable as a Service's
+/// endpoint from the control plane, and from nowhere off this machine.
+pub fn service_ip() -> Result<&'static str> {
+    static ADDED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    ADDED
+        .get_or_init(|| {
+            let out = Command::new("ip")
+                .args(["addr", "add", &format!("{SERVICE_IP}/32"), "dev", "lo"])
+                .output()
+                .map_err(|e| format!("running `ip addr add {SERVICE_IP}/32 dev lo`: {e} (Debian iproute2)"))?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() || err.contains("File exists") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`ip addr add {SERVICE_IP}/32 dev lo` failed ({err}); webhooks reached through a Service need it (root)"
+                ))
+            }
+        })
+        .clone()
+        .map_err(Error::ControlPlane)?;
+    Ok(SERVICE_IP)
+}
+
 /// A control plane started by `e2e/cluster/start`.
 #[derive(Debug)]
 pub struct ControlPlane {

@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -370,18 +369,25 @@ async fn cert_manager_mode_as_the_chart_installs_it() {
         service["name"].as_str().unwrap().to_string(),
     );
     let server_name = format!("{svc_name}.{svc_ns}.svc");
-    // The stand-in reaches the Service at the operator's webhook port.
+    // The real apiserver reaches the Service at its endpoints: the
+    // operator's webhook port on an address of the loopback interface.
+    let ip = e2e::control_plane::service_ip().unwrap();
     let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let env = Env::start(
-        USERS,
-        Options {
-            webhook_services: HashMap::from([(
-                (svc_ns.clone(), svc_name.clone()),
-                addr.parse().unwrap(),
-            )]),
-            ..Options::default()
-        },
+    let addr = format!("{ip}:{port}");
+    let env = Env::start(USERS, Options::default()).await;
+    let svc_port = service["port"].as_i64().unwrap_or(443);
+    env.apply(
+        &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": svc_name, "namespace": svc_ns},
+            "spec": {"ports": [{"name": "https", "port": svc_port, "targetPort": port}]}}),
+        Some(&svc_ns),
+    )
+    .await;
+    env.apply(
+        &json!({"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": svc_name, "namespace": svc_ns},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port}]}]}),
+        Some(&svc_ns),
     )
     .await;
     env.namespace("research", json!({})).await;
@@ -486,13 +492,8 @@ async fn cert_manager_mode_as_the_chart_installs_it() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    let mut p = Process::start(
-        &komptroller(),
-        &args,
-        Some(env.cluster.kubeconfig()),
-        &env_refs,
-    )
-    .unwrap();
+    let op_kubeconfig = env.kubeconfig_for(common::operator::OPERATOR_SA);
+    let mut p = Process::start(&komptroller(), &args, Some(&op_kubeconfig), &env_refs).unwrap();
     p.wait_for_line("webhook ready", T).await.unwrap();
     let pid = p.id();
 
