@@ -1,7 +1,6 @@
 //! A fault-injecting reverse proxy in front of a real kube-apiserver.
 //!
-//! The stand-in injected faults itself ([`crate::standin::Faults`]); a real
-//! apiserver does not, so scenarios that need 500s, 409s, 429s, latency,
+//! A real apiserver does not fail on request, so scenarios that need 500s, 409s, 429s, latency,
 //! dropped watches or a stalled apiserver point their client at a
 //! [`FaultProxy`] instead, which forwards everything else unchanged.
 //!

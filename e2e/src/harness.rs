@@ -15,7 +15,6 @@ use kube::{Client, Config};
 use serde_json::{Value, json};
 
 use crate::control_plane::ControlPlane;
-use crate::standin::{Options, StandIn};
 
 /// The environment variable naming a real cluster's kubeconfig.
 pub const KUBECONFIG_ENV: &str = "KOMPTROLLER_E2E_KUBECONFIG";
@@ -31,8 +30,6 @@ pub const FIELD_MANAGER: &str = "komptroller-e2e";
 /// Harness errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("starting the stand-in: {0}")]
-    StandIn(#[from] crate::standin::StartError),
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig { path: PathBuf, message: String },
     #[error("kube: {0}")]
@@ -47,10 +44,6 @@ pub enum Error {
     Exited { needle: String, tail: String },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error(
-        "this scenario needs the stand-in (it injects faults), but runs against a real cluster"
-    )]
-    NeedsStandIn,
     #[error("control plane: {0}")]
     ControlPlane(String),
     #[error(
@@ -78,7 +71,6 @@ pub fn crds_dir() -> PathBuf {
 pub enum Target {
     /// The real control plane `e2e/cluster/start` runs (the default).
     ControlPlane,
-    StandIn,
     /// The cluster `KOMPTROLLER_E2E_KUBECONFIG` names.
     Real,
 }
@@ -102,7 +94,6 @@ pub struct Cluster {
     pub target: Target,
     kubeconfig: PathBuf,
     client: Client,
-    standin: Option<StandIn>,
     control_plane: Option<&'static ControlPlane>,
     _turn: Option<Turn>,
 }
@@ -169,7 +160,6 @@ impl Cluster {
             target: Target::ControlPlane,
             kubeconfig: cp.kubeconfig.clone(),
             client,
-            standin: None,
             control_plane: Some(cp),
             _turn: None,
         })
@@ -360,15 +350,8 @@ impl Cluster {
     pub async fn real(kubeconfig: &Path) -> Result<Self> {
         let client = client_from_kubeconfig(kubeconfig).await?;
         let v = client.apiserver_version().await?;
-        // The stand-in reports a `-kube-standin` version suffix; a kubeconfig may
-        // name one running in its own process (as the operator benchmark does).
-        let what = if v.git_version.contains("kube-standin") {
-            "the kube-standin API-server stand-in (own process, by kubeconfig)"
-        } else {
-            "a REAL cluster"
-        };
         eprintln!(
-            "e2e: running against {what} ({}, {} {})",
+            "e2e: running against the cluster KOMPTROLLER_E2E_KUBECONFIG names ({}, server {} {})",
             kubeconfig.display(),
             v.git_version,
             v.platform
@@ -377,26 +360,6 @@ impl Cluster {
             target: Target::Real,
             kubeconfig: kubeconfig.to_path_buf(),
             client,
-            standin: None,
-            control_plane: None,
-            _turn: None,
-        })
-    }
-
-    /// A fresh stand-in with these options.
-    pub async fn start_standin(opts: Options) -> Result<Self> {
-        let standin = StandIn::start(opts)?;
-        let client = client_from_kubeconfig(&standin.kubeconfig).await?;
-        eprintln!(
-            "e2e: running against kube-standin at {} (kubeconfig {})",
-            standin.base_url,
-            standin.kubeconfig.display()
-        );
-        Ok(Self {
-            target: Target::StandIn,
-            kubeconfig: standin.kubeconfig.clone(),
-            client,
-            standin: Some(standin),
             control_plane: None,
             _turn: None,
         })
@@ -408,16 +371,6 @@ impl Cluster {
 
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
-    }
-
-    /// The stand-in (for fault injection), if that is what runs.
-    pub fn standin(&self) -> Option<&StandIn> {
-        self.standin.as_ref()
-    }
-
-    /// The stand-in, or an error saying the scenario cannot run on a real cluster.
-    pub fn require_standin(&self) -> Result<&StandIn> {
-        self.standin.as_ref().ok_or(Error::NeedsStandIn)
     }
 
     /// A `kubectl` command pointed at this cluster: the real kubectl
@@ -527,7 +480,7 @@ impl Cluster {
     }
 
     /// Applies every `*.yaml`/`*.yml` file of a directory containing CRDs and
-    /// waits until each CRD is Established (both on the stand-in and a real cluster).
+    /// waits until each CRD is Established .
     pub async fn install_crds(&self, dir: &Path, timeout: Duration) -> Result<Vec<String>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -700,7 +653,7 @@ impl Drop for TempNamespace {
     }
 }
 
-/// A child process (the operator binary, kube-standin, …).
+/// A child process (the operator binary, …).
 pub struct Process {
     child: tokio::process::Child,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,

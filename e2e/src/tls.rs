@@ -1,7 +1,7 @@
 //! Throwaway certificate authorities for loopback TLS.
 //!
-//! The stand-in serves HTTPS like a real API server, and admission webhooks
-//! are called over TLS with a `caBundle`; both need a CA and leaf
+//! Admission webhooks are called by kube-apiserver over TLS with a
+//! `caBundle`, and the fault proxy serves HTTPS; both need a CA and leaf
 //! certificates that exist only for the duration of a test.
 
 use std::sync::Arc;

@@ -30,7 +30,6 @@ use std::time::Duration;
 use common::operator::{Env, OPERATOR_NS, OPERATOR_SA, T, decision, http_get, phase, training_job};
 use e2e::fault_proxy::{FaultProxy, Faults};
 use e2e::harness::{parse_yaml_documents, wait_for, wait_for_deletion};
-use e2e::standin::Options;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
 
@@ -150,17 +149,14 @@ async fn the_chart_rbac_is_enough_and_all_of_it_is_used() {
     assert!(granted.len() > 20, "{granted:?}");
 
     eprintln!("e2e chart RBAC: the real kube-apiserver's RBAC authorizer and audit log");
-    let env = Env::start_bare(
-        &[
-            (
-                OPERATOR_SA,
-                "system:serviceaccounts,system:serviceaccounts:komptroller-system",
-            ),
-            ("alice", "researchers"),
-            ("carol", "safety,researchers"),
-        ],
-        Options::default(),
-    )
+    let env = Env::start_bare(&[
+        (
+            OPERATOR_SA,
+            "system:serviceaccounts,system:serviceaccounts:komptroller-system",
+        ),
+        ("alice", "researchers"),
+        ("carol", "safety,researchers"),
+    ])
     .await;
     let cp = env
         .cluster

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use e2e::harness::Cluster;
-use e2e::standin::Options;
 
 struct Out {
     ok: bool,
@@ -66,8 +65,7 @@ fn kubectl_in(c: &Cluster, args: &[&str], stdin: &str) -> Out {
     run(c.kubectl().args(args), Some(stdin))
 }
 
-/// `_opts` were the stand-in's; the control plane has none.
-async fn setup(_opts: Options) -> Cluster {
+async fn setup() -> Cluster {
     let c = Cluster::start().await.unwrap();
     let crds = fixtures().join("crds");
     let o = kubectl(&c, &["apply", "-f", crds.to_str().unwrap()]);
@@ -91,7 +89,7 @@ async fn setup(_opts: Options) -> Cluster {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_crds_then_get_with_printer_columns() {
-    let c = setup(Options::default()).await;
+    let c = setup().await;
     let ns = c.temp_namespace("kget").await.unwrap();
     let o = kubectl(
         &c,
@@ -237,7 +235,7 @@ async fn apply_crds_then_get_with_printer_columns() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn generators_send_protobuf() {
-    let c = setup(Options::default()).await;
+    let c = setup().await;
     let name = format!("gen-{}", std::process::id());
     assert!(kubectl(&c, &["create", "namespace", &name]).ok);
     assert!(
@@ -329,7 +327,7 @@ async fn generators_send_protobuf() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_side_apply_with_conflicts() {
-    let c = setup(Options::default()).await;
+    let c = setup().await;
     let ns = c.temp_namespace("kssa").await.unwrap();
     let w = |size: u32| {
         format!(
@@ -412,7 +410,7 @@ async fn server_side_apply_with_conflicts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wait_for_job_conditions() {
     // The real Job controller; pods on kwok nodes run for the annotated time.
-    let c = setup(Options::default()).await;
+    let c = setup().await;
     let ns = c.temp_namespace("kwait").await.unwrap();
     let job = |name: &str, runtime: &str, deadline: &str| {
         format!(
@@ -485,7 +483,7 @@ async fn wait_for_job_conditions() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_blocked_by_finalizer_until_removed() {
-    let c = setup(Options::default()).await;
+    let c = setup().await;
     let ns = c.temp_namespace("kfin").await.unwrap();
     let o = kubectl_in(
         &c,
@@ -551,7 +549,7 @@ async fn delete_blocked_by_finalizer_until_removed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_watch_streams_changes() {
-    let c = setup(Options::default()).await;
+    let c = setup().await;
     let ns = c.temp_namespace("kwatch").await.unwrap();
     assert!(kubectl_in(&c, &["-n", &ns.name, "apply", "-f", "-"], "apiVersion: test.komptroller.dev/v1\nkind: Widget\nmetadata: {name: first}\nspec: {size: 1}\n").ok);
     let mut child = c
@@ -637,7 +635,7 @@ async fn get_watch_streams_changes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_can_i_with_rbac_and_impersonation() {
-    let c = setup(Options::default()).await;
+    let c = setup().await;
     let ns = c.temp_namespace("kauth").await.unwrap();
     let rbac = format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: r, namespace: {n}}}\nrules: [{{apiGroups: [\"\"], resources: [configmaps], verbs: [get, list]}}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: b, namespace: {n}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}}\nsubjects: [{{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}]\n",
@@ -720,7 +718,7 @@ async fn auth_can_i_with_rbac_and_impersonation() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn product_crds_with_kubectl_apply_and_get() {
-    let c = setup(Options::default()).await;
+    let c = setup().await;
     let crds = e2e::harness::crds_dir();
     let o = kubectl(&c, &["apply", "-f", crds.to_str().unwrap()]);
     assert!(

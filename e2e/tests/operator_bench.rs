@@ -1,13 +1,16 @@
-//! The operator benchmark of issue 5 against the stand-in (not a pass/fail
-//! test: it is `#[ignore]`d and prints its numbers for BENCHMARKS.md).
+//! The operator benchmark of issue 5 on the real e2e control plane (not a
+//! pass/fail test: it is `#[ignore]`d and prints its numbers for
+//! BENCHMARKS.md).
 //!
 //! ```sh
-//! cargo build --release -p komptroller -p e2e --bins
-//! cargo test -p e2e --test operator_bench -- --ignored --nocapture
+//! cargo build --release -p komptroller
+//! KOMPTROLLER_E2E_NODES=40 cargo test -p e2e --test operator_bench -- --ignored --nocapture
 //! ```
 //!
-//! Both the operator and `kube-standin` run as release binaries in their own
-//! processes (found beside the test's target directory, under `release/`).
+//! The operator runs as a release binary in its own process (found beside
+//! the test's target directory, under `release/`), as the chart's
+//! ServiceAccount; real Jobs are created, scheduled onto kwok nodes and
+//! completed by the real Job controller.
 //! Burst: `BENCH_JOBS` (15,000) TrainingJobs created at once (64 in flight);
 //! the time until every one has a decision in its status. Steady: a fresh
 //! cluster, `BENCH_RATE` (100) submissions/s for `BENCH_STEADY_SECS` (30 s);
@@ -56,7 +59,7 @@ fn release_binary(name: &str) -> PathBuf {
         .join(name);
     assert!(
         release.is_file(),
-        "{} missing: cargo build --release -p komptroller -p e2e --bins",
+        "{} missing: cargo build --release -p komptroller",
         release.display()
     );
     release
@@ -71,7 +74,6 @@ fn free_port() -> u16 {
 }
 
 struct Rig {
-    _standin: Process,
     _dir: tempfile::TempDir,
     cluster: Cluster,
     operator: Process,
@@ -79,19 +81,9 @@ struct Rig {
 
 async fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    let mut standin = Process::start(
-        &release_binary("kube-standin"),
-        &["--kubeconfig", kc.to_str().unwrap()],
-        None,
-        &[],
-    )
-    .unwrap();
-    standin
-        .wait_for_line("ready", Duration::from_secs(10))
-        .await
-        .unwrap();
-    let cluster = Cluster::real(&kc).await.unwrap();
+    // The cluster alone, with what earlier phases left removed.
+    let cluster = Cluster::start().await.unwrap();
+    let kc = cluster.operator_kubeconfig().await.unwrap();
     cluster
         .install_crds(&crds_dir(), Duration::from_secs(30))
         .await
@@ -112,7 +104,7 @@ async fn rig() -> Rig {
         "--metrics-addr",
         &addr,
         "--namespace",
-        "default",
+        "komptroller-system",
         "--log-format",
         "json",
         "--report-interval",
@@ -136,7 +128,6 @@ async fn rig() -> Rig {
     // Let the policy load.
     tokio::time::sleep(Duration::from_secs(1)).await;
     Rig {
-        _standin: standin,
         _dir: dir,
         cluster,
         operator,

@@ -1,19 +1,18 @@
 //! Issue 7: every policy file in `policies/` is used by an e2e scenario. Each
-//! test loads the file itself (not a copy) into the stand-in, runs
-//! `komptroller run` with its webhook, submits jobs as token users that hit
+//! test loads the file itself (not a copy) into the real control plane, runs
+//! `komptroller run` with its webhook as the chart's ServiceAccount, submits
+//! jobs as certificate users that hit
 //! the file's characteristic rules, and checks verdicts, rules and reasons.
 //!
 //! FLOP figures: an H100 SXM runs 989e12 dense BF16 FLOP/s (the catalog's
 //! peak), so one GPU-hour is 3.56e18 FLOP under `basis: upperBound`.
 //!
-//! Needs the `komptroller` binary (`cargo build -p komptroller`); static-token
-//! users, so it runs on the stand-in.
+//! Needs the `komptroller` binary (`cargo build -p komptroller`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::operator::{Env, Operator, decision, training_job};
-use e2e::standin::Options;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
 
@@ -29,12 +28,11 @@ const USERS: &[(&str, &str)] = &[
     ("carol", "safety"),
 ];
 
-/// A stand-in with the users and `komptroller run` (stopped when the returned
-/// Operator is dropped).
+/// The control plane with the users and `komptroller run` (stopped when the
+/// returned Operator is dropped).
 async fn env() -> (Env, Operator) {
-    eprintln!("e2e policy library: static-token users, so the stand-in");
-    let env = Env::start(USERS, Options::default()).await;
-    let op_kubeconfig = env.cluster.kubeconfig().to_path_buf();
+    let env = Env::start(USERS).await;
+    let op_kubeconfig = env.kubeconfig_for(common::operator::OPERATOR_SA);
     let op = env.start_operator(&op_kubeconfig, &[]).await;
     (env, op)
 }

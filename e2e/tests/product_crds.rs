@@ -1,5 +1,5 @@
-//! The product's own CRDs (`crds/`) and example on the stand-in (or a real
-//! cluster): they install, the example validates, and their schema rules
+//! The product's own CRDs (`crds/`) and example on the real kube-apiserver
+//! (or the cluster `KOMPTROLLER_E2E_KUBECONFIG` names): they install, the example validates, and their schema rules
 //! (enums, CEL, immutability) are enforced. Missing `crds/` is a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

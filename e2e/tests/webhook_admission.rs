@@ -1,11 +1,12 @@
-//! Issue 6 on the stand-in: komptroller's admission webhooks, served by the
-//! real binary over TLS with the certificate it manages itself, called by the
-//! API server with the authenticated `userInfo` of static-token users.
+//! Issue 6 on the real control plane: komptroller's admission webhooks,
+//! served by the real binary over TLS with the certificate it manages
+//! itself, called by kube-apiserver with the authenticated `userInfo` of
+//! users who act by client certificates in their groups.
 //!
 //! Needs the `komptroller` binary next to the test executable
 //! (`cargo build -p komptroller` first; `cargo test --workspace` builds it).
-//! These scenarios mint users and groups with a token file, so they always
-//! run on the stand-in (a real cluster's identities cannot be made up here).
+//! On another cluster (`KOMPTROLLER_E2E_KUBECONFIG`) the users are the
+//! admin impersonating them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,7 +14,6 @@ mod common;
 use std::time::Duration;
 
 use e2e::harness::{Process, TempNamespace};
-use e2e::standin::Options;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -30,7 +30,7 @@ const USERS: &[(&str, &str)] = &[
     ("pat", "platform-team"),
 ];
 
-/// The shared stand-in environment (`common::operator::Env`: token users,
+/// The shared environment (`common::operator::Env`: certificate users,
 /// CRDs, the webhook's namespace) plus a namespace for the scenario.
 struct Env {
     base: common::operator::Env,
@@ -46,10 +46,7 @@ impl std::ops::Deref for Env {
 
 impl Env {
     async fn start() -> Env {
-        eprintln!(
-            "e2e webhook: these scenarios use static-token users, so they run on the stand-in"
-        );
-        let base = common::operator::Env::start(USERS, Options::default()).await;
+        let base = common::operator::Env::start(USERS).await;
         let ns = base.cluster.temp_namespace("webhook").await.unwrap();
         Env { base, ns }
     }

@@ -1,5 +1,5 @@
 //! Issue 6: the webhook's `provided` and `cert-manager` certificate modes on
-//! the stand-in, which calls the webhooks over TLS trusting only each
+//! the real kube-apiserver, which calls the webhooks over TLS trusting only each
 //! webhook's `caBundle` (self-managed mode: `webhook_admission.rs`).
 //!
 //! Certificates are files, as a mounted Secret: the kubelet's layout is
@@ -9,8 +9,7 @@
 //! Certificate, its cainjector filling `caBundle` from the Certificate named
 //! in `cert-manager.io/inject-ca-from`) is done by the test.
 //!
-//! Needs the `komptroller` binary (`cargo build -p komptroller`); static-token
-//! users, so it runs on the stand-in.
+//! Needs the `komptroller` binary (`cargo build -p komptroller`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -21,7 +20,6 @@ use std::time::Duration;
 use base64::Engine;
 use common::operator::{Env, OPERATOR_NS, T, free_port, komptroller, training_job};
 use e2e::harness::{Process, parse_yaml_documents};
-use e2e::standin::Options;
 use e2e::tls::{Ca, Leaf};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -244,7 +242,7 @@ fn output(p: &Process) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provided_certificate_is_served_and_rotations_are_picked_up_without_restart() {
-    let env = Env::start(USERS, Options::default()).await;
+    let env = Env::start(USERS).await;
     env.namespace("research", json!({})).await;
     let mut mount = Mount::new(&env.dir.path().join("tls"));
     let ca1 = Ca::new("provided-ca-1").unwrap();
@@ -374,7 +372,7 @@ async fn cert_manager_mode_as_the_chart_installs_it() {
     let ip = e2e::control_plane::service_ip().unwrap();
     let port = free_port();
     let addr = format!("{ip}:{port}");
-    let env = Env::start(USERS, Options::default()).await;
+    let env = Env::start(USERS).await;
     let svc_port = service["port"].as_i64().unwrap_or(443);
     env.apply(
         &json!({"apiVersion": "v1", "kind": "Service",
@@ -547,7 +545,7 @@ async fn cert_manager_mode_as_the_chart_installs_it() {
 /// re-applies leave the cainjector's caBundle alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cert_manager_mode_managed_by_the_operator_leaves_the_ca_bundle_to_cainjector() {
-    let env = Env::start(USERS, Options::default()).await;
+    let env = Env::start(USERS).await;
     env.namespace("research", json!({})).await;
     let ca = Ca::new("cert-manager-ca").unwrap();
     let leaf = ca.issue_server(&["127.0.0.1"]).unwrap();

@@ -8,8 +8,9 @@ compares the chart's CRDs with crds/ byte for byte, runs `promtool check
 rules` on the PrometheusRule, and checks that alerts and the dashboard only
 use metrics the operator exports (docs/metrics.md, generated from
 operator/src/metrics.rs), and runs `promtool check metrics` on a real scrape
-of `komptroller run` against kube-standin, where the operator runs with RBAC
-authorization on and only the chart's rendered RBAC (it must admit a job,
+of `komptroller run` against the e2e control plane (a real kube-apiserver,
+e2e/cluster/start), where the operator runs as the chart's ServiceAccount
+with only the chart's rendered RBAC (it must admit a job,
 write its ledger, Lease, keys, webhook configurations and a signed report
 with no request denied), and compares the chart's webhook configurations
 with those the operator writes itself. Exits non-zero on any problem, naming it.
@@ -392,46 +393,40 @@ def free_port() -> int:
 
 
 def scrape_operator(rbac_docs: list[dict]) -> str | None:
-    """Runs `komptroller run` against kube-standin (the e2e API-server
-    stand-in) with RBAC authorization on, as the chart's ServiceAccount bound
-    by the chart's rendered RBAC only; admits the example TrainingJob under
+    """Runs `komptroller run` against the e2e control plane (a real
+    kube-apiserver with RBAC, built by e2e/cluster/build and started by
+    e2e/cluster/start), as the chart's ServiceAccount (a TokenRequest token)
+    bound by the chart's rendered RBAC only; admits the example TrainingJob under
     policies/default.yaml, waits for a signed report, and returns one
     /metrics scrape; None (with a failure) when it cannot."""
     # Where scripts/test.sh built them: $CARGO_TARGET_DIR/debug (default target/debug);
     # KOMPTROLLER_BIN_DIR overrides.
     target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
     bin_dir = Path(os.environ.get("KOMPTROLLER_BIN_DIR", (ROOT / target / "debug")))
-    bins = {n: bin_dir / n for n in ("komptroller", "kube-standin")}
+    bins = {n: bin_dir / n for n in ("komptroller",)}
     for n, b in bins.items():
         if not b.exists():
             fail(f"{b} is missing: build it with cargo build --workspace --all-targets (scripts/test.sh does)")
             return None
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        fail("kubectl not found (needed to apply CRDs, a policy and a job to the stand-in)")
-        return None
     procs: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="komptroller-chart-"))
+    cluster = tmp / "cluster"
     try:
-        kc = tmp / "kubeconfig"
         sa_user = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
-        (tmp / "tokens").write_text(f'operator-token,{sa_user},uid-operator,"system:serviceaccounts"\n'
-                                    'approver-token,carol,uid-carol,"safety,system:masters"\n')
-        st = subprocess.Popen([str(bins["kube-standin"]), "--kubeconfig", str(kc), "--authorization", "RBAC",
-                               "--tokens", str(tmp / "tokens")], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        procs.append(st)
-        line = st.stdout.readline() if st.stdout else ""
-        if "ready" not in line:
-            fail(f"kube-standin did not start: {line.strip()}")
+        # carol approves: a static-token user (kube-apiserver --token-auth-file).
+        (tmp / "tokens").write_text('approver-token,carol,uid-carol,"safety,system:masters"\n')
+        st = subprocess.run([str(ROOT / "e2e" / "cluster" / "start"), "--dir", str(cluster), "--tokens",
+                             str(tmp / "tokens"), "--nodes", "1", "--owner-pid", str(os.getpid())],
+                            capture_output=True, text=True, timeout=600)
+        if st.returncode != 0 or "ready" not in st.stdout:
+            fail(f"the e2e control plane did not start: {st.stdout.strip()} {st.stderr.strip()[-2000:]}")
             return None
+        print("  " + st.stdout.strip())
+        kc = cluster / "kubeconfig"
+        kubectl = str(cluster / "bin" / "kubectl")
         env = dict(os.environ, KUBECONFIG=str(kc))
         run = lambda *a: subprocess.run([kubectl, *a], env=env, capture_output=True, text=True, timeout=60)
-        # The operator's kubeconfig: the admin's with the ServiceAccount's token.
         admin = yaml.safe_load(kc.read_text())
-        for u in admin["users"]:
-            u["user"] = {"token": "operator-token"}
-        (tmp / "operator-kubeconfig").write_text(yaml.safe_dump(admin))
         for u in admin["users"]:
             u["user"] = {"token": "approver-token"}
         (tmp / "approver-kubeconfig").write_text(yaml.safe_dump(admin))
@@ -446,6 +441,15 @@ def scrape_operator(rbac_docs: list[dict]) -> str | None:
             if r.returncode != 0:
                 fail(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
                 return None
+        # The operator's kubeconfig: the admin's with a TokenRequest token of
+        # the chart's ServiceAccount.
+        r = run("-n", NAMESPACE, "create", "token", RELEASE, "--duration", "1h")
+        if r.returncode != 0:
+            fail(f"kubectl create token {RELEASE}: {r.stderr.strip()}")
+            return None
+        for u in admin["users"]:
+            u["user"] = {"token": r.stdout.strip()}
+        (tmp / "operator-kubeconfig").write_text(yaml.safe_dump(admin))
         port, wport = free_port(), free_port()
         log = open(tmp / "operator.log", "w")
         op_env = dict(os.environ, KUBECONFIG=str(tmp / "operator-kubeconfig"), POD_NAMESPACE=NAMESPACE)
@@ -537,7 +541,7 @@ def scrape_operator(rbac_docs: list[dict]) -> str | None:
             if r.returncode != 0 or not r.stdout.strip():
                 fail(f"under the chart's RBAC the operator did not write its {what}: {r.stderr.strip()}")
         if not denied:
-            ok(f"under the chart's RBAC only ({sa_user}, stand-in with RBAC on): webhook configurations, decision, "
+            ok(f"under the chart's RBAC only ({sa_user}, real kube-apiserver with RBAC): webhook configurations, decision, "
                "an escalation approved, ledger, batch Job, Lease, keys and a signed report written; no request denied")
         return text
     finally:
@@ -547,11 +551,12 @@ def scrape_operator(rbac_docs: list[dict]) -> str | None:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        subprocess.run([str(ROOT / "e2e" / "cluster" / "stop"), "--dir", str(cluster)], capture_output=True, timeout=120)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_scrape(rendered: dict[str, list[tuple[str, dict]]]) -> None:
-    print("\n--- a real scrape of komptroller run (on kube-standin): promtool check metrics, names match docs/metrics.md")
+    print("\n--- a real scrape of komptroller run (on the e2e control plane): promtool check metrics, names match docs/metrics.md")
     text = scrape_operator([d for _, d in rendered.get("default", []) if d.get("kind") in RBAC_KINDS])
     if text is None:
         return
@@ -573,7 +578,7 @@ def check_scrape(rendered: dict[str, list[tuple[str, dict]]]) -> None:
 
 
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-# Rendered manifests the e2e suite applies to kube-standin (so cargo test needs
+# Rendered manifests the e2e suite applies to the control plane (so cargo test needs
 # no Python): file -> (render scenario, kinds, what for).
 E2E_FIXTURES = {
     ROOT / "e2e" / "tests" / "fixtures" / "chart-rbac.yaml": (
@@ -630,7 +635,7 @@ WEBHOOK_FIELDS = ["rules", "failurePolicy", "matchPolicy", "sideEffects", "timeo
 def check_webhooks_match_operator(rendered: dict[str, list[tuple[str, dict]]]) -> None:
     print("\n--- the chart's webhook configurations (cert-manager mode) equal those komptroller run writes itself")
     if len(OPERATOR_WEBHOOKS) != 2:
-        fail("the operator did not write its two webhook configurations on kube-standin")
+        fail("the operator did not write its two webhook configurations on the e2e control plane")
         return
     docs = rendered.get("cert-manager mode", [])
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):

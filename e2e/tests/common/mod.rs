@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e::harness::Cluster;
-use e2e::standin::Options;
 use kube::api::{Api, DynamicObject};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
@@ -23,9 +22,8 @@ pub fn widget_gvk() -> GroupVersionKind {
     GroupVersionKind::gvk("test.komptroller.dev", "v1", "Widget")
 }
 
-/// The e2e control plane (exclusively) with the test CRDs installed. `_opts`
-/// were the stand-in's options; the control plane has none.
-pub async fn cluster_with_crds(_opts: Options) -> Cluster {
+/// The e2e control plane (exclusively) with the test CRDs installed.
+pub async fn cluster_with_crds() -> Cluster {
     let c = Cluster::start().await.unwrap();
     c.install_crds(&fixtures().join("crds"), T).await.unwrap();
     c

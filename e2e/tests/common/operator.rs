@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e::harness::{Cluster, Process, client_from_kubeconfig, wait_for, workspace_binary};
-use e2e::standin::Options;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
@@ -93,8 +92,8 @@ subjects: [{kind: Group, name: platform-team, apiGroup: rbac.authorization.k8s.i
 "#;
 
 impl Env {
-    pub async fn start(users: &[(&str, &str)], options: Options) -> Env {
-        let env = Env::start_bare(users, options).await;
+    pub async fn start(users: &[(&str, &str)]) -> Env {
+        let env = Env::start_bare(users).await;
         env.install_crds().await;
         env
     }
@@ -106,9 +105,8 @@ impl Env {
             .unwrap();
     }
 
-    /// As `start`, without the CRDs. `_options` were the stand-in's; on the
-    /// control plane authorization is always real (Node,RBAC).
-    pub async fn start_bare(users: &[(&str, &str)], _options: Options) -> Env {
+    /// As `start`, without the CRDs.
+    pub async fn start_bare(users: &[(&str, &str)]) -> Env {
         let cluster = Cluster::start().await.unwrap();
         cluster
             .apply_yaml(
