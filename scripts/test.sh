@@ -41,7 +41,8 @@ readme_cmd=$(awk '/^## Quick start/{q=1} q && /^```sh/{getline; print; exit}' RE
 echo "\$ $readme_cmd"
 out=$(bash -c "$readme_cmd" 2>&1) || { printf '%s\n' "$out" | tail -n 30; echo "the README's first command failed: $readme_cmd" >&2; exit 1; }
 printf '%s\n' "$out" | tail -n 5
-printf '%s\n' "$out" | grep -q "SUMMARY" || { echo "the README's first command printed no SUMMARY section: $readme_cmd" >&2; exit 1; }
+printf '%s\n' "$out" | grep -q "^komptroller simulate" && printf '%s\n' "$out" | grep -q "^TIMELINE" \
+  || { echo "the README's first command printed no simulation report (komptroller simulate …, TIMELINE): $readme_cmd" >&2; exit 1; }
 
 step "tests (cargo test --workspace)"
 cargo test --workspace
