@@ -76,8 +76,8 @@ impl Books {
     }
 
     /// Engine time for an event that happened at `t`: never before the last
-    /// event, never after the wall clock (a stand-in running simulated time
-    /// faster than real time can report future completion times).
+    /// event, never after the wall clock (a cluster component whose clock
+    /// runs ahead of ours can report completion times in our future).
     pub fn at(&mut self, t: Timestamp) -> Timestamp {
         let now = Timestamp::now();
         let t = t.min(now).max(self.last);
