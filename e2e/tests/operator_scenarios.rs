@@ -714,6 +714,45 @@ async fn killed_and_restarted_mid_stream_leaves_no_duplicates() {
     assert_eq!(finished, 30);
 }
 
+/// A stalled (SIGSTOP) kube-apiserver: requests hang rather than fail. The
+/// operator rides it out and decides what arrives after it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_apiserver_stalls_the_operator_without_losing_a_decision() {
+    let c = cluster().await;
+    let cp = c
+        .require_control_plane()
+        .expect("the scenario pauses the control plane's apiserver");
+    let ns = c.temp_namespace("op-pause").await.unwrap();
+    let _op = start_operator(&c, &[], true).await;
+    apply(
+        &c,
+        &ns.name,
+        training_job("before", "p1", 8, 1, "1h", Some("2s")),
+    )
+    .await;
+    wait_phase(&c, &ns.name, "before", "Succeeded").await;
+    cp.pause("kube-apiserver", true).unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cp.pause("kube-apiserver", false).unwrap();
+    apply(
+        &c,
+        &ns.name,
+        training_job("after", "p2", 8, 1, "1h", Some("2s")),
+    )
+    .await;
+    wait_phase(&c, &ns.name, "after", "Succeeded").await;
+    assert_eq!(jobs(&c, &ns.name).await.len(), 2);
+    let entries = ledger(&c).await;
+    assert_ledger_sound(&entries);
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["event"]["kind"] == "Finished")
+            .count(),
+        2
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_when_the_leader_dies() {
     let c = cluster().await;
