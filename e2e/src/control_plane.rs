@@ -37,12 +37,23 @@ pub fn service_ip() -> Result<&'static str> {
     static ADDED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     ADDED
         .get_or_init(|| {
+            // Already there (a previous run, or another test binary)?
+            let shown = Command::new("ip")
+                .args(["-o", "-4", "addr", "show", "dev", "lo"])
+                .output()
+                .map_err(|e| format!("running `ip addr show dev lo`: {e} (Debian iproute2)"))?;
+            if String::from_utf8_lossy(&shown.stdout).contains(&format!(" {SERVICE_IP}/")) {
+                return Ok(());
+            }
             let out = Command::new("ip")
                 .args(["addr", "add", &format!("{SERVICE_IP}/32"), "dev", "lo"])
                 .output()
                 .map_err(|e| format!("running `ip addr add {SERVICE_IP}/32 dev lo`: {e} (Debian iproute2)"))?;
             let err = String::from_utf8_lossy(&out.stderr);
-            if out.status.success() || err.contains("File exists") {
+            if out.status.success()
+                || err.contains("File exists")
+                || err.contains("already assigned")
+            {
                 Ok(())
             } else {
                 Err(format!(

@@ -124,7 +124,13 @@ async fn default_policy_admits_everything_and_records_what_enforce_would_do() {
         .wait_phase("research", "small", &["Admitted", "Running"])
         .await;
     assert_eq!(decision(&o, "enforcedVerdict"), "Admit");
-    assert_eq!(env.jobs("research").await.len(), 2, "both run");
+    // The status says Admitted a moment before the Job exists.
+    let deadline = tokio::time::Instant::now() + common::operator::T;
+    while env.jobs("research").await.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "both run");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(env.jobs("research").await.len(), 2, "both run, once each");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
