@@ -77,8 +77,6 @@ pub struct ControlPlane {
     pub server: String,
     /// etcd's client URL.
     pub etcd: String,
-    /// kube-apiserver's `gitVersion`, e.g. `v1.37.2`.
-    pub version: String,
 }
 
 static SHARED: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
@@ -173,14 +171,14 @@ impl ControlPlane {
                 remove_stale(&root);
                 let dir = root.join(format!("{stem}-{}", std::process::id()));
                 let nodes = std::env::var(NODES_ENV).unwrap_or_else(|_| "4".into());
-                Self::start(&dir, &nodes, None).map_err(|e| e.to_string())
+                Self::start(&dir, &nodes).map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|e| Error::ControlPlane(e.clone()))
     }
 
     /// Starts a control plane in `dir` (stopped when this process ends).
-    pub fn start(dir: &Path, nodes: &str, tokens: Option<&Path>) -> Result<ControlPlane> {
+    pub fn start(dir: &Path, nodes: &str) -> Result<ControlPlane> {
         std::fs::create_dir_all(dir)?;
         let mut cmd = Command::new(scripts_dir().join("start"));
         cmd.arg("--dir")
@@ -188,9 +186,6 @@ impl ControlPlane {
             .args(["--nodes", nodes, "--gpus-per-node", "8"])
             .args(["--owner-pid", &std::process::id().to_string()])
             .stderr(std::process::Stdio::inherit());
-        if let Some(t) = tokens {
-            cmd.arg("--tokens").arg(t);
-        }
         let out = cmd.output()?;
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         if !out.status.success() || !stdout.contains("ready") {
@@ -213,13 +208,7 @@ impl ControlPlane {
             kubeconfig: dir.join("kubeconfig"),
             server: get("SERVER")?,
             etcd: get("ETCD")?,
-            version: get("SERVER_VERSION")?,
         })
-    }
-
-    /// A binary this control plane runs with (`kubectl`, `helm`, `etcd`, …).
-    pub fn bin(&self, name: &str) -> PathBuf {
-        self.dir.join("bin").join(name)
     }
 
     /// The cluster CA's certificate (PEM file).
@@ -391,26 +380,6 @@ impl ControlPlane {
         std::fs::write(&tmp, yaml)?;
         std::fs::rename(&tmp, &path)?;
         Ok(path)
-    }
-
-    /// A kubeconfig holding `token` (e.g. a ServiceAccount's, from the
-    /// TokenRequest API), written to `path`.
-    pub fn write_kubeconfig_for_token(&self, path: &Path, token: &str) -> Result<()> {
-        let yaml = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: u@e2e\n  context: {{cluster: e2e, user: u}}\ncurrent-context: u@e2e\n",
-            self.server,
-            self.ca_file().display()
-        );
-        std::fs::write(path, yaml)?;
-        Ok(())
-    }
-
-    /// The tail of a component's log (for failure messages).
-    pub fn log_tail(&self, component: &str, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{component}.log")))
-            .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
 

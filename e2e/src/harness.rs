@@ -165,11 +165,6 @@ impl Cluster {
         })
     }
 
-    /// The control plane (to restart, pause or compact), if that is what runs.
-    pub fn control_plane_ref(&self) -> Option<&'static ControlPlane> {
-        self.control_plane
-    }
-
     /// The control plane, or an error saying the scenario cannot run elsewhere.
     pub fn require_control_plane(&self) -> Result<&'static ControlPlane> {
         self.control_plane.ok_or(Error::NeedsControlPlane)

@@ -168,16 +168,6 @@ async fn soak(plan: Plan) {
     c.apply_yaml(&serde_json::to_string(&policy).unwrap(), None)
         .await
         .unwrap();
-    c.wait_for_condition(
-        &gvk("ComputePolicy"),
-        None,
-        "chaos",
-        "Accepted",
-        "True",
-        Duration::from_secs(30),
-    )
-    .await
-    .ok();
     let mut replicas = [operator(&kubeconfig), operator(&kubeconfig)];
     for r in &mut replicas {
         r.wait_for_line("komptroller ready", Duration::from_secs(60))
@@ -333,16 +323,21 @@ async fn soak(plan: Plan) {
         .await
         .unwrap();
     let wait_report = Instant::now() + Duration::from_secs(60);
-    let (entries, report) = loop {
-        let mut entries: Vec<Value> = ledger_api
+    // Each entry parsed, with its canonical text (the ledger file verify reads).
+    let (entries, lines, report) = loop {
+        let mut listed: Vec<(Value, String)> = ledger_api
             .list(&ListParams::default())
             .await
             .unwrap()
             .items
             .into_iter()
-            .map(|o| serde_json::from_str(o.data["spec"]["entry"].as_str().unwrap()).unwrap())
+            .map(|o| {
+                let line = o.data["spec"]["entry"].as_str().unwrap().to_string();
+                (serde_json::from_str(&line).unwrap(), line)
+            })
             .collect();
-        entries.sort_by_key(|e: &Value| e["seq"].as_u64().unwrap());
+        listed.sort_by_key(|(e, _)| e["seq"].as_u64().unwrap());
+        let (entries, lines): (Vec<Value>, Vec<String>) = listed.into_iter().unzip();
         let reports = c.dynamic_api(&gvk("ComputeReport"), None).await.unwrap();
         let newest = reports
             .list(&ListParams::default())
@@ -356,7 +351,7 @@ async fn soak(plan: Plan) {
         if let Some((v, text)) = newest
             && v["report"]["range"]["to"].as_u64() == Some(entries.len() as u64)
         {
-            break (entries, text);
+            break (entries, lines, text);
         }
         assert!(
             Instant::now() < wait_report,
@@ -408,27 +403,7 @@ async fn soak(plan: Plan) {
     )
     .unwrap();
     std::fs::write(dir.path().join("report.json"), &report).unwrap();
-    let lines: Vec<String> = ledger_api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|o| o.data["spec"]["entry"].as_str().unwrap().to_string())
-        .collect();
-    let mut by_seq: Vec<(u64, String)> = lines
-        .into_iter()
-        .map(|l| {
-            (
-                serde_json::from_str::<Value>(&l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap(),
-                l,
-            )
-        })
-        .collect();
-    by_seq.sort();
-    let jsonl: String = by_seq.into_iter().map(|(_, l)| l + "\n").collect();
+    let jsonl: String = lines.into_iter().map(|l| l + "\n").collect();
     std::fs::write(dir.path().join("ledger.jsonl"), jsonl).unwrap();
     let out = std::process::Command::new(komptroller())
         .args(["verify", "--report"])
