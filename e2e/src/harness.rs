@@ -24,6 +24,9 @@ pub const KUBECONFIG_ENV: &str = "KOMPTROLLER_E2E_KUBECONFIG";
 /// Without it a pod runs until its Job's `activeDeadlineSeconds`.
 pub const RUNTIME_ANNOTATION: &str = "pod-complete.stage.kwok.x-k8s.io/delay";
 
+/// The label on namespaces `Cluster::temp_namespace` creates.
+pub const TEMPORARY_LABEL: &str = "e2e.komptroller.dev/temporary";
+
 /// The field manager the harness applies with.
 pub const FIELD_MANAGER: &str = "komptroller-e2e";
 
@@ -274,21 +277,33 @@ impl Cluster {
     }
 
     /// Removes the cluster-wide state scenarios leave: every komptroller.dev
-    /// object (finalizers dropped: its operator is gone), every admission
-    /// webhook configuration, and every namespace but the system ones, and
-    /// waits until the namespaces are gone.
+    /// object (finalizers dropped: its operator is gone), the admission
+    /// webhook configurations and the namespaces, and waits until those
+    /// namespaces are gone. On the e2e control plane (the suite's own) that
+    /// is every webhook configuration and every namespace but the system
+    /// ones; on a cluster `KOMPTROLLER_E2E_KUBECONFIG` names, only
+    /// komptroller's configurations (named `komptroller…`) and the
+    /// namespaces `temp_namespace` labelled as the suite's.
     pub async fn reset(&self) -> Result<()> {
         use k8s_openapi::api::admissionregistration::v1 as adm;
         use k8s_openapi::api::core::v1::Namespace;
         let lp = kube::api::ListParams::default();
         let dp = DeleteParams::background();
+        let own = self.control_plane.is_some();
+        let ours = |name: &str| own || name.starts_with("komptroller");
         let mwc: Api<adm::MutatingWebhookConfiguration> = Api::all(self.client.clone());
         for o in mwc.list_metadata(&lp).await? {
-            let _ = mwc.delete(&o.metadata.name.unwrap_or_default(), &dp).await;
+            let name = o.metadata.name.unwrap_or_default();
+            if ours(&name) {
+                let _ = mwc.delete(&name, &dp).await;
+            }
         }
         let vwc: Api<adm::ValidatingWebhookConfiguration> = Api::all(self.client.clone());
         for o in vwc.list_metadata(&lp).await? {
-            let _ = vwc.delete(&o.metadata.name.unwrap_or_default(), &dp).await;
+            let name = o.metadata.name.unwrap_or_default();
+            if ours(&name) {
+                let _ = vwc.delete(&name, &dp).await;
+            }
         }
         // komptroller.dev objects, wherever they are.
         let discovery = kube::Discovery::new(self.client.clone())
@@ -323,18 +338,19 @@ impl Cluster {
         }
         let nss: Api<Namespace> = Api::all(self.client.clone());
         let system = ["default", "kube-system", "kube-public", "kube-node-lease"];
+        let candidates = if own {
+            lp.clone()
+        } else {
+            kube::api::ListParams::default().labels(&format!("{TEMPORARY_LABEL}=true"))
+        };
         let mut gone = Vec::new();
-        for o in nss.list_metadata(&lp).await? {
+        for o in nss.list_metadata(&candidates).await? {
             let name = o.metadata.name.unwrap_or_default();
             if !system.contains(&name.as_str()) {
                 let _ = nss.delete(&name, &dp).await;
                 gone.push(name);
             }
         }
-        // Leases and Events of earlier operators in `default`.
-        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-            Api::namespaced(self.client.clone(), "default");
-        let _ = leases.delete_collection(&dp, &lp).await;
         for n in gone {
             wait_for_deletion(&nss, &n, crate::control_plane::RESET_TIMEOUT).await?;
         }
@@ -402,7 +418,7 @@ impl Cluster {
         );
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"e2e.komptroller.dev/temporary": "true"}}
+            "metadata": {"name": name, "labels": {TEMPORARY_LABEL: "true"}}
         }))
         .map_err(|e| Error::Manifest(e.to_string()))?;
         api.create(&PostParams::default(), &ns).await?;
