@@ -213,6 +213,20 @@ impl Cluster {
     /// token from the TokenRequest API, so the real RBAC authorizer sees
     /// exactly what the chart grants.
     pub async fn operator_kubeconfig(&self) -> Result<PathBuf> {
+        self.install_chart_rbac().await?;
+        let token = self.service_account_token("komptroller-system", "komptroller")?;
+        let path = std::env::temp_dir().join(format!(
+            "komptroller-e2e-{}-operator-sa.kubeconfig",
+            std::process::id()
+        ));
+        self.write_token_kubeconfig(&path, &token)?;
+        Ok(path)
+    }
+
+    /// The operator's namespace `komptroller-system` and the chart's RBAC as
+    /// the chart renders it with default values (its ServiceAccount,
+    /// ClusterRole, Role and bindings: `e2e/tests/fixtures/chart-rbac.yaml`).
+    pub async fn install_chart_rbac(&self) -> Result<()> {
         self.apply_yaml(
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: komptroller-system}\n",
             None,
@@ -223,13 +237,7 @@ impl Cluster {
             None,
         )
         .await?;
-        let token = self.service_account_token("komptroller-system", "komptroller")?;
-        let path = std::env::temp_dir().join(format!(
-            "komptroller-e2e-{}-operator-sa.kubeconfig",
-            std::process::id()
-        ));
-        self.write_token_kubeconfig(&path, &token)?;
-        Ok(path)
+        Ok(())
     }
 
     /// A token for ServiceAccount `ns/name` from the TokenRequest API (one

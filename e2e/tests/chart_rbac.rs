@@ -164,8 +164,8 @@ async fn the_chart_rbac_is_enough_and_all_of_it_is_used() {
         .expect("the audit log is the e2e control plane's");
     let audit = cp.dir.join("logs/audit.log");
     env.namespace(NS, json!({})).await;
-    // The chart's RBAC, and what the people in this scenario may do.
-    env.cluster.apply_yaml(&fixture, None).await.unwrap();
+    // The chart's RBAC is applied by `Env` (this fixture); what the people
+    // in this scenario may do:
     env.cluster
         .apply_yaml(
             r#"

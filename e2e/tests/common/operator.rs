@@ -108,18 +108,7 @@ impl Env {
     /// As `start`, without the CRDs.
     pub async fn start_bare(users: &[(&str, &str)]) -> Env {
         let cluster = Cluster::start().await.unwrap();
-        cluster
-            .apply_yaml(
-                &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {OPERATOR_NS}}}\n"),
-                None,
-            )
-            .await
-            .unwrap();
-        let fixture = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chart-rbac.yaml"),
-        )
-        .unwrap();
-        cluster.apply_yaml(&fixture, None).await.unwrap();
+        cluster.install_chart_rbac().await.unwrap();
         cluster.apply_yaml(USER_RBAC, None).await.unwrap();
         let mut map = std::collections::BTreeMap::new();
         let mut subjects = Vec::new();
