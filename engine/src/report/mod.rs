@@ -16,6 +16,7 @@
 //! final `,"signature":"…"` member cut out — see `docs/ledger.md` for the
 //! `openssl` command.
 
+mod chain;
 mod render;
 mod verify;
 
@@ -36,6 +37,7 @@ use crate::policy::Policy;
 use crate::signing;
 use crate::units::Flop;
 
+pub use chain::*;
 pub use render::*;
 pub use verify::*;
 
@@ -101,6 +103,12 @@ pub struct ReportBody {
     pub modification_crossings: Vec<ModificationCrossing>,
     /// The policies in force when the report was made, by content hash.
     pub policies: Vec<PolicyDigest>,
+    /// The base lineages each fine-tune lineage declared
+    /// (`spec.model.baseModel`) in the decisions of entries `[0, to)`,
+    /// sorted (absent when no job declared one): what an auditor merging
+    /// several clusters' books needs to list lineages that share a base.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lineage_bases: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -395,6 +403,8 @@ pub struct BodyBuilder {
     modified: HashSet<(String, usize)>,
     modification_crossings: Vec<ModificationCrossing>,
     policies: Vec<PolicyDigest>,
+    /// Base lineages declared per lineage, for `lineageBases`.
+    bases: BTreeMap<String, Vec<String>>,
     previous: Option<PreviousLink>,
     /// `range.from`: the previous report's tree size.
     from: u64,
@@ -438,6 +448,7 @@ impl BodyBuilder {
             modified: HashSet::new(),
             modification_crossings: Vec::new(),
             policies,
+            bases: BTreeMap::new(),
             from: previous.as_ref().map_or(0, |p| p.tree_size),
             previous,
             count: 0,
@@ -489,11 +500,16 @@ impl BodyBuilder {
             });
         }
         self.totals.apply_facts(r, in_range);
-        if in_range && let EventFacts::Decided { verdict, .. } = r.event {
-            if let Some(n) = self.decisions.get_mut(verdict.as_str()) {
-                *n += 1;
-            } else {
-                self.decisions.insert(verdict.as_str().to_string(), 1);
+        if let EventFacts::Decided { verdict, .. } = r.event {
+            if in_range {
+                if let Some(n) = self.decisions.get_mut(verdict.as_str()) {
+                    *n += 1;
+                } else {
+                    self.decisions.insert(verdict.as_str().to_string(), 1);
+                }
+            }
+            if let (Some(lineage), Some(base)) = (r.lineage, r.base_lineage) {
+                note_base(&mut self.bases, lineage, base);
             }
         }
         if let Some((amount, lineages)) = r.admitted() {
@@ -711,6 +727,7 @@ impl BodyBuilder {
             modification_thresholds: self.modification_thresholds,
             modification_crossings: self.modification_crossings,
             policies: self.policies,
+            lineage_bases: self.bases,
         })
     }
 }
@@ -731,8 +748,26 @@ fn add_to(map: &mut HashMap<String, Flop>, key: &str, amount: Flop) -> Flop {
     }
 }
 
+/// Records that `lineage` declared `base` (kept sorted, without repeats;
+/// allocates only for a pair not seen before).
+fn note_base(bases: &mut BTreeMap<String, Vec<String>>, lineage: &str, base: &str) {
+    match bases.get_mut(lineage) {
+        Some(list) => {
+            if let Err(at) = list.binary_search_by(|b| b.as_str().cmp(base)) {
+                list.insert(at, base.to_string());
+            }
+        }
+        None => {
+            bases.insert(lineage.to_string(), vec![base.to_string()]);
+        }
+    }
+}
+
 /// `crossed_at + within`, the notification deadline.
-fn deadline(crossed_at: Timestamp, within: GoDuration) -> Result<Timestamp, ReportError> {
+pub(crate) fn deadline(
+    crossed_at: Timestamp,
+    within: GoDuration,
+) -> Result<Timestamp, ReportError> {
     let overflow = || ReportError::DeadlineOverflow { crossed_at, within };
     let d = jiff::SignedDuration::try_from(within.0).map_err(|_| overflow())?;
     crossed_at.checked_add(d).map_err(|_| overflow())
@@ -748,7 +783,7 @@ impl ReportBody {
             kind: REPORT_KIND,
             report: &self,
         })?;
-        let signature = Base64::encode_string(&signing::sign(key, &message));
+        let signature = sign_base64(key, &message);
         Ok(SignedReport {
             api_version: REPORT_API_VERSION.to_string(),
             key_id,
@@ -810,31 +845,48 @@ impl SignedReport {
                 self.api_version, self.kind
             )));
         }
-        let given = signing::key_id(key);
-        if given != self.key_id {
-            return Err(SignatureError::WrongKey {
-                report_key_id: self.key_id,
-                given_key_id: given,
-            });
-        }
-        let sig = Base64::decode_vec(&self.signature)
-            .map_err(|e| SignatureError::NotBase64(e.to_string()))?;
-        if sig.len() != 64 {
-            return Err(SignatureError::WrongLength(sig.len()));
-        }
-        // Base64 has several spellings of the same bytes (padding bits);
-        // only the canonical one is accepted, so the file stays canonical.
-        if Base64::encode_string(&sig) != self.signature {
-            return Err(SignatureError::NotBase64(
-                "non-canonical base64 encoding".into(),
-            ));
-        }
-        if signing::verify(key, &self.signed_bytes()?, &sig) {
-            Ok(())
-        } else {
-            Err(SignatureError::Invalid)
-        }
+        check_signature(&self.key_id, &self.signature, &self.signed_bytes()?, key)
     }
+}
+
+/// Checks a detached signature as every signed komptroller document
+/// carries it: `keyId` names `key`, `signature` is the canonical base64 of
+/// 64 bytes, and it is a valid Ed25519 signature of `message`.
+pub(crate) fn check_signature(
+    key_id: &Sha256Digest,
+    signature: &str,
+    message: &[u8],
+    key: &VerifyingKey,
+) -> Result<(), SignatureError> {
+    let given = signing::key_id(key);
+    if given != *key_id {
+        return Err(SignatureError::WrongKey {
+            report_key_id: *key_id,
+            given_key_id: given,
+        });
+    }
+    let sig =
+        Base64::decode_vec(signature).map_err(|e| SignatureError::NotBase64(e.to_string()))?;
+    if sig.len() != 64 {
+        return Err(SignatureError::WrongLength(sig.len()));
+    }
+    // Base64 has several spellings of the same bytes (padding bits);
+    // only the canonical one is accepted, so the file stays canonical.
+    if Base64::encode_string(&sig) != signature {
+        return Err(SignatureError::NotBase64(
+            "non-canonical base64 encoding".into(),
+        ));
+    }
+    if signing::verify(key, message, &sig) {
+        Ok(())
+    } else {
+        Err(SignatureError::Invalid)
+    }
+}
+
+/// The canonical base64 of `key`'s Ed25519 signature of `message`.
+pub(crate) fn sign_base64(key: &SigningKey, message: &[u8]) -> String {
+    Base64::encode_string(&signing::sign(key, message))
 }
 
 /// Why a file is not a signed report.
@@ -851,12 +903,18 @@ pub enum ReportParseError {
 /// Parses `report.json`, which must be exactly the canonical JSON of a
 /// report (a single trailing newline is tolerated).
 pub fn parse_report(bytes: &[u8]) -> Result<SignedReport, ReportParseError> {
+    parse_canonical(bytes)
+}
+
+/// Parses a signed document that must be exactly its own canonical JSON
+/// (a single trailing newline is tolerated).
+pub(crate) fn parse_canonical<T: serde::de::DeserializeOwned + Serialize>(
+    bytes: &[u8],
+) -> Result<T, ReportParseError> {
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    let report: SignedReport =
+    let doc: T =
         serde_json::from_slice(body).map_err(|e| ReportParseError::Malformed(e.to_string()))?;
-    let canonical = report
-        .canonical_bytes()
-        .map_err(|e| ReportParseError::Malformed(e.to_string()))?;
+    let canonical = canonical_json(&doc).map_err(|e| ReportParseError::Malformed(e.to_string()))?;
     if canonical != body {
         let offset = canonical
             .iter()
@@ -865,5 +923,5 @@ pub fn parse_report(bytes: &[u8]) -> Result<SignedReport, ReportParseError> {
             .unwrap_or(canonical.len().min(body.len()));
         return Err(ReportParseError::NotCanonical { offset });
     }
-    Ok(report)
+    Ok(doc)
 }

@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    BodyBuilder, PreviousLink, ReportError, ReportParseError, SignatureError, SignedReport,
-    Thresholds, parse_report,
+    BodyBuilder, PreviousLink, ReportBody, ReportError, ReportParseError, SignatureError,
+    SignedReport, Thresholds, parse_report,
 };
-use crate::ledger::{ChainError, Sha256Digest, verify_jsonl_facts};
+use crate::ledger::{ChainError, CheckedEntry, Sha256Digest, verify_jsonl_facts};
 use crate::merkle;
 use crate::signing;
 
@@ -199,6 +199,19 @@ impl<'a> KeyRing<'a> {
 /// Runs every requested check, in order: signature, previous report,
 /// ledger chain, ledger-to-report match, totals, inclusion.
 pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure> {
+    verify_report_with(req, |_| {})
+}
+
+/// [`verify_report`], handing every verified ledger entry (also those after
+/// the report's range) to `visit` in ledger order during the one pass over
+/// the ledger, so a caller checking more than this report (`audit`: the
+/// earlier reports of a chain) reads the ledger once. Entries are handed on
+/// before the checks that follow the pass: use what `visit` saw only when
+/// the result is `Ok`.
+pub fn verify_report_with(
+    req: &VerifyRequest<'_>,
+    mut visit: impl FnMut(&CheckedEntry<'_>),
+) -> Result<Verified, VerifyFailure> {
     let mut checks = Vec::new();
     let keys = KeyRing::load(req.public_keys)?;
 
@@ -211,57 +224,10 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
     let b = &report.report;
 
     // The report's own link to its predecessor.
-    match &b.previous {
-        Some(p) => {
-            if b.range.from != p.tree_size {
-                return fail(
-                    FailureClass::Previous,
-                    format!(
-                        "{}: field report.range.from is {} but the previous report ends at entry {}",
-                        req.report.name, b.range.from, p.tree_size
-                    ),
-                );
-            }
-            if !merkle::verify_consistency(
-                p.tree_size,
-                b.range.to,
-                &p.merkle_root,
-                &b.merkle_root,
-                &p.consistency_proof,
-            ) {
-                return fail(
-                    FailureClass::Previous,
-                    format!(
-                        "{}: field report.previous.consistencyProof does not prove that the tree of {} entries (root {}) is a prefix of this report's tree of {} entries",
-                        req.report.name, p.tree_size, p.merkle_root, b.range.to
-                    ),
-                );
-            }
-            checks.push(format!(
-                "consistency: the previous tree ({} entries) is a prefix of this one ({} entries)",
-                p.tree_size, b.range.to
-            ));
-        }
-        None => {
-            if b.range.from != 0 {
-                return fail(
-                    FailureClass::Previous,
-                    format!(
-                        "{}: the report names no previous report but its range starts at entry {}, not 0",
-                        req.report.name, b.range.from
-                    ),
-                );
-            }
-        }
-    }
-    if b.range.from > b.range.to {
-        return fail(
-            FailureClass::Totals,
-            format!(
-                "{}: field report.range runs backwards ({} to {})",
-                req.report.name, b.range.from, b.range.to
-            ),
-        );
+    match own_link(b) {
+        Ok(Some(check)) => checks.push(check),
+        Ok(None) => {}
+        Err((class, m)) => return fail(class, format!("{}: {m}", req.report.name)),
     }
 
     if let Some(prev_input) = req.previous {
@@ -345,6 +311,7 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
                     entry_hash = Some(e.hash);
                 }
             }
+            visit(e);
         })
         .map_err(|e| VerifyFailure {
             class: match e {
@@ -493,6 +460,65 @@ pub fn verify_report(req: &VerifyRequest<'_>) -> Result<Verified, VerifyFailure>
     })
 }
 
+/// What a report's own fields prove without its predecessor: its range
+/// starts where its `previous` link ends (at 0 without one), runs forwards,
+/// and the link's consistency proof leads from the previous tree to this
+/// one. `Ok(Some(line))` names the proof that held.
+pub fn own_link(b: &ReportBody) -> Result<Option<String>, (FailureClass, String)> {
+    let checked = match &b.previous {
+        Some(p) => {
+            if b.range.from != p.tree_size {
+                return Err((
+                    FailureClass::Previous,
+                    format!(
+                        "field report.range.from is {} but the previous report ends at entry {}",
+                        b.range.from, p.tree_size
+                    ),
+                ));
+            }
+            if !merkle::verify_consistency(
+                p.tree_size,
+                b.range.to,
+                &p.merkle_root,
+                &b.merkle_root,
+                &p.consistency_proof,
+            ) {
+                return Err((
+                    FailureClass::Previous,
+                    format!(
+                        "field report.previous.consistencyProof does not prove that the tree of {} entries (root {}) is a prefix of this report's tree of {} entries",
+                        p.tree_size, p.merkle_root, b.range.to
+                    ),
+                ));
+            }
+            Some(format!(
+                "consistency: the previous tree ({} entries) is a prefix of this one ({} entries)",
+                p.tree_size, b.range.to
+            ))
+        }
+        None if b.range.from != 0 => {
+            return Err((
+                FailureClass::Previous,
+                format!(
+                    "the report names no previous report but its range starts at entry {}, not 0",
+                    b.range.from
+                ),
+            ));
+        }
+        None => None,
+    };
+    if b.range.from > b.range.to {
+        return Err((
+            FailureClass::Totals,
+            format!(
+                "field report.range runs backwards ({} to {})",
+                b.range.from, b.range.to
+            ),
+        ));
+    }
+    Ok(checked)
+}
+
 /// Every hardware thread checks ledger lines.
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -518,7 +544,7 @@ fn short(v: &Value) -> String {
 }
 
 /// The first path where `stated` and `derived` differ, with both values.
-fn first_difference(
+pub(crate) fn first_difference(
     path: &str,
     stated: &Value,
     derived: &Value,
