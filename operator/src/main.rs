@@ -32,6 +32,8 @@ enum Command {
     Simulate(cmd::simulate::SimulateArgs),
     /// Verify a signed compute report (and optionally its ledger) offline.
     Verify(cmd::verify::VerifyArgs),
+    /// Audit many clusters' signed books under a trust file and merge what they show.
+    Audit(cmd::audit::AuditArgs),
     /// Generate an Ed25519 signing key pair (PKCS#8 / SPKI PEM).
     Keygen(cmd::keygen::KeygenArgs),
     /// Render a report from a ledger as JSON, CSV or Markdown.
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Project(a) => cmd::project::run(a),
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Crd(a) => cmd::crd::run(a),

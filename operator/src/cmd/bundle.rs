@@ -6,11 +6,13 @@ use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use jiff::Timestamp;
 use komptroller_engine::ledger::{LedgerEntry, write_jsonl};
 use komptroller_engine::policy::Policy;
 use komptroller_engine::report::{
-    Period, SignedReport, build_report, to_csv, to_markdown, to_openreports_yaml,
+    Period, SignedReport, build_report, sign_report_chain, to_csv, to_markdown, to_openreports_yaml,
 };
 use komptroller_engine::signing::{
     Ed25519SigningKey, key_id, parse_private_key_pem, private_key_pem, public_key_pem,
@@ -164,28 +166,7 @@ pub fn write_outputs(
     previous: Option<&SignedReport>,
 ) -> Result<BundleOutputs, BundleError> {
     fs::create_dir_all(dir).map_err(|e| BundleError(format!("{}: {e}", dir.display())))?;
-    let mut files = Vec::new();
-    let mut generated_key = None;
-    let key = match signing_key {
-        Some(path) => load_signing_key(path).map_err(BundleError)?,
-        None => {
-            let private = dir.join(PRIVATE_KEY_FILE);
-            let public = dir.join(PUBLIC_KEY_FILE);
-            let key = if private.exists() && public.exists() {
-                load_signing_key(&private).map_err(BundleError)?
-            } else {
-                write_key_pair(&private, &public, true)
-                    .map_err(BundleError)?
-                    .0
-            };
-            generated_key = Some(GeneratedKey {
-                private_key: private,
-                public_key: public,
-                key_id: key_id(&key.verifying_key()).to_hex(),
-            });
-            key
-        }
-    };
+    let (key, generated_key) = bundle_key(dir, signing_key)?;
     let period = period.unwrap_or_else(|| match previous {
         // A continuing report starts where the previous one ended and covers the new entries.
         Some(p) => {
@@ -210,22 +191,8 @@ pub fn write_outputs(
     let report = body
         .sign(&key)
         .map_err(|e| BundleError(format!("cannot sign the report: {e}")))?;
-
-    let mut ledger = Vec::with_capacity(entries.len() * 700);
-    write_jsonl(entries, &mut ledger)
-        .map_err(|e| BundleError(format!("cannot encode the ledger: {e}")))?;
-    write_file(dir, LEDGER_FILE, &ledger, &mut files)?;
-    let json = report
-        .canonical_bytes()
-        .map_err(|e| BundleError(format!("cannot encode the report: {e}")))?;
-    write_file(dir, REPORT_FILE, &json, &mut files)?;
-    write_file(dir, CSV_FILE, to_csv(&report).as_bytes(), &mut files)?;
-    let md =
-        to_markdown(&report).map_err(|e| BundleError(format!("cannot render the report: {e}")))?;
-    write_file(dir, MARKDOWN_FILE, md.as_bytes(), &mut files)?;
-    let yaml = to_openreports_yaml(&report)
-        .map_err(|e| BundleError(format!("cannot render the OpenReports view: {e}")))?;
-    write_file(dir, OPENREPORT_FILE, yaml.as_bytes(), &mut files)?;
+    let mut files = Vec::new();
+    write_views(dir, entries, &report, &mut files)?;
     if let Some(k) = &generated_key {
         files.push(k.private_key.clone());
         files.push(k.public_key.clone());
@@ -235,4 +202,127 @@ pub fn write_outputs(
         generated_key,
         report,
     })
+}
+
+/// Sub-directory of the bundle holding the chain of periodic reports.
+pub const REPORTS_DIR: &str = "reports";
+
+/// A periodic chain: one report every `every` from `start`, as the
+/// operator writes them, into `dir/reports/report-<period end>.json`; the
+/// bundle's `report.json` (and its views) is the newest of them.
+#[derive(Clone, Debug)]
+pub struct ChainOptions<'a> {
+    pub start: Timestamp,
+    pub every: Duration,
+    /// From each time on (exclusive: reports whose period ends after it),
+    /// reports are signed with the key in that file: a key rotation.
+    pub rotations: &'a [(Timestamp, PathBuf)],
+}
+
+/// [`write_outputs`] with a chain of periodic reports instead of one report.
+pub fn write_chained_outputs(
+    dir: &Path,
+    entries: &[LedgerEntry],
+    policies: &[Policy],
+    signing_key: Option<&Path>,
+    chain: &ChainOptions<'_>,
+) -> Result<BundleOutputs, BundleError> {
+    fs::create_dir_all(dir).map_err(|e| BundleError(format!("{}: {e}", dir.display())))?;
+    let (key, generated_key) = bundle_key(dir, signing_key)?;
+    let mut rotations: Vec<(Timestamp, Ed25519SigningKey)> = Vec::new();
+    for (at, path) in chain.rotations {
+        rotations.push((*at, load_signing_key(path).map_err(BundleError)?));
+    }
+    rotations.sort_by_key(|(at, _)| *at);
+    let reports = sign_report_chain(
+        entries,
+        policies,
+        chain.start,
+        chain.every,
+        chain.start,
+        |end| {
+            rotations
+                .iter()
+                .rev()
+                .find(|(at, _)| end > *at)
+                .map_or(&key, |(_, k)| k)
+        },
+    )
+    .map_err(|e| BundleError(format!("cannot build the report chain: {e}")))?;
+    let reports_dir = dir.join(REPORTS_DIR);
+    fs::create_dir_all(&reports_dir)
+        .map_err(|e| BundleError(format!("{}: {e}", reports_dir.display())))?;
+    let mut files = Vec::new();
+    for r in &reports {
+        let bytes = r
+            .canonical_bytes()
+            .map_err(|e| BundleError(format!("cannot encode a report: {e}")))?;
+        let name = format!(
+            "report-{}.json",
+            r.report.period.to.strftime("%Y%m%dT%H%M%SZ")
+        );
+        write_file(&reports_dir, &name, &bytes, &mut files)?;
+    }
+    let Some(report) = reports.last().cloned() else {
+        return Err(BundleError("the report chain is empty".into()));
+    };
+    write_views(dir, entries, &report, &mut files)?;
+    if let Some(k) = &generated_key {
+        files.push(k.private_key.clone());
+        files.push(k.public_key.clone());
+    }
+    Ok(BundleOutputs {
+        files,
+        generated_key,
+        report,
+    })
+}
+
+/// The key given, or the bundle's own pair (reused from `dir`, else generated there).
+fn bundle_key(
+    dir: &Path,
+    signing_key: Option<&Path>,
+) -> Result<(Ed25519SigningKey, Option<GeneratedKey>), BundleError> {
+    if let Some(path) = signing_key {
+        return Ok((load_signing_key(path).map_err(BundleError)?, None));
+    }
+    let private = dir.join(PRIVATE_KEY_FILE);
+    let public = dir.join(PUBLIC_KEY_FILE);
+    let key = if private.exists() && public.exists() {
+        load_signing_key(&private).map_err(BundleError)?
+    } else {
+        write_key_pair(&private, &public, true)
+            .map_err(BundleError)?
+            .0
+    };
+    let generated = GeneratedKey {
+        private_key: private,
+        public_key: public,
+        key_id: key_id(&key.verifying_key()).to_hex(),
+    };
+    Ok((key, Some(generated)))
+}
+
+/// Writes the ledger, `report.json` and its CSV, Markdown and OpenReports views.
+fn write_views(
+    dir: &Path,
+    entries: &[LedgerEntry],
+    report: &SignedReport,
+    files: &mut Vec<PathBuf>,
+) -> Result<(), BundleError> {
+    let mut ledger = Vec::with_capacity(entries.len() * 700);
+    write_jsonl(entries, &mut ledger)
+        .map_err(|e| BundleError(format!("cannot encode the ledger: {e}")))?;
+    write_file(dir, LEDGER_FILE, &ledger, files)?;
+    let json = report
+        .canonical_bytes()
+        .map_err(|e| BundleError(format!("cannot encode the report: {e}")))?;
+    write_file(dir, REPORT_FILE, &json, files)?;
+    write_file(dir, CSV_FILE, to_csv(report).as_bytes(), files)?;
+    let md =
+        to_markdown(report).map_err(|e| BundleError(format!("cannot render the report: {e}")))?;
+    write_file(dir, MARKDOWN_FILE, md.as_bytes(), files)?;
+    let yaml = to_openreports_yaml(report)
+        .map_err(|e| BundleError(format!("cannot render the OpenReports view: {e}")))?;
+    write_file(dir, OPENREPORT_FILE, yaml.as_bytes(), files)
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use komptroller_engine::manifest::parse_policies;
 use komptroller_engine::policy::Policy;
 
+pub mod audit;
 pub mod bundle;
 pub mod crd;
 pub mod keygen;

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use jiff::Timestamp;
+use komptroller_engine::GoDuration;
 use komptroller_engine::catalog::Catalog;
 use komptroller_engine::manifest::parse_policies;
 use komptroller_engine::simulate::{
@@ -43,6 +45,33 @@ pub struct SimulateArgs {
     /// generated in DIR (signing-key.pem, public-key.pem) and its paths printed.
     #[arg(long, value_name = "FILE", requires = "out")]
     pub key: Option<PathBuf>,
+    /// With --out: sign a chain of reports, one every DURATION from the
+    /// trace's start (as the operator's --report-interval), into
+    /// DIR/reports/report-<period end>.json; report.json is the newest.
+    #[arg(long, value_name = "DURATION", requires = "out")]
+    pub report_every: Option<GoDuration>,
+    /// With --report-every: sign the reports whose period ends after TIME
+    /// (RFC 3339) with the PKCS#8 private key in FILE, a key rotation (repeatable).
+    #[arg(long, value_name = "TIME=FILE", requires = "report_every", value_parser = parse_rotation)]
+    pub rotate_key: Vec<(Timestamp, PathBuf)>,
+}
+
+/// `TIME=FILE` of --rotate-key.
+fn parse_rotation(s: &str) -> Result<(Timestamp, PathBuf), String> {
+    let (time, file) = s.split_once('=').ok_or_else(|| {
+        format!("--rotate-key {s:?}: expected TIME=FILE, e.g. 2026-07-01T00:00:00Z=new-key.pem")
+    })?;
+    let at: Timestamp = time.parse().map_err(|e| {
+        format!(
+            "--rotate-key {s:?}: {time:?} is not an RFC 3339 time such as 2026-07-01T00:00:00Z: {e}"
+        )
+    })?;
+    if file.is_empty() {
+        return Err(format!(
+            "--rotate-key {s:?}: the key FILE after '=' is empty"
+        ));
+    }
+    Ok((at, PathBuf::from(file)))
 }
 
 const TRACE_HELP: &str = "\
@@ -67,6 +96,11 @@ pub fn run(args: SimulateArgs) -> ExitCode {
 }
 
 fn simulate_cmd(args: &SimulateArgs) -> Result<String, String> {
+    if let Some(every) = args.report_every.filter(|d| d.is_zero()) {
+        return Err(format!(
+            "--report-every {every}: must be positive, e.g. 1d (one report a day)"
+        ));
+    }
     let options = SimulateOptions {
         timeline: !args.summary_only,
         records: !args.summary_only,
@@ -86,7 +120,7 @@ fn simulate_cmd(args: &SimulateArgs) -> Result<String, String> {
             load_policies(&args.policies)?
         };
         let sim = simulate_stream(Catalog::builtin(), policies, &header, events, &options)?;
-        return render(&sim, args);
+        return render(&sim, args, header.start);
     }
     let trace = match &args.trace {
         Some(p) => {
@@ -102,12 +136,13 @@ fn simulate_cmd(args: &SimulateArgs) -> Result<String, String> {
         Vec::new()
     };
     let sim = simulate(Catalog::builtin(), policies, &trace, &options)?;
-    render(&sim, args)
+    render(&sim, args, Some(trace.start))
 }
 
 fn render(
     sim: &komptroller_engine::simulate::Simulation,
     args: &SimulateArgs,
+    start: Option<Timestamp>,
 ) -> Result<String, String> {
     let written = match &args.out {
         Some(dir) => {
@@ -117,14 +152,27 @@ fn render(
                     .append(r.clone())
                     .map_err(|e| format!("ledger: {e}"))?;
             }
-            let outputs = super::bundle::write_outputs(
-                dir,
-                ledger.entries(),
-                &sim.policies,
-                args.key.as_deref(),
-                None,
-                None,
-            )
+            let outputs = match (args.report_every, start) {
+                (Some(every), Some(start)) => super::bundle::write_chained_outputs(
+                    dir,
+                    ledger.entries(),
+                    &sim.policies,
+                    args.key.as_deref(),
+                    &super::bundle::ChainOptions {
+                        start,
+                        every: every.0,
+                        rotations: &args.rotate_key,
+                    },
+                ),
+                _ => super::bundle::write_outputs(
+                    dir,
+                    ledger.entries(),
+                    &sim.policies,
+                    args.key.as_deref(),
+                    None,
+                    None,
+                ),
+            }
             .map_err(|e| e.to_string())?;
             format!("{outputs}")
         }

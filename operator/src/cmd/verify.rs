@@ -6,7 +6,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use komptroller_engine::report::{FailureClass, NamedInput, VerifyRequest, verify_report};
+use komptroller_engine::audit::{check_audit_consistency, is_audit_report, parse_audit_report};
+use komptroller_engine::report::{
+    FailureClass, NamedInput, ReportParseError, VerifyRequest, verify_report,
+};
+use komptroller_engine::signing::parse_public_keys_pem;
 
 /// Verify a signed compute report offline.
 #[derive(clap::Args, Debug)]
@@ -15,6 +19,9 @@ use komptroller_engine::report::{FailureClass, NamedInput, VerifyRequest, verify
 its link and consistency proof to the previous report; the ledger's hash chain; \
 the ledger's head hash and Merkle root against the report; every total, threshold crossing \
 and deadline recomputed from the entries; the inclusion proof of --entry.
+An audit report (kind ComputeAuditReport, from komptroller audit --out) is checked for its \
+canonical form, the auditor's signature and what it states about itself (totals, crossings, \
+deadlines, counts); komptroller audit --check re-runs it on the books.
 
 Exit codes:
   0  every check holds
@@ -116,6 +123,9 @@ pub fn run(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if is_audit_report(&report) {
+        return verify_audit(&args, &report, &keys);
+    }
     let key_inputs: Vec<NamedInput<'_>> = keys
         .iter()
         .map(|(name, bytes)| NamedInput { name, bytes })
@@ -171,4 +181,82 @@ pub fn run(args: VerifyArgs) -> ExitCode {
             ExitCode::from(f.class.exit_code())
         }
     }
+}
+
+/// A signed audit report (`komptroller audit --key … --out audit.json`):
+/// its canonical form, the auditor's signature (the report's keyId selects
+/// among the given keys) and what it states about itself. Exit codes as for
+/// a report: 2 bad input, 3 signature, 6 an inconsistent figure.
+fn verify_audit(args: &VerifyArgs, bytes: &[u8], keys: &[(String, Vec<u8>)]) -> ExitCode {
+    let name = args.report.display().to_string();
+    let failed = |class: FailureClass, message: String| {
+        eprintln!(
+            "verify failed (exit {}, {}): {message}",
+            class.exit_code(),
+            class_name(class)
+        );
+        ExitCode::from(class.exit_code())
+    };
+    if args.ledger.is_some() || args.previous.is_some() || args.entry.is_some() {
+        return failed(
+            FailureClass::Input,
+            format!(
+                "{name} is an audit report: --ledger, --previous and --entry apply to cluster reports; re-run the audit with komptroller audit --check to check it against the books"
+            ),
+        );
+    }
+    let signed = match parse_audit_report(bytes) {
+        Ok(s) => s,
+        Err(e @ ReportParseError::NotCanonical { .. }) => {
+            return failed(FailureClass::Signature, format!("{name} is {e}"));
+        }
+        Err(e) => return failed(FailureClass::Input, format!("{name}: {e}")),
+    };
+    let mut parsed = Vec::new();
+    for (file, key) in keys {
+        let text = String::from_utf8_lossy(key);
+        match parse_public_keys_pem(&text) {
+            Ok(ks) => parsed.extend(ks.into_iter().map(|k| (file.as_str(), k))),
+            Err(e) => return failed(FailureClass::Input, format!("{file}: {e}")),
+        }
+    }
+    let chosen = parsed
+        .iter()
+        .find(|(_, k)| komptroller_engine::signing::key_id(k) == signed.key_id)
+        .or(parsed.first().filter(|_| parsed.len() == 1));
+    let Some((file, key)) = chosen else {
+        return failed(
+            FailureClass::Signature,
+            format!(
+                "{name}: the audit was signed by key {}, which is none of the {} given keys",
+                signed.key_id,
+                parsed.len()
+            ),
+        );
+    };
+    if let Err(e) = signed.verify_signature(key) {
+        return failed(FailureClass::Signature, format!("{name}: {e}"));
+    }
+    let checks = match check_audit_consistency(&signed.audit) {
+        Ok(c) => c,
+        Err(e) => return failed(FailureClass::Totals, format!("{name}: {e}")),
+    };
+    if !args.quiet {
+        println!(
+            "ok  signature: valid Ed25519 signature by the auditor's key {} ({file})",
+            signed.key_id
+        );
+        for c in checks {
+            println!("ok  {c}");
+        }
+        println!(
+            "verified: audit as of {} of {} clusters ({} failed, {} findings; the audit's exit code was {})",
+            signed.audit.as_of,
+            signed.audit.summary.clusters,
+            signed.audit.summary.failed,
+            signed.audit.summary.findings,
+            signed.audit.summary.exit_code
+        );
+    }
+    ExitCode::SUCCESS
 }
