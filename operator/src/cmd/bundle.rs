@@ -191,17 +191,7 @@ pub fn write_outputs(
     let report = body
         .sign(&key)
         .map_err(|e| BundleError(format!("cannot sign the report: {e}")))?;
-    let mut files = Vec::new();
-    write_views(dir, entries, &report, &mut files)?;
-    if let Some(k) = &generated_key {
-        files.push(k.private_key.clone());
-        files.push(k.public_key.clone());
-    }
-    Ok(BundleOutputs {
-        files,
-        generated_key,
-        report,
-    })
+    finish(dir, entries, report, Vec::new(), generated_key)
 }
 
 /// Sub-directory of the bundle holding the chain of periodic reports.
@@ -266,16 +256,7 @@ pub fn write_chained_outputs(
     let Some(report) = reports.last().cloned() else {
         return Err(BundleError("the report chain is empty".into()));
     };
-    write_views(dir, entries, &report, &mut files)?;
-    if let Some(k) = &generated_key {
-        files.push(k.private_key.clone());
-        files.push(k.public_key.clone());
-    }
-    Ok(BundleOutputs {
-        files,
-        generated_key,
-        report,
-    })
+    finish(dir, entries, report, files, generated_key)
 }
 
 /// The key given, or the bundle's own pair (reused from `dir`, else generated there).
@@ -301,6 +282,26 @@ fn bundle_key(
         key_id: key_id(&key.verifying_key()).to_hex(),
     };
     Ok((key, Some(generated)))
+}
+
+/// Writes the views of `report` after `files` and lists the key files last.
+fn finish(
+    dir: &Path,
+    entries: &[LedgerEntry],
+    report: SignedReport,
+    mut files: Vec<PathBuf>,
+    generated_key: Option<GeneratedKey>,
+) -> Result<BundleOutputs, BundleError> {
+    write_views(dir, entries, &report, &mut files)?;
+    if let Some(k) = &generated_key {
+        files.push(k.private_key.clone());
+        files.push(k.public_key.clone());
+    }
+    Ok(BundleOutputs {
+        files,
+        generated_key,
+        report,
+    })
 }
 
 /// Writes the ledger, `report.json` and its CSV, Markdown and OpenReports views.
