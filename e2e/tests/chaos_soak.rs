@@ -1,8 +1,10 @@
-//! Chaos soak on the real control plane (issue 17): TrainingJobs under a
+//! Chaos soak on the real control plane: TrainingJobs under a
 //! policy with a capacity cap, a namespace budget and an escalation tier,
 //! while the operator's two replicas (leader election) are killed with
 //! SIGKILL at random, and kube-apiserver and etcd are killed and restarted
-//! (etcd's history compacted first, so watches resume into real 410s).
+//! (etcd's history compacted first, so watches resume into real 410s); half
+//! the faults strike while the jobs are submitted, the other half while
+//! they queue, run and finish.
 //! Afterwards: no TrainingJob admitted twice and one batch Job each, no
 //! ledger entry lost or duplicated (seq contiguous, hash chain intact), the
 //! escalated jobs still held with no Job, every admitted job Finished once,
@@ -31,6 +33,9 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
+
+/// How often a fault strikes once all jobs are submitted.
+const SETTLE_FAULT_EVERY: Duration = Duration::from_secs(2);
 
 struct Plan {
     jobs: usize,
@@ -200,7 +205,10 @@ async fn soak(plan: Plan) {
     faults.extend(std::iter::repeat_n("etcd", plan.etcd_restarts));
     fastrand::seed(17);
     fastrand::shuffle(&mut faults);
-    let per_fault = plan.jobs.div_ceil(total_faults.max(1));
+    // Half the faults strike while jobs are submitted, the rest while they
+    // queue, run and finish (one every `SETTLE_FAULT_EVERY`).
+    let during_submission = total_faults.div_ceil(2);
+    let per_fault = plan.jobs.div_ceil(during_submission.max(1));
     let t0 = Instant::now();
     let mut done = (0usize, 0usize, 0usize);
     let mut next_fault = faults.into_iter();
@@ -238,19 +246,16 @@ async fn soak(plan: Plan) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    // Faults left over, while the jobs run.
-    for f in next_fault {
-        fire(f, &mut replicas, &mut done, cp, &kubeconfig).await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
-    }
     eprintln!(
-        "chaos: {} jobs submitted; faults: {} operator kills, {} apiserver and {} etcd restarts, in {:?}",
+        "chaos: {} jobs submitted in {:?}; faults so far: {} operator kills, {} apiserver and {} etcd restarts",
         plan.jobs,
+        t0.elapsed(),
         done.0,
         done.1,
         done.2,
-        t0.elapsed()
     );
+    let mut next_fault = next_fault.peekable();
+    let mut last_fault = Instant::now();
 
     // Every normal job succeeds; every big one waits for approval.
     let deadline = Instant::now() + Duration::from_secs(120 + 3 * plan.jobs as u64);
@@ -277,8 +282,25 @@ async fn soak(plan: Plan) {
                 p == "AwaitingApproval"
             }
         });
-        if ok && phases.len() == plan.jobs {
+        if ok && phases.len() == plan.jobs && next_fault.peek().is_none() {
             break;
+        }
+        // The faults left strike while the jobs run, until all have.
+        if last_fault.elapsed() >= SETTLE_FAULT_EVERY
+            && let Some(f) = next_fault.next()
+        {
+            fire(f, &mut replicas, &mut done, cp, &kubeconfig).await;
+            last_fault = Instant::now();
+            if next_fault.peek().is_none() {
+                eprintln!(
+                    "chaos: all faults fired at {:?}: {} operator kills, {} apiserver and {} etcd restarts",
+                    t0.elapsed(),
+                    done.0,
+                    done.1,
+                    done.2
+                );
+            }
+            continue;
         }
         assert!(
             Instant::now() < deadline,

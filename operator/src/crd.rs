@@ -121,7 +121,10 @@ pub struct TrainingJobStatus {
     /// The current decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<DecisionStatus>,
-    /// 1-based position in the queue while Queued.
+    /// 1-based position in the queue while Queued: exact for the first
+    /// ten waiting jobs; deeper in the queue it is refreshed once it is off
+    /// by more than a tenth (so a long queue does not rewrite every waiting
+    /// job's status on each admission).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u32>,
     /// Compute metered so far.
