@@ -86,12 +86,14 @@ pub fn scripts_dir() -> PathBuf {
     repo_root().join("e2e/cluster")
 }
 
-/// The directory `e2e/cluster/build` puts the binaries in (building what is
-/// missing first): kubectl, helm, etcd, kube-apiserver, ….
+/// The directory `e2e/cluster/build` puts the binaries in (building what
+/// the control plane needs first, if missing): kubectl, helm, etcd,
+/// kube-apiserver, … (and `kueue`, once `e2e::kueue` started it).
 pub fn tool_bin_dir() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
         let out = Command::new(scripts_dir().join("build"))
+            .arg("--control-plane")
             .stderr(std::process::Stdio::inherit())
             .output()
             .map_err(|e| format!("running e2e/cluster/build: {e}"))?;

@@ -289,7 +289,8 @@ impl Cluster {
     /// webhook configurations and the namespaces, and waits until those
     /// namespaces are gone. On the e2e control plane (the suite's own) that
     /// is every webhook configuration and every namespace but the system
-    /// ones; on a cluster `KOMPTROLLER_E2E_KUBECONFIG` names, only
+    /// ones and Kueue's (`kueue-system`, `kueue-…` configurations, which
+    /// `e2e::kueue` starts once per binary); on a cluster `KOMPTROLLER_E2E_KUBECONFIG` names, only
     /// komptroller's configurations (named `komptroller…`) and the
     /// namespaces `temp_namespace` labelled as the suite's.
     pub async fn reset(&self) -> Result<()> {
@@ -298,7 +299,12 @@ impl Cluster {
         let lp = kube::api::ListParams::default();
         let dp = DeleteParams::background();
         let own = self.control_plane.is_some();
-        let ours = |name: &str| own || name.starts_with("komptroller");
+        // Kueue's own webhook configurations and namespace stay: the binary
+        // runs Kueue once (`e2e::kueue`), for every scenario after this one.
+        let ours = |name: &str| {
+            (own && !name.starts_with(crate::kueue::WEBHOOK_PREFIX))
+                || name.starts_with("komptroller")
+        };
         let mwc: Api<adm::MutatingWebhookConfiguration> = Api::all(self.client.clone());
         for o in mwc.list_metadata(&lp).await? {
             let name = o.metadata.name.unwrap_or_default();
@@ -345,7 +351,13 @@ impl Cluster {
             }
         }
         let nss: Api<Namespace> = Api::all(self.client.clone());
-        let system = ["default", "kube-system", "kube-public", "kube-node-lease"];
+        let system = [
+            "default",
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            crate::kueue::NAMESPACE,
+        ];
         let candidates = if own {
             lp.clone()
         } else {

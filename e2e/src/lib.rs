@@ -10,9 +10,13 @@
 //! - [`fault_proxy`]: a fault-injecting reverse proxy in front of a real
 //!   kube-apiserver (500s, 409s, 429s, latency, dropped watches, a pause).
 //! - [`tls`]: throwaway CAs and certificates for test webhook servers.
+//! - [`kueue`]: real Kueue (its manager, out of cluster) on the control
+//!   plane, and its queue objects (ResourceFlavor, ClusterQueue, LocalQueue,
+//!   AdmissionCheck).
 #![forbid(unsafe_code)]
 
 pub mod control_plane;
 pub mod fault_proxy;
 pub mod harness;
+pub mod kueue;
 pub mod tls;
