@@ -5,11 +5,15 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::Catalog;
 use crate::decision::Verdict;
-use crate::job::JobId;
+use crate::job::{JobId, JobRequest};
 use crate::policy::Mode;
 use crate::projection::Projection;
 use crate::units::{AcceleratorSeconds, Flop};
+
+/// The actor name the engine records for its own actions.
+pub const OPERATOR_ACTOR: &str = "komptroller";
 
 /// Accelerator type and count of a job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +45,58 @@ pub struct LedgerRecord {
     /// Who caused it: the submitter, the approver, `komptroller` for the operator's own actions.
     pub actor: String,
     pub event: LedgerEvent,
+}
+
+impl LedgerRecord {
+    /// A record of `event` about `req`, caused by `actor`; the accelerator
+    /// is named as `catalog` names it (the request's own key when unknown).
+    pub fn about_job(
+        catalog: &Catalog,
+        now: Timestamp,
+        req: &JobRequest,
+        actor: &str,
+        event: LedgerEvent,
+    ) -> LedgerRecord {
+        LedgerRecord {
+            time: now,
+            job: Some(req.id.clone()),
+            lineage: Some(req.lineage().to_string()),
+            base_lineage: req.base_lineage().map(str::to_string),
+            accelerator: Some(AcceleratorUse {
+                kind: catalog
+                    .get(&req.accelerator.kind)
+                    .map_or_else(|| req.accelerator.kind.clone(), |e| e.name.clone()),
+                count: req.count,
+            }),
+            actor: actor.to_string(),
+            event,
+        }
+    }
+
+    /// A record of the operator's own `event`, about no job.
+    pub fn by_operator(now: Timestamp, event: LedgerEvent) -> LedgerRecord {
+        LedgerRecord {
+            time: now,
+            job: None,
+            lineage: None,
+            base_lineage: None,
+            accelerator: None,
+            actor: OPERATOR_ACTOR.to_string(),
+            event,
+        }
+    }
+
+    /// A policy was created or changed (`content_hash` of its spec) or
+    /// removed (`content_hash` empty).
+    pub fn policy_changed(now: Timestamp, policy: &str, content_hash: String) -> LedgerRecord {
+        LedgerRecord::by_operator(
+            now,
+            LedgerEvent::PolicyChanged {
+                policy: policy.to_string(),
+                content_hash,
+            },
+        )
+    }
 }
 
 /// What happened.
