@@ -36,6 +36,20 @@
 //! Admitted jobs start at once (the simulated cluster has the capacity the
 //! policies allow) and end after `runtime`, or at `maxDuration` with
 //! DeadlineExceeded, exactly as the operator's Job would.
+//!
+//! `trace` reads traces (YAML, JSON, or JSON Lines streamed a batch ahead),
+//! this file runs them, `render` prints the text report, and `generate`
+//! writes reproducible synthetic traces for benchmarks.
+
+mod generate;
+mod render;
+mod trace;
+
+pub use generate::generate_trace;
+pub use trace::{
+    Submission, Trace, TraceApproval, TraceEvent, TraceEvents, TraceHeader, parse_trace,
+    read_jsonl_trace,
+};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -43,130 +57,18 @@ use std::collections::{BTreeMap, BinaryHeap};
 use foldhash::{HashMap, HashMapExt};
 
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::decision::Verdict;
 use crate::duration::GoDuration;
 use crate::engine::{Crossing, Engine, EngineError, Event, LineageTotals, Outcome};
-use crate::job::{AcceleratorSpec, JobId, JobRequest, ModelSpec, Principal};
+use crate::job::{JobId, JobRequest, Principal};
 use crate::ledger::LedgerRecord;
-use crate::manifest::{ComputePolicyDoc, ManifestError};
 use crate::policy::Policy;
-use crate::units::{Flop, sci};
+use crate::units::Flop;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Trace {
-    /// Virtual time zero.
-    pub start: Timestamp,
-    /// A title printed in the summary.
-    #[serde(default)]
-    pub title: Option<String>,
-    /// Namespace labels.
-    #[serde(default)]
-    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    /// Inline policies, applied at time zero.
-    #[serde(default)]
-    pub policies: Vec<ComputePolicyDoc>,
-    pub events: Vec<TraceEvent>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TraceEvent {
-    /// Offset from `start`.
-    pub at: GoDuration,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub submit: Option<Submission>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approve: Option<TraceApproval>,
-    /// `namespace/name` of a job to delete.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delete: Option<String>,
-    /// Boxed: rare, and large enough to make every event large.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<Box<ComputePolicyDoc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remove_policy: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Submission {
-    pub name: String,
-    pub namespace: String,
-    #[serde(default)]
-    pub submitter: Option<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    #[serde(default)]
-    pub priority: i32,
-    #[serde(default)]
-    pub model: ModelSpec,
-    pub accelerator: AcceleratorSpec,
-    pub count: u32,
-    pub max_duration: GoDuration,
-    #[serde(default)]
-    pub runtime: Option<GoDuration>,
-    #[serde(default)]
-    pub fails: bool,
-    /// The job's spec hash, computed by the trace reader on its own thread
-    /// (never read from or written to a trace).
-    #[serde(skip)]
-    pub spec_hash: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TraceApproval {
-    /// `namespace/name`.
-    pub job: String,
-    pub approver: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
-}
-
-/// Parses a trace from YAML or JSON (JSON is much faster for large traces).
-pub fn parse_trace(text: &str, source_name: &str) -> Result<Trace, ManifestError> {
-    let trimmed = text.trim_start();
-    let result = if trimmed.starts_with('{') {
-        serde_json::from_str(text).map_err(|e| e.to_string())
-    } else {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
-    };
-    let trace: Trace = result.map_err(|message| ManifestError {
-        source_name: source_name.to_string(),
-        message,
-    })?;
-    for (i, e) in trace.events.iter().enumerate() {
-        let set = usize::from(e.submit.is_some())
-            + usize::from(e.approve.is_some())
-            + usize::from(e.delete.is_some())
-            + usize::from(e.policy.is_some())
-            + usize::from(e.remove_policy.is_some());
-        if set != 1 {
-            return Err(ManifestError {
-                source_name: source_name.to_string(),
-                message: format!(
-                    "events[{i}]: exactly one of submit, approve, delete, policy, removePolicy must be set, found {set}"
-                ),
-            });
-        }
-    }
-    Ok(trace)
-}
-
-fn job_id(s: &str, field: &str) -> Result<JobId, String> {
-    let (ns, name) = s
-        .split_once('/')
-        .ok_or_else(|| format!("{field}: {s:?} must be namespace/name"))?;
-    Ok(JobId {
-        namespace: ns.to_string(),
-        name: name.to_string(),
-        uid: String::new(),
-    })
-}
+use trace::job_id;
 
 /// One line of the timeline.
 #[derive(Clone, Debug, Serialize)]
@@ -239,107 +141,6 @@ pub struct SimulateOptions {
 enum Pending {
     Finish(String, String, u8),
     Wake,
-}
-
-/// The header of a trace (everything but its events).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TraceHeader {
-    pub start: Option<Timestamp>,
-    #[serde(default)]
-    pub title: Option<String>,
-    #[serde(default)]
-    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    #[serde(default)]
-    pub policies: Vec<ComputePolicyDoc>,
-}
-
-/// Trace events read one at a time; an error names the line.
-pub type TraceEvents = Box<dyn Iterator<Item = Result<TraceEvent, String>>>;
-
-/// Reads a JSON Lines trace: the first line is the header (`start`, `title`,
-/// `namespaces`, `policies`), each further line one event, in time order.
-/// Events are read and parsed on a thread of their own, a few thousand ahead
-/// of the consumer (the engine runs on the caller's), so a trace of millions
-/// of submissions needs no more memory than the jobs alive at once. Reading
-/// stops at the first line that does not parse; that error is the last item.
-pub fn read_jsonl_trace<R: std::io::BufRead + Send + 'static>(
-    mut reader: R,
-    source_name: &str,
-) -> Result<(TraceHeader, TraceEvents), ManifestError> {
-    let mut first = String::new();
-    reader.read_line(&mut first).map_err(|e| ManifestError {
-        source_name: source_name.to_string(),
-        message: e.to_string(),
-    })?;
-    let header: TraceHeader = serde_json::from_str(&first).map_err(|e| ManifestError {
-        source_name: source_name.to_string(),
-        message: format!("line 1 (header): {e}"),
-    })?;
-    let name = source_name.to_string();
-    let events = reader
-        .lines()
-        .enumerate()
-        .filter_map(move |(i, line)| match line {
-            Err(e) => Some(Err(format!("{name}: line {}: {e}", i + 2))),
-            Ok(l) if l.trim().is_empty() => None,
-            Ok(l) => Some(
-                serde_json::from_str::<TraceEvent>(&l)
-                    .map(|mut e| {
-                        // Hashed here, on the reader's thread, not the engine's.
-                        if let Some(s) = &mut e.submit {
-                            s.spec_hash = Some(crate::engine::spec_hash_of(
-                                &s.model,
-                                &s.accelerator,
-                                s.count,
-                                s.max_duration,
-                                s.priority,
-                            ));
-                        }
-                        e
-                    })
-                    .map_err(|e| format!("{name}: line {}: {e}", i + 2)),
-            ),
-        });
-    Ok((header, read_ahead(events)))
-}
-
-/// Runs `events` on a thread of its own, handing them over in batches
-/// through a bounded channel; stops at the first error, or when the consumer
-/// drops the iterator.
-fn read_ahead(
-    events: impl Iterator<Item = Result<TraceEvent, String>> + Send + 'static,
-) -> TraceEvents {
-    // Small batches (tens of KB): freeing a block past 64 KB makes glibc
-    // consolidate its free lists, on the engine's thread.
-    const BATCH: usize = 32;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<TraceEvent, String>>>(128);
-    let spawned = std::thread::Builder::new()
-        .name("trace-reader".into())
-        .spawn(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            for item in events {
-                let failed = item.is_err();
-                batch.push(item);
-                if failed {
-                    break;
-                }
-                if batch.len() == BATCH
-                    && tx
-                        .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                        .is_err()
-                {
-                    return; // the consumer is gone
-                }
-            }
-            let _ = tx.send(batch);
-        });
-    match spawned {
-        Ok(_) => Box::new(rx.into_iter().flatten()),
-        Err(e) => Box::new(std::iter::once(Err(format!(
-            "could not start a thread to read the trace: {e}"
-        )))),
-    }
 }
 
 /// Runs a trace through a fresh engine with `policies` (plus the trace's own).
@@ -778,240 +579,8 @@ impl Simulation {
         }
     }
 
-    /// The readable report `simulate` prints.
-    pub fn render_text(&self, timeline_limit: usize) -> String {
-        let mut out = String::new();
-        let s = &self.summary;
-        let title = s.title.clone().unwrap_or_else(|| "trace".into());
-        out.push_str(&format!("komptroller simulate — {title}\n"));
-        out.push_str(&format!(
-            "policies: {}\n",
-            self.policies
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        out.push_str(&format!(
-            "{} submissions, {} admitted, {} rejected, {} still queued, {} awaiting approval, {} approvals refused; {} ledger records\n",
-            s.submissions, s.admitted, s.rejected, s.still_queued, s.awaiting_approval, s.approvals_refused, s.ledger_records
-        ));
-        if !self.timeline.is_empty() {
-            out.push_str("\nTIMELINE\n");
-            for e in self.timeline.iter().take(timeline_limit) {
-                let when = e.at.strftime("%Y-%m-%d %H:%M");
-                out.push_str(&format!(
-                    "{when}  {:<34} {:<16} {}\n",
-                    e.job.as_deref().unwrap_or("-"),
-                    e.what,
-                    e.detail
-                ));
-            }
-            if self.timeline.len() > timeline_limit {
-                out.push_str(&format!(
-                    "… {} more lines (use -o json for all)\n",
-                    self.timeline.len() - timeline_limit
-                ));
-            }
-        }
-        let waited: Vec<&JobSummary> = self
-            .jobs
-            .iter()
-            .filter(|j| j.queue_wait_seconds.is_some_and(|w| w > 0.0))
-            .collect();
-        out.push_str("\nQUEUE WAITS\n");
-        if self.jobs.is_empty() && self.summary.submissions > 0 {
-            // A run that kept no per-job lines (--summary-only).
-            out.push_str("per-job waits not kept (summary only)\n");
-        } else if waited.is_empty() {
-            out.push_str("no job waited\n");
-        }
-        for j in waited.iter().take(timeline_limit) {
-            out.push_str(&format!(
-                "{:<34} waited {}\n",
-                j.job,
-                GoDuration::from_secs(j.queue_wait_seconds.unwrap_or(0.0) as u64)
-            ));
-        }
-        out.push_str(&format!(
-            "mean wait of admitted jobs {}, longest {}; queue depth at most {}\n",
-            GoDuration::from_secs(s.mean_queue_wait_seconds as u64),
-            GoDuration::from_secs(s.max_queue_wait_seconds as u64),
-            s.max_queue_depth
-        ));
-        out.push_str("\nLINEAGE TOTALS (charged = reserved at admission, never returned; consumed = metered)\n");
-        out.push_str(&format!(
-            "{:<28} {:>12} {:>12} {:>16}\n",
-            "lineage", "charged", "consumed", "accel-hours"
-        ));
-        let mut lineages: Vec<(&String, &LineageTotals)> = s.lineages.iter().collect();
-        lineages.sort_by(|a, b| b.1.charged.0.total_cmp(&a.1.charged.0));
-        for (name, t) in lineages.iter().take(timeline_limit) {
-            out.push_str(&format!(
-                "{:<28} {:>12} {:>12} {:>16.0}\n",
-                name,
-                sci(t.charged.0),
-                sci(t.consumed.0),
-                t.accelerator_seconds.0 / 3600.0
-            ));
-        }
-        out.push_str("\nTHRESHOLD CROSSINGS\n");
-        if s.crossings.is_empty() {
-            out.push_str("none\n");
-        }
-        for c in &s.crossings {
-            out.push_str(&format!(
-                "{} crossed {} ({} FLOP, policy {}) on {}{}\n",
-                c.lineage,
-                c.tier,
-                sci(c.threshold.0),
-                c.policy,
-                c.at.strftime("%Y-%m-%d %H:%M"),
-                match (&c.notify_by, &c.regulation) {
-                    (Some(n), Some(r)) =>
-                        format!("; notify under {r} by {}", n.strftime("%Y-%m-%d")),
-                    _ => String::new(),
-                }
-            ));
-        }
-        out
-    }
-
     /// Total charged FLOP across lineages (a lineage and its fine-tunes overlap).
     pub fn total_charged(&self) -> Flop {
         self.summary.lineages.values().map(|t| t.charged).sum()
     }
-}
-
-/// A small deterministic generator (SplitMix64), so a generated trace is the
-/// same on every machine for the same seed.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// The policy embedded in generated traces: EU-style tiers with approvals,
-/// 30-day budgets on half the namespaces, cluster and namespace caps.
-const GENERATED_POLICY: &str = r#"{"apiVersion":"komptroller.dev/v1alpha1","kind":"ComputePolicy","metadata":{"name":"generated"},"spec":{"tiers":[{"name":"gpai","threshold":1e23,"action":"Admit"},{"name":"systemic","threshold":1e25,"action":"Escalate","approvals":{"required":2,"groups":["safety"]},"reporting":{"regulation":"EU AI Act Art. 52(1)","notifyWithin":"14d"}},{"name":"frontier","threshold":1e26,"action":"Reject"}],"capacity":{"cluster":{"maxAccelerators":180000},"perNamespace":{"maxAccelerators":12000}}}}"#;
-const GENERATED_BUDGETS: &str = r#"{"apiVersion":"komptroller.dev/v1alpha1","kind":"ComputePolicy","metadata":{"name":"generated-budgets"},"spec":{"namespaceSelector":{"matchLabels":{"budgeted":"true"}},"budgets":[{"name":"ns-30d","scope":"Namespace","window":"30d","limit":8e24,"action":"Throttle"}]}}"#;
-
-/// Writes a JSON Lines trace of `submissions` jobs (plus approvals and a few
-/// deletions) arriving on average every 30 s: 60 namespaces, 3,000
-/// lineages, H100/A100/MI300X jobs of 8–512 accelerators for 1–48 h.
-/// `komptroller gen-trace` exposes it; BENCHMARKS.md uses it.
-pub fn generate_trace<W: std::io::Write>(
-    submissions: u64,
-    seed: u64,
-    mut out: W,
-) -> std::io::Result<()> {
-    let mut rng = SplitMix(seed);
-    let mut namespaces = serde_json::Map::new();
-    for n in 0..60 {
-        let mut labels = serde_json::Map::new();
-        labels.insert("team".into(), format!("team-{n}").into());
-        labels.insert(
-            "budgeted".into(),
-            (if n % 2 == 0 { "true" } else { "false" }).into(),
-        );
-        namespaces.insert(format!("team-{n}"), serde_json::Value::Object(labels));
-    }
-    let policies: Vec<serde_json::Value> = [GENERATED_POLICY, GENERATED_BUDGETS]
-        .iter()
-        .map(|p| serde_json::from_str(p))
-        .collect::<Result<_, _>>()?;
-    let header = serde_json::json!({
-        "start": "2026-01-01T00:00:00Z",
-        "title": format!("generated trace: {submissions} submissions, seed {seed}"),
-        "namespaces": namespaces,
-        "policies": policies,
-    });
-    serde_json::to_writer(&mut out, &header)?;
-    out.write_all(b"\n")?;
-    let accelerators = ["nvidia-h100-sxm", "nvidia-a100-sxm4-80gb", "amd-mi300x"];
-    let mut t_ms: i64 = 0;
-    // Approvals and deletions due later, written once the clock reaches them.
-    let mut later: Vec<(i64, serde_json::Value)> = Vec::new();
-    let flush = |until: i64,
-                 later: &mut Vec<(i64, serde_json::Value)>,
-                 out: &mut W|
-     -> std::io::Result<()> {
-        later.sort_by_key(|(at, _)| *at);
-        let due = later.partition_point(|(at, _)| *at <= until);
-        for (_, ev) in later.drain(..due) {
-            serde_json::to_writer(&mut *out, &ev)?;
-            out.write_all(b"\n")?;
-        }
-        Ok(())
-    };
-    for i in 0..submissions {
-        // Exponential inter-arrival times, mean 30 s.
-        t_ms += (-(1.0 - rng.unit()).ln() * 30_000.0) as i64;
-        flush(t_ms, &mut later, &mut out)?;
-        let ns = rng.below(60);
-        let frontier = ns == 0 && rng.below(20) == 0;
-        let count = if frontier {
-            4096
-        } else {
-            8u64 << rng.below(7).min(rng.below(7))
-        };
-        let hours = if frontier { 72 } else { 1 + rng.below(48) };
-        let runtime_min = (hours as f64 * 60.0 * (0.3 + 0.8 * rng.unit())) as u64;
-        let lineage = if frontier {
-            format!("frontier-{}", rng.below(3))
-        } else {
-            format!("lineage-{}", rng.below(3000))
-        };
-        let name = format!("job-{i}");
-        let job = format!("team-{ns}/{name}");
-        let mut model = serde_json::json!({"name": lineage});
-        if !frontier && rng.below(10) == 0 {
-            model["baseModel"] = format!("lineage-{}", rng.below(3000)).into();
-        }
-        let ev = serde_json::json!({
-            "at": format!("{t_ms}ms"),
-            "submit": {
-                "name": name,
-                "namespace": format!("team-{ns}"),
-                "submitter": format!("user-{}", rng.below(500)),
-                "priority": rng.below(3),
-                "model": model,
-                "accelerator": {"type": accelerators[rng.below(3) as usize]},
-                "count": count,
-                "maxDuration": format!("{hours}h"),
-                "runtime": format!("{runtime_min}m"),
-            }
-        });
-        serde_json::to_writer(&mut out, &ev)?;
-        out.write_all(b"\n")?;
-        if frontier {
-            let at = t_ms + 3_600_000;
-            for approver in ["safety-dana", "safety-erin"] {
-                later.push((
-                    at,
-                    serde_json::json!({"at": format!("{at}ms"), "approve": {"job": job, "approver": approver, "groups": ["safety"]}}),
-                ));
-            }
-        } else if rng.below(500) == 0 {
-            let at = t_ms + 60_000;
-            later.push((
-                at,
-                serde_json::json!({"at": format!("{at}ms"), "delete": job}),
-            ));
-        }
-    }
-    flush(i64::MAX, &mut later, &mut out)?;
-    Ok(())
 }
