@@ -1,8 +1,12 @@
-//! The operator's plain-HTTP endpoints on `--metrics-addr`: `/metrics`
+//! The operator's HTTP endpoints on `--metrics-addr`: `/metrics`
 //! (Prometheus text format), `/healthz` (the process is alive), `/readyz`
 //! (CRDs established, serving), `/reports` (the signed ComputeReports, newest
 //! first) and `/reports/{name}` (one report exactly as signed, for
-//! `komptroller verify`). Every replica serves them.
+//! `komptroller verify` and `komptroller audit`). Every replica serves them.
+//! With `--metrics-secure` they are served over TLS and `/metrics` and
+//! `/reports` only to callers the API server authenticates and authorizes
+//! ([`crate::http_auth`]); without it, plain HTTP for a port a
+//! NetworkPolicy already guards.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,29 +22,44 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::crd::ComputeReport;
+use crate::http_auth::Authorizer;
 use crate::metrics::Metrics;
+use crate::webhook::server::TlsListener;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
     pub client: Option<Client>,
+    /// Set with `--metrics-secure`: who may read `/metrics` and `/reports`.
+    pub auth: Option<Arc<Authorizer>>,
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let confidential = Router::new()
         .route("/metrics", get(metrics))
+        .route("/reports", get(reports))
+        .route("/reports/{name}", get(report));
+    let confidential = match &state.auth {
+        Some(auth) => confidential.route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            crate::http_auth::guard,
+        )),
+        None => confidential,
+    };
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/reports", get(reports))
-        .route("/reports/{name}", get(report))
+        .merge(confidential)
         .with_state(state)
 }
 
-/// Binds `addr` (the error names the flag) and serves until `shutdown`.
+/// Binds `addr` (the error names the flag) and serves until `shutdown`,
+/// over TLS when `tls` is given.
 pub async fn serve(
     addr: SocketAddr,
     state: HttpState,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), crate::error::Error> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -50,14 +69,28 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| crate::error::Error::Config(format!("--metrics-addr {addr}: {e}")))?;
     let app = router(state);
-    let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
+    let handle = match tls {
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }),
+        Some(config) => {
+            let listener = TlsListener::new(listener, config)
+                .map_err(|e| crate::error::Error::Config(format!("--metrics-addr {addr}: {e}")))?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            })
         }
-    });
+    };
     Ok((local, handle))
 }
 
@@ -132,4 +165,46 @@ async fn report(State(s): State<HttpState>, Path(name): Path<String>) -> Respons
         )
             .into_response(),
     }
+}
+
+/// The TLS configuration of the metrics port: the PEM certificate and key
+/// files when given (e.g. from cert-manager), else a self-signed pair for
+/// `names` generated at start (Prometheus then skips verification, as with
+/// controller-runtime's default; the bearer token is what is checked).
+pub fn tls_config(
+    files: Option<(&std::path::Path, &std::path::Path)>,
+    names: &[String],
+) -> Result<Arc<rustls::ServerConfig>, crate::error::Error> {
+    use crate::webhook::certs;
+    let config_err = |m: String| crate::error::Error::Config(m);
+    let key = match files {
+        Some((cert, key)) => {
+            let read = |p: &std::path::Path, flag: &str| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| config_err(format!("{flag} {}: {e}", p.display())))
+            };
+            let cert_pem = read(cert, "--metrics-cert-file")?;
+            let key_pem = read(key, "--metrics-key-file")?;
+            certs::certified_key(&cert_pem, &key_pem).map_err(|e| {
+                config_err(format!(
+                    "--metrics-cert-file {} / --metrics-key-file {}: {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?
+        }
+        None => {
+            let now = jiff::Timestamp::now();
+            let year = 365 * 86_400;
+            let (ca, ca_key) = certs::generate_ca(now, year)
+                .map_err(|e| config_err(format!("metrics TLS: {e}")))?;
+            let (cert, key) = certs::issue_serving(&ca, &ca_key, names, now, year)
+                .map_err(|e| config_err(format!("metrics TLS: {e}")))?;
+            certs::certified_key(&cert, &key)
+                .map_err(|e| config_err(format!("metrics TLS: {e}")))?
+        }
+    };
+    let resolver = Arc::new(certs::ReloadingResolver::new(key));
+    crate::webhook::server::tls_config(resolver)
+        .map_err(|e| config_err(format!("metrics TLS: {e}")))
 }

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod http;
+pub mod http_auth;
 pub mod ledger_store;
 pub mod metrics;
 pub mod reports;

@@ -113,17 +113,34 @@ pub async fn run(config: RunConfig, webhook: Option<WebhookStarter>) -> Result<(
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
 
+    let (tls, auth) = match &config.metrics_secure {
+        Some(m) => {
+            let files = m.files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            (
+                Some(http::tls_config(files, &m.names)?),
+                Some(Arc::new(crate::http_auth::Authorizer::new(client.clone()))),
+            )
+        }
+        None => (None, None),
+    };
+    let secure = tls.is_some();
     let (addr, http_task) = http::serve(
         config.metrics_addr,
         HttpState {
             metrics: metrics.clone(),
             ready: ready.clone(),
             client: Some(client.clone()),
+            auth,
         },
+        tls,
         stopped(),
     )
     .await?;
-    tracing::info!(addr = %addr, "serving /metrics, /healthz, /readyz, /reports");
+    if secure {
+        tracing::info!(addr = %addr, "serving /metrics, /healthz, /readyz, /reports over HTTPS; /metrics and /reports need a bearer token RBAC allows (TokenReview, SubjectAccessReview)");
+    } else {
+        tracing::info!(addr = %addr, "serving /metrics, /healthz, /readyz, /reports over plain HTTP (no --metrics-secure)");
+    }
 
     tokio::select! {
         r = wait_for_crds(&client) => r?,

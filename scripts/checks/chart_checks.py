@@ -90,6 +90,16 @@ SCENARIOS: dict[str, dict] = {
         "webhook": {"certMode": "provided", "provided": {"secretName": "my-tls", "caBundle": PROVIDED_CA}}
     },
     "webhook disabled": {"webhook": {"enabled": False}},
+    "plain HTTP metrics (a NetworkPolicy guards the port)": {
+        "metrics": {"secure": False},
+        "networkPolicy": {"enabled": True, "metricsFrom": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}]},
+    },
+    "secure metrics with a certificate Secret, an auditor group and Prometheus's ServiceAccount": {
+        "metrics": {"certSecret": "metrics-tls",
+                    "auditor": {"subjects": [{"kind": "Group", "name": "treaty-auditors",
+                                              "apiGroup": "rbac.authorization.k8s.io"}]}},
+        "serviceMonitor": {"enabled": True, "prometheusServiceAccount": {"name": "prometheus", "namespace": "monitoring"}},
+    },
     "all optional features on (+ HA, cert-manager)": deep_merge(
         HA,
         {
@@ -120,6 +130,8 @@ REJECTIONS = [
     ({"operator": {"reportInterval": "hourly"}}, "reportInterval"),
     ({"image": {"repository": 42}}, "repository"),
     ({"replicas": 2}, "replicas"),  # a typo of replicaCount
+    ({"metrics": {"secure": "yes"}}, "secure"),
+    ({"metrics": {"auditor": {"subjects": [{"kind": "Robot", "name": "x"}]}}}, "kind"),
 ]
 
 
@@ -294,11 +306,37 @@ def check_invariants(rendered: dict[str, list[tuple[str, dict]]], chart: helm.Ch
             for k in ("KOMPTROLLER_TRAININGJOB_FAILURE_POLICY", "KOMPTROLLER_APPROVAL_FAILURE_POLICY", "KOMPTROLLER_POLICY_FAILURE_POLICY"):
                 if env.get(k) != "Fail":
                     fail(f"[{name}] {k} is {env.get(k)}, the HA overlay wants Fail")
+    # The metrics port: TLS with TokenReview + SubjectAccessReview unless metrics.secure is false.
+    for name, docs in rendered.items():
+        secure = ((SCENARIOS[name].get("metrics") or {}).get("secure", True))
+        for dep in find(docs, "Deployment"):
+            c = dep["spec"]["template"]["spec"]["containers"][0]
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            schemes = {c[p]["httpGet"].get("scheme", "HTTP") for p in ("livenessProbe", "readinessProbe")}
+            if secure and (env.get("KOMPTROLLER_METRICS_SECURE") != "true" or schemes != {"HTTPS"}):
+                fail(f"[{name}] metrics.secure: the operator must serve HTTPS (KOMPTROLLER_METRICS_SECURE, probes scheme HTTPS)")
+            if not secure and ("KOMPTROLLER_METRICS_SECURE" in env or schemes != {"HTTP"}):
+                fail(f"[{name}] metrics.secure false: plain HTTP expected")
+        rules = [r for role in find(docs, "ClusterRole") for r in role.get("rules", [])]
+        reviews = {(g, res) for r in rules for g in r.get("apiGroups", []) for res in r.get("resources", [])
+                   if "create" in r.get("verbs", [])}
+        has_reviews = {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")} <= reviews
+        auditor = [r for role in find(docs, "ClusterRole") if role["metadata"]["name"] == f"{RELEASE}-auditor"
+                   for r in role["rules"]]
+        if secure and (not has_reviews or not auditor or auditor[0].get("nonResourceURLs") != ["/reports", "/reports/*", "/metrics"]):
+            fail(f"[{name}] metrics.secure: the ClusterRole must create tokenreviews and subjectaccessreviews, "
+                 "and the auditor ClusterRole grant get on /reports, /reports/* and /metrics")
+        if not secure and (has_reviews or auditor):
+            fail(f"[{name}] metrics.secure false: no review grants and no auditor role expected")
+        for sm in find(docs, "ServiceMonitor"):
+            ep = sm["spec"]["endpoints"][0]
+            if secure and (ep.get("scheme") != "https" or not ep.get("bearerTokenFile")):
+                fail(f"[{name}] metrics.secure: the ServiceMonitor must scrape https with its ServiceAccount token")
     # Every RBAC rule carries a comment saying why: read the rendered text.
     text = chart.render({}, name=RELEASE, namespace=NAMESPACE)["komptroller/templates/rbac.yaml"]
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        if line.strip().startswith("- apiGroups:") and not lines[i - 1].strip().startswith("#"):
+        if line.strip().startswith(("- apiGroups:", "- nonResourceURLs:")) and not lines[i - 1].strip().startswith("#"):
             fail(f"RBAC rule without a comment saying why: {line.strip()} {lines[i + 1].strip()}")
     if not failures:
         ok("secure securityContext, probes, resources; RBAC commented and wildcard-free; webhook configurations per mode; HA overlay")

@@ -3,6 +3,7 @@
 //! Bad configuration fails at start, naming the flag (exit code 2).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,6 +17,35 @@ pub struct RunArgs {
     /// Serves /metrics, /healthz, /readyz and /reports (HOST:PORT).
     #[arg(long, env = "KOMPTROLLER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+
+    /// Serve --metrics-addr over TLS, and /metrics and /reports only to
+    /// callers whose bearer token the API server authenticates (TokenReview)
+    /// and authorizes for GET on the path (SubjectAccessReview, RBAC
+    /// nonResourceURLs). Without it: plain HTTP, for a port a NetworkPolicy guards.
+    #[arg(long, env = "KOMPTROLLER_METRICS_SECURE")]
+    pub metrics_secure: bool,
+
+    /// With --metrics-secure: the serving certificate (PEM). None: a
+    /// self-signed one is generated at start.
+    #[arg(
+        long,
+        env = "KOMPTROLLER_METRICS_CERT_FILE",
+        requires = "metrics_key_file"
+    )]
+    pub metrics_cert_file: Option<PathBuf>,
+
+    /// With --metrics-secure: the serving certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "KOMPTROLLER_METRICS_KEY_FILE",
+        requires = "metrics_cert_file"
+    )]
+    pub metrics_key_file: Option<PathBuf>,
+
+    /// DNS names (or IPs) of the self-signed metrics certificate, comma
+    /// separated (localhost and 127.0.0.1 are always included).
+    #[arg(long, env = "KOMPTROLLER_METRICS_TLS_NAMES", value_delimiter = ',')]
+    pub metrics_tls_names: Vec<String>,
 
     /// Namespace of the operator's own Lease, key Secret and public-key ConfigMap
     /// (default: POD_NAMESPACE, else the kubeconfig context's namespace).
@@ -83,10 +113,20 @@ fn webhook_starter(args: crate::webhook::WebhookArgs) -> Option<crate::run::Webh
     }))
 }
 
+/// Where the metrics port's certificate comes from.
+#[derive(Debug, Clone)]
+pub struct MetricsTls {
+    /// (certificate, key) PEM files; `None`: self-signed for `names`.
+    pub files: Option<(PathBuf, PathBuf)>,
+    pub names: Vec<String>,
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub metrics_addr: SocketAddr,
+    /// TLS and TokenReview/SubjectAccessReview on the metrics port.
+    pub metrics_secure: Option<MetricsTls>,
     pub namespace: Option<String>,
     pub lease_name: String,
     pub lease_duration_secs: u64,
@@ -157,8 +197,33 @@ impl RunArgs {
                 format!("{host}-{}", hex::encode(r))
             }
         };
+        if !self.metrics_secure
+            && (self.metrics_cert_file.is_some() || !self.metrics_tls_names.is_empty())
+        {
+            return Err(
+                "--metrics-cert-file / --metrics-tls-names: only apply with --metrics-secure (TLS on the metrics port)"
+                    .into(),
+            );
+        }
+        let metrics_secure = self.metrics_secure.then(|| {
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            for n in &self.metrics_tls_names {
+                let n = n.trim();
+                if !n.is_empty() && !names.iter().any(|x| x == n) {
+                    names.push(n.to_string());
+                }
+            }
+            MetricsTls {
+                files: self
+                    .metrics_cert_file
+                    .clone()
+                    .zip(self.metrics_key_file.clone()),
+                names,
+            }
+        });
         Ok(RunConfig {
             metrics_addr: self.metrics_addr,
+            metrics_secure,
             namespace: self.namespace.clone().filter(|n| !n.is_empty()),
             lease_name: self.lease_name.clone(),
             lease_duration_secs: duration,
@@ -249,5 +314,29 @@ mod tests {
                 .unwrap_err()
                 .contains("--log-format")
         );
+        assert!(
+            parse(&[
+                "--metrics-cert-file",
+                "c.pem",
+                "--metrics-key-file",
+                "k.pem"
+            ])
+            .unwrap_err()
+            .contains("--metrics-secure")
+        );
+        assert!(
+            parse(&["--metrics-cert-file", "c.pem", "--metrics-secure"])
+                .unwrap_err()
+                .contains("--metrics-key-file")
+        );
+        let secure = parse(&["--metrics-secure", "--metrics-tls-names", "svc,svc.ns.svc"])
+            .unwrap()
+            .metrics_secure
+            .unwrap();
+        assert_eq!(
+            secure.names,
+            ["localhost", "127.0.0.1", "svc", "svc.ns.svc"]
+        );
+        assert!(secure.files.is_none());
     }
 }
