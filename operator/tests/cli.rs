@@ -148,6 +148,65 @@ fn inconsistent_policies_name_the_field() {
 }
 
 #[test]
+fn a_file_that_is_no_manifest_says_what_a_manifest_is() {
+    let (code, out, err) = komptroller(&["project", "-f", "operator/tests/fixtures/colons.yaml"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(out, "", "nothing is written on bad input");
+    assert_eq!(
+        err,
+        "error: operator/tests/fixtures/colons.yaml: not a TrainingJob manifest: expected a mapping of \
+         apiVersion (komptroller.dev/v1alpha1), kind (TrainingJob), metadata and spec; \
+         found a key that is not a field name at line 1, column 1\n"
+    );
+}
+
+#[test]
+fn every_problem_of_a_manifest_is_listed_once() {
+    let (code, out, err) = komptroller(&[
+        "project",
+        "-f",
+        "operator/tests/fixtures/three-problems.yaml",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(out, "", "nothing is written on bad input");
+    assert_eq!(
+        err,
+        "error: operator/tests/fixtures/three-problems.yaml: 3 problems:\n  \
+         * spec.accelerator.precision \"fp9\": unknown precision; use one of fp64, fp32, tf32, fp16, bf16, fp8, fp4\n  \
+         * spec.maxDuration \"-1h\": cannot be negative; use a Go duration such as 72h\n  \
+         * spec.template.spec.containers[0].resources.limits[\"nvidia.com/gpu\"] \"eight\": \
+         is not a whole number of devices; write a count such as 8\n"
+    );
+    assert_eq!(err.matches("error").count(), 1, "{err}");
+}
+
+#[test]
+fn a_good_manifest_projects_the_same_numbers() {
+    let (code, out, err) =
+        komptroller(&["project", "-f", "examples/trainingjob.yaml", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The figures and the hash `komptroller project` gave before the
+    // conversion moved into the engine's one reading of a spec.
+    assert_eq!(
+        v["specHash"],
+        "8b1a93e6a94648af989dbf3ff79fe69c776fd36bb7b6a02afbabc8087d6c2dbe"
+    );
+    assert_eq!(v["accelerators"], 32);
+    let p = &v["projection"];
+    assert_eq!(p["accelerator"], "nvidia-h100-sxm");
+    assert_eq!(p["precision"], "bf16");
+    assert_eq!(p["count"], 32);
+    assert_eq!(p["maxDuration"], 259200.0);
+    assert_eq!(p["acceleratorSeconds"], 8294400.0);
+    assert_eq!(p["rate"], 3.1648e16);
+    assert_eq!(p["upperBound"], 8.2031616e21);
+    assert_eq!(p["expected"], 3.28126464e21);
+    assert_eq!(p["adversarialCeiling"], 1.64146176e22);
+    assert_eq!(p["opcount"], 4.2e21);
+}
+
+#[test]
 fn missing_file_is_a_clear_error() {
     let (code, _, err) = komptroller(&["project", "-f", "does/not/exist.yaml"]);
     assert_eq!(code, 2);

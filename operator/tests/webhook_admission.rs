@@ -117,16 +117,23 @@ async fn over_the_ceiling_is_denied_with_the_engine_sentence() {
 #[tokio::test]
 async fn denial_sentence_is_the_one_the_status_carries() {
     use komptroller_engine::engine::{Engine, Event};
-    use komptroller_engine::manifest::job_request;
+    use komptroller_engine::job::JobId;
+    use komptroller_engine::manifest::read_spec;
     let view = FixedView::load();
     let review: serde_json::Value =
         serde_json::from_slice(&fixture("tj-create-over-ceiling")).unwrap();
-    let doc = serde_json::from_value(review["request"]["object"].clone()).unwrap();
-    let req = job_request(
-        &doc,
+    let object = &review["request"]["object"];
+    let id = JobId {
+        namespace: object["metadata"]["namespace"].as_str().unwrap().into(),
+        name: object["metadata"]["name"].as_str().unwrap().into(),
+        uid: String::new(),
+    };
+    let req = read_spec(
+        id,
+        &object["spec"],
         &komptroller_engine::catalog::Catalog::builtin(),
-        "fixture",
     )
+    .for_submission()
     .unwrap();
     let mut engine = Engine::default();
     let now = jiff::Timestamp::now();

@@ -10,40 +10,55 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, 
 use komptroller_engine::catalog::Catalog;
 use komptroller_engine::decision::{Decision, Verdict};
 use komptroller_engine::engine::Phase;
-use komptroller_engine::job::JobRequest;
-use komptroller_engine::manifest::{TrainingJobDoc, job_request as doc_request};
+use komptroller_engine::job::{JobId, JobRequest, Principal};
+use komptroller_engine::manifest::read_spec;
 use komptroller_engine::units::sci;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{ConsumedStatus, DecisionStatus, TrainingJob, TrainingJobStatus};
+use crate::crd::{ConsumedStatus, DecisionStatus, SUBMITTED_BY, TrainingJob, TrainingJobStatus};
 
 /// Label on every Job the operator creates (the Job watch selects on it).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "komptroller");
 /// Label naming the TrainingJob a Job runs.
 pub const TRAINING_JOB_LABEL: &str = "komptroller.dev/training-job";
 
-/// The engine's view of a TrainingJob: the accelerator count from replicas ×
-/// the template's resource limit, the submitter from the webhook's stamp,
-/// the spec hash approvals bind to. The error names the field.
+/// The engine's view of a TrainingJob, read by the engine's one reading of
+/// a spec ([`read_spec`]: the accelerator count from replicas × the
+/// template's resource limit, the spec hash approvals bind to), with the
+/// submitter from the webhook's stamp. What the job alone cannot run for
+/// (no accelerator, a zero maxDuration, an unsupported precision) is left to
+/// the engine, which rejects it with its own sentence; the error names every
+/// field that keeps the spec from being read at all.
 pub fn job_request(
     tj: &TrainingJob,
     namespace_labels: BTreeMap<String, String>,
     catalog: &Catalog,
 ) -> Result<JobRequest, String> {
-    let mut value = serde_json::to_value(tj).map_err(|e| e.to_string())?;
-    if let Some(obj) = value.as_object_mut() {
-        obj.remove("status");
-        obj.entry("apiVersion")
-            .or_insert_with(|| "komptroller.dev/v1alpha1".into());
-        obj.entry("kind").or_insert_with(|| "TrainingJob".into());
+    let name = tj.metadata.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err("metadata.name (missing): a TrainingJob needs a name".into());
     }
-    let doc: TrainingJobDoc = serde_json::from_value(value).map_err(|e| e.to_string())?;
-    let mut req = doc_request(&doc, catalog, &format!("TrainingJob {}", tj.name_any()))
-        .map_err(|e| e.message)?;
-    req.id.namespace = tj.namespace().unwrap_or_default();
-    req.id.uid = tj.uid().unwrap_or_default();
+    let spec = serde_json::to_value(&tj.spec).map_err(|e| format!("spec: {e}"))?;
+    let id = JobId {
+        namespace: tj.namespace().unwrap_or_default(),
+        name,
+        uid: tj.uid().unwrap_or_default(),
+    };
+    let mut req = read_spec(id, &spec, catalog)
+        .for_decision()
+        .map_err(|problems| {
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+    req.submitter = tj
+        .annotations()
+        .get(SUBMITTED_BY)
+        .and_then(|s| serde_json::from_str::<Principal>(s).ok());
     req.namespace_labels = namespace_labels.into();
     Ok(req)
 }
@@ -430,6 +445,52 @@ mod tests {
         assert_eq!(req.id.namespace, "ml");
         assert_eq!(req.id.uid, "uid-1");
         assert_eq!(req.spec_hash.len(), 64);
+    }
+
+    #[test]
+    fn the_controller_hashes_the_spec_as_the_webhook_does() {
+        let tj = fixture("a", 8, 4);
+        let req = job_request(&tj, BTreeMap::new(), &Catalog::builtin()).unwrap();
+        let spec = serde_json::to_value(&tj.spec).unwrap();
+        assert_eq!(
+            Some(req.spec_hash),
+            crate::webhook::validate::canonical_spec_hash(&spec)
+        );
+    }
+
+    #[test]
+    fn the_submitter_comes_from_the_stamp() {
+        let mut tj = fixture("a", 8, 4);
+        tj.annotations_mut().insert(
+            SUBMITTED_BY.into(),
+            r#"{"user":"alice","groups":["ml"]}"#.into(),
+        );
+        let req = job_request(&tj, BTreeMap::new(), &Catalog::builtin()).unwrap();
+        let who = req.submitter.unwrap();
+        assert_eq!(
+            (who.user.as_str(), who.groups),
+            ("alice", vec!["ml".to_string()])
+        );
+    }
+
+    #[test]
+    fn an_unreadable_spec_names_every_field() {
+        let mut tj = fixture("a", 8, 4);
+        tj.spec.accelerator.kind = "nvidia-h100-sxn".into();
+        let message = job_request(&tj, BTreeMap::new(), &Catalog::builtin()).unwrap_err();
+        assert!(
+            message.starts_with(
+                "spec.accelerator.type \"nvidia-h100-sxn\": unknown accelerator; the closest catalog keys are nvidia-h100-sxm"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn what_the_job_alone_cannot_run_for_is_left_to_the_engine() {
+        // No accelerator: the engine rejects it with its own sentence.
+        let req = job_request(&fixture("a", 0, 4), BTreeMap::new(), &Catalog::builtin()).unwrap();
+        assert_eq!(req.count, 0);
     }
 
     #[test]

@@ -22,12 +22,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::UserInfo;
-use komptroller_engine::GoDuration;
-use komptroller_engine::catalog::{Catalog, Precision};
+use komptroller_engine::catalog::Catalog;
 use komptroller_engine::decision::{ApprovalNeed, Verdict};
 use komptroller_engine::engine::{Engine, Event, Phase};
-use komptroller_engine::job::{AcceleratorSpec, JobId, JobRequest, ModelSpec, Principal};
-use komptroller_engine::manifest::{accelerators_per_pod, spec_hash};
+use komptroller_engine::job::{JobId, JobRequest, Principal};
+use komptroller_engine::manifest::training_job::short;
+use komptroller_engine::manifest::{Problem, read_spec, spec_hash};
 use komptroller_engine::policy::{ComputePolicySpec, Mode, Policy};
 use kube::api::DynamicObject;
 use kube::core::admission::Operation;
@@ -119,19 +119,6 @@ pub type Verdictless = Result<Vec<String>, Denial>;
 /// Quotes a value for a message.
 fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| s.to_string())
-}
-
-fn short(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 120 {
-        let mut end = 117;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}...", &s[..end])
-    } else {
-        s
-    }
 }
 
 /// The path of the first difference between two JSON values (`spec.replicas`,
@@ -354,169 +341,49 @@ pub fn training_job(
     Ok(warnings)
 }
 
-/// Reads the spec into the engine's [`JobRequest`], denying what the engine
-/// would reject for a malformed field.
+/// Reads the spec into the engine's [`JobRequest`] by the engine's one
+/// reading of a spec, denying every problem it finds: a malformed field, and
+/// what the job alone can never run for.
 fn job_request(
     object: &DynamicObject,
     requester: &Requester,
     view: PolicyView<'_>,
 ) -> Result<JobRequest, Denial> {
     let spec = spec_of(object);
-    if !spec.is_object() {
-        return Err(Denial::field("spec", short(spec), "must be an object"));
-    }
-    // Precision first: its serde error would not list the choices.
-    let precision = match spec.pointer("/accelerator/precision") {
-        None | Some(Value::Null) => Precision::default(),
-        Some(Value::String(s)) => Precision::parse(s).ok_or_else(|| {
-            Denial::field(
-                "spec.accelerator.precision",
-                q(s),
-                format!(
-                    "unknown precision; use one of {}",
-                    Precision::ALL.map(Precision::as_str).join(", ")
-                ),
-            )
-        })?,
-        Some(v) => {
-            return Err(Denial::field(
-                "spec.accelerator.precision",
-                short(v),
-                "must be a string such as bf16",
-            ));
-        }
-    };
-    let kind = match spec.pointer("/accelerator/type") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        other => {
-            return Err(Denial::field(
-                "spec.accelerator.type",
-                other.map_or_else(|| "(missing)".to_string(), short),
-                "must name an accelerator of the catalog, e.g. nvidia-h100-sxm",
-            ));
-        }
+    let id = JobId {
+        namespace: object.metadata.namespace.clone().unwrap_or_default(),
+        name: object.metadata.name.clone().unwrap_or_default(),
+        uid: object.metadata.uid.clone().unwrap_or_default(),
     };
     let catalog = catalog_for(view);
-    let entry = catalog.get(&kind).ok_or_else(|| {
-        Denial::field(
-            "spec.accelerator.type",
-            q(&kind),
-            format!(
-                "unknown accelerator; the closest catalog keys are {} (a ComputePolicy's spec.accelerators can add one)",
-                catalog.closest(&kind, 3).join(", ")
-            ),
-        )
-    })?;
-    if entry.peak(precision).is_none() {
-        return Err(Denial::field(
-            "spec.accelerator.precision",
-            q(precision.as_str()),
-            format!(
-                "{} has no published dense peak at {precision}; it supports {}",
-                entry.name,
-                entry
-                    .supported()
-                    .iter()
-                    .map(|p| p.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
+    let mut req = read_spec(id, spec, &catalog)
+        .for_submission()
+        .map_err(|problems| spec_denial(object, &problems))?;
+    req.namespace_labels = Arc::new(view.namespace_labels.clone());
+    req.submitter = Some(requester.principal());
+    req.spec_hash = canonical_spec_hash(spec).unwrap_or_else(|| spec_hash(spec));
+    Ok(req)
+}
+
+/// The denial for a spec's problems: the problem itself when there is one;
+/// with several, the first one's field and every problem in the message.
+fn spec_denial(object: &DynamicObject, problems: &[Problem]) -> Denial {
+    let Some((first, rest)) = problems.split_first() else {
+        return Denial::field("spec", "", "cannot be read");
+    };
+    let mut denial = Denial::field(&first.field, &first.value, &first.rule);
+    if !rest.is_empty() {
+        denial.message = format!(
+            "TrainingJob {} is invalid: {}",
+            q(object.metadata.name.as_deref().unwrap_or_default()),
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
-    let replicas = match spec.get("replicas") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                Denial::field(
-                    "spec.replicas",
-                    short(v),
-                    "must be a whole number from 1 to 4294967295",
-                )
-            })?,
-    };
-    let max_duration = match spec.get("maxDuration") {
-        Some(Value::String(s)) => s.parse::<GoDuration>().map_err(|e| {
-            Denial::field(
-                "spec.maxDuration",
-                q(s),
-                format!("{e}; use a Go duration such as 72h"),
-            )
-        })?,
-        other => {
-            return Err(Denial::field(
-                "spec.maxDuration",
-                other.map_or_else(|| "(missing)".to_string(), short),
-                "must be a Go duration such as 72h",
-            ));
-        }
-    };
-    if max_duration.is_zero() {
-        return Err(Denial::field(
-            "spec.maxDuration",
-            q(&max_duration.to_string()),
-            "must be longer than 0s, e.g. 72h",
-        ));
-    }
-    let model: ModelSpec = match spec.get("model") {
-        None | Some(Value::Null) => ModelSpec::default(),
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| Denial::field("spec.model", short(v), e.to_string()))?,
-    };
-    let priority = match spec.get("priority") {
-        None | Some(Value::Null) => 0,
-        Some(v) => v
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(|| Denial::field("spec.priority", short(v), "must be a 32-bit integer"))?,
-    };
-    let template = spec.get("template").unwrap_or(&Value::Null);
-    let per_pod = accelerators_per_pod(template, &entry.resource_name, &catalog.resource_names())
-        .map_err(|m| {
-        let (field, rule) = m.split_once(": ").unwrap_or(("spec.template", m.as_str()));
-        Denial::field(field, "", rule)
-    })?;
-    let count = u64::from(replicas).saturating_mul(per_pod);
-    if count == 0 {
-        return Err(Denial::field(
-            format!(
-                "spec.replicas × spec.template limits[{}]",
-                q(&entry.resource_name)
-            ),
-            format!("{replicas} × {per_pod} = 0"),
-            format!(
-                "a training job needs at least one accelerator; set resources.limits[{}] on a container",
-                q(&entry.resource_name)
-            ),
-        ));
-    }
-    let count = u32::try_from(count).map_err(|_| {
-        Denial::field(
-            format!(
-                "spec.replicas × spec.template limits[{}]",
-                q(&entry.resource_name)
-            ),
-            format!("{replicas} × {per_pod} = {count}"),
-            "is more accelerators than komptroller counts (at most 4294967295)",
-        )
-    })?;
-    let name = object.metadata.name.clone().unwrap_or_default();
-    Ok(JobRequest {
-        id: JobId {
-            namespace: object.metadata.namespace.clone().unwrap_or_default(),
-            name,
-            uid: object.metadata.uid.clone().unwrap_or_default(),
-        },
-        namespace_labels: std::sync::Arc::new(view.namespace_labels.clone()),
-        model,
-        accelerator: AcceleratorSpec { kind, precision },
-        count,
-        max_duration,
-        priority,
-        submitter: Some(requester.principal()),
-        spec_hash: canonical_spec_hash(spec).unwrap_or_else(|| spec_hash(spec)),
-    })
+    denial
 }
 
 /// The built-in catalog, parsed once.
@@ -899,6 +766,38 @@ mod tests {
         assert_eq!(
             value_at(&json!({"spec": b}), "spec.a.b[1].c"),
             Some(&json!(3))
+        );
+    }
+
+    #[test]
+    fn a_spec_with_several_problems_is_denied_with_all_of_them() {
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "komptroller.dev/v1alpha1",
+            "kind": "TrainingJob",
+            "metadata": {"name": "run", "namespace": "ml"},
+            "spec": {
+                "accelerator": {"type": "nvidia-h100-sxm", "precision": "fp9"},
+                "maxDuration": "-1h",
+                "template": {"spec": {"containers": [{"name": "t", "image": "x",
+                    "resources": {"limits": {"nvidia.com/gpu": "eight"}}}]}}
+            }
+        }))
+        .unwrap();
+        let labels = BTreeMap::new();
+        let view = PolicyView {
+            policies: &[],
+            namespace_labels: &labels,
+        };
+        let denial = job_request(&object, &Requester::default(), view).unwrap_err();
+        assert_eq!(denial.field, "spec.accelerator.precision");
+        assert_eq!(denial.value, "\"fp9\"");
+        assert_eq!(
+            denial.message,
+            "TrainingJob \"run\" is invalid: \
+             spec.accelerator.precision \"fp9\": unknown precision; use one of fp64, fp32, tf32, fp16, bf16, fp8, fp4; \
+             spec.maxDuration \"-1h\": cannot be negative; use a Go duration such as 72h; \
+             spec.template.spec.containers[0].resources.limits[\"nvidia.com/gpu\"] \"eight\": \
+             is not a whole number of devices; write a count such as 8"
         );
     }
 
