@@ -101,6 +101,27 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
     e.render_with_options(options)
 }
 
+/// A document that is not a manifest of `kind`, and what it is instead.
+fn not_a_manifest(kind: &str, found: &str) -> String {
+    format!(
+        "not a {kind} manifest: expected a mapping of apiVersion ({API_VERSION}), kind ({kind}), metadata and spec; found {found}"
+    )
+}
+
+/// Why YAML could not be read as documents: not YAML at all, or YAML whose
+/// keys are not all field names (`: : :` has empty ones; `valid_yaml`).
+fn unreadable(kind: &str, e: &serde_saphyr::Error, valid_yaml: bool) -> String {
+    if valid_yaml {
+        let at = e
+            .location()
+            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        not_a_manifest(kind, &format!("a key that is not a field name{at}"))
+    } else {
+        format!("not valid YAML: {}", yaml_error(e))
+    }
+}
+
 /// The manifest's problems as one message: the problem itself when there is
 /// one, else a count and one line per problem.
 fn problems_message(problems: &[Problem]) -> String {
@@ -140,37 +161,19 @@ fn meta_string<'a>(
 /// Reads one TrainingJob manifest into the engine's request, or lists every
 /// problem it has (the same problems the admission webhook denies).
 pub fn read_training_job(text: &str, catalog: &Catalog) -> Result<JobRequest, Vec<Problem>> {
-    let not_a_manifest = |found: String| {
-        vec![Problem::new(
-            "",
-            "",
-            format!(
-                "not a TrainingJob manifest: expected a mapping of apiVersion ({API_VERSION}), kind (TrainingJob), metadata and spec; found {found}"
-            ),
-        )]
-    };
-    let doc: Value = match serde_saphyr::from_str(text) {
-        Ok(doc) => doc,
-        // Valid YAML, but with keys that are not names (`: : :` has empty ones).
-        Err(e) if serde_saphyr::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
-            let at = e
-                .location()
-                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
-                .unwrap_or_default();
-            return Err(not_a_manifest(format!(
-                "a key that is not a field name{at}"
-            )));
-        }
-        Err(e) => {
-            return Err(vec![Problem::new(
-                "",
-                "",
-                format!("not valid YAML: {}", yaml_error(&e)),
-            )]);
-        }
-    };
+    let whole = |rule: String| vec![Problem::new("", "", rule)];
+    let doc: Value = serde_saphyr::from_str(text).map_err(|e| {
+        whole(unreadable(
+            "TrainingJob",
+            &e,
+            serde_saphyr::from_str::<serde::de::IgnoredAny>(text).is_ok(),
+        ))
+    })?;
     let Some(obj) = doc.as_object() else {
-        return Err(not_a_manifest(training_job::describe(&doc)));
+        return Err(whole(not_a_manifest(
+            "TrainingJob",
+            &training_job::describe(&doc),
+        )));
     };
     let mut problems = Vec::new();
     let kind = obj.get("kind").filter(|v| !v.is_null());
@@ -249,6 +252,18 @@ pub fn parse_training_job(
 
 /// Parses one or more ComputePolicy documents and validates each.
 pub fn parse_policies(text: &str, source_name: &str) -> Result<Vec<Policy>, ManifestError> {
+    // Read as plain documents first, so that what is not a manifest at all
+    // is said in those terms rather than a field's.
+    let values: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        let valid_yaml = serde_saphyr::from_multiple::<serde::de::IgnoredAny>(text).is_ok();
+        err(source_name, unreadable("ComputePolicy", &e, valid_yaml))
+    })?;
+    if let Some(v) = values.iter().find(|v| !v.is_object()) {
+        return Err(err(
+            source_name,
+            not_a_manifest("ComputePolicy", &training_job::describe(v)),
+        ));
+    }
     let docs: Vec<ComputePolicyDoc> =
         serde_saphyr::from_multiple(text).map_err(|e| err(source_name, yaml_error(&e)))?;
     let mut out = Vec::new();
@@ -320,16 +335,27 @@ spec:
 
     #[test]
     fn a_file_that_is_no_manifest_says_what_is_expected() {
-        for text in [": : :", "", "- a\n- b", "hello"] {
-            let m = message(text);
-            assert!(
-                m.starts_with("job.yaml: not a TrainingJob manifest: expected a mapping of apiVersion (komptroller.dev/v1alpha1), kind (TrainingJob), metadata and spec")
-                    || m.starts_with("job.yaml: kind (missing): must be TrainingJob"),
-                "{text:?}: {m}"
+        for (text, found) in [
+            (
+                ": : :",
+                "a key that is not a field name at line 1, column 1",
+            ),
+            ("", "an empty document"),
+            ("- a\n- b", "a list"),
+            ("hello", "the value \"hello\""),
+        ] {
+            assert_eq!(
+                message(text),
+                format!(
+                    "job.yaml: not a TrainingJob manifest: expected a mapping of apiVersion (komptroller.dev/v1alpha1), kind (TrainingJob), metadata and spec; found {found}"
+                ),
+                "{text:?}"
             );
-            assert!(!m.contains("Option<"), "{m}");
-            assert!(!m.contains("error"), "{m}");
         }
+        assert_eq!(
+            message("spec: {}"),
+            "job.yaml: kind (missing): must be TrainingJob (ComputePolicy files go in --policy FILE)"
+        );
     }
 
     #[test]
@@ -384,6 +410,24 @@ spec:
             m,
             "job.yaml: spec.maxDuration \"0s\": must be longer than 0s, e.g. 72h"
         );
+    }
+
+    #[test]
+    fn a_policy_file_that_is_no_manifest_says_what_a_manifest_is() {
+        for (text, found) in [
+            (
+                ": : :",
+                "a key that is not a field name at line 1, column 1",
+            ),
+            ("- a", "a list"),
+        ] {
+            assert_eq!(
+                parse_policies(text, "p.yaml").unwrap_err().to_string(),
+                format!(
+                    "p.yaml: not a ComputePolicy manifest: expected a mapping of apiVersion (komptroller.dev/v1alpha1), kind (ComputePolicy), metadata and spec; found {found}"
+                )
+            );
+        }
     }
 
     #[test]
