@@ -13,7 +13,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::harness::{Error, Result, repo_root};
+use crate::base::{Error, Result, repo_root};
+
+/// Kueue's namespace (its Secret and webhook Service; the manager runs out
+/// of cluster, `e2e/cluster/kueue-start`). The harness's reset keeps it.
+pub const KUEUE_NAMESPACE: &str = "kueue-system";
+/// The prefix of Kueue's webhook configurations' names, which the
+/// harness's reset keeps.
+pub const KUEUE_WEBHOOK_PREFIX: &str = "kueue-";
 
 /// Environment variable: the Kubernetes release to build and run (`1.37`
 /// default, `1.34`), as `e2e/cluster/build` reads it.

@@ -14,7 +14,11 @@ use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
+pub use crate::base::{Error, Result, repo_root};
 use crate::control_plane::ControlPlane;
+
+/// How long [`Cluster::resolve`] waits for discovery to list a kind.
+pub const DISCOVERY_SETTLE: Duration = Duration::from_secs(30);
 
 /// The environment variable naming a real cluster's kubeconfig.
 pub const KUBECONFIG_ENV: &str = "KOMPTROLLER_E2E_KUBECONFIG";
@@ -29,40 +33,6 @@ pub const TEMPORARY_LABEL: &str = "e2e.komptroller.dev/temporary";
 
 /// The field manager the harness applies with.
 pub const FIELD_MANAGER: &str = "komptroller-e2e";
-
-/// Harness errors.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("kubeconfig {path}: {message}")]
-    Kubeconfig { path: PathBuf, message: String },
-    #[error("kube: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("manifest: {0}")]
-    Manifest(String),
-    #[error("timed out after {timeout:?} waiting for {what}")]
-    Timeout { what: String, timeout: Duration },
-    #[error(
-        "the process ended before printing a line containing {needle:?}; its last output:\n{tail}"
-    )]
-    Exited { needle: String, tail: String },
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("control plane: {0}")]
-    ControlPlane(String),
-    #[error(
-        "this scenario needs the e2e control plane (it restarts or signals its components), but runs against the cluster named by KOMPTROLLER_E2E_KUBECONFIG"
-    )]
-    NeedsControlPlane,
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The repository root (the workspace holding `e2e/`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
-}
 
 /// The product's generated CRDs (`crds/` at the repository root).
 pub fn crds_dir() -> PathBuf {
@@ -302,7 +272,7 @@ impl Cluster {
         // Kueue's own webhook configurations and namespace stay: the binary
         // runs Kueue once (`e2e::kueue`), for every scenario after this one.
         let ours = |name: &str| {
-            (own && !name.starts_with(crate::kueue::WEBHOOK_PREFIX))
+            (own && !name.starts_with(crate::control_plane::KUEUE_WEBHOOK_PREFIX))
                 || name.starts_with("komptroller")
         };
         let mwc: Api<adm::MutatingWebhookConfiguration> = Api::all(self.client.clone());
@@ -356,7 +326,7 @@ impl Cluster {
             "kube-system",
             "kube-public",
             "kube-node-lease",
-            crate::kueue::NAMESPACE,
+            crate::control_plane::KUEUE_NAMESPACE,
         ];
         let candidates = if own {
             lp.clone()
@@ -449,9 +419,21 @@ impl Cluster {
         })
     }
 
-    /// Resolves a kind to its API resource through discovery.
+    /// Resolves a kind to its API resource through discovery. A kind discovery
+    /// does not list yet is asked again for up to [`DISCOVERY_SETTLE`]: the
+    /// API server publishes a new CRD's kinds a moment after it reports the
+    /// CRD Established, longer on a loaded machine.
     pub async fn resolve(&self, gvk: &GroupVersionKind) -> Result<(ApiResource, ApiCapabilities)> {
-        Ok(kube::discovery::pinned_kind(&self.client, gvk).await?)
+        let deadline = tokio::time::Instant::now() + DISCOVERY_SETTLE;
+        loop {
+            match kube::discovery::pinned_kind(&self.client, gvk).await {
+                Ok(found) => return Ok(found),
+                Err(kube::Error::Discovery(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A dynamic API for a kind (namespace ignored for cluster-scoped kinds).

@@ -31,12 +31,11 @@ pub const VERSION: &str = "v1beta2";
 pub const QUEUE_NAME_LABEL: &str = "kueue.x-k8s.io/queue-name";
 /// The label Kueue puts on a Workload: the uid of the job it stands for.
 pub const JOB_UID_LABEL: &str = "kueue.x-k8s.io/job-uid";
-/// Kueue's namespace (its Secret and webhook Service; the manager runs out
-/// of cluster). [`Cluster::reset`] keeps it.
-pub const NAMESPACE: &str = "kueue-system";
-/// The prefix of Kueue's webhook configurations'
-/// names, which [`Cluster::reset`] keeps.
-pub const WEBHOOK_PREFIX: &str = "kueue-";
+/// Kueue's namespace; [`Cluster::reset`] keeps it.
+pub const NAMESPACE: &str = crate::control_plane::KUEUE_NAMESPACE;
+/// The prefix of Kueue's webhook configurations' names, which
+/// [`Cluster::reset`] keeps.
+pub const WEBHOOK_PREFIX: &str = crate::control_plane::KUEUE_WEBHOOK_PREFIX;
 /// komptroller's AdmissionCheck controller name.
 pub const CONTROLLER_NAME: &str = "komptroller.dev/compute-governance";
 /// The node label the ResourceFlavor selects (as GPU feature discovery and

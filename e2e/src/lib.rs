@@ -1,5 +1,6 @@
 //! komptroller's end-to-end harness, on a real Kubernetes control plane.
 //!
+//! - [`base`]: the harness's error type and the repository root.
 //! - [`control_plane`]: the real control plane (etcd, kube-apiserver,
 //!   kube-controller-manager, kube-scheduler; kwok for nodes and pods) built
 //!   from pinned Go modules by `e2e/cluster/build`, one per test binary.
@@ -15,6 +16,7 @@
 //!   AdmissionCheck).
 #![forbid(unsafe_code)]
 
+pub mod base;
 pub mod control_plane;
 pub mod fault_proxy;
 pub mod harness;

@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod decision;
+pub mod digest;
 pub mod duration;
 pub mod engine;
 pub mod job;

@@ -15,7 +15,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::ledger::Sha256Digest;
+use crate::digest::Sha256Digest;
 
 /// `SHA-256(0x00 ‖ data)`.
 pub fn leaf_hash(data: &[u8]) -> Sha256Digest {

@@ -856,3 +856,88 @@ fn a_withdrawn_approval_stops_counting_until_the_job_is_admitted() {
     assert!(step.records.is_empty() && step.decisions.is_empty());
     assert_eq!(e.phase(&p3), Some(Phase::Admitted));
 }
+
+#[test]
+fn live_metering_is_the_final_metering_rule_on_every_basis() {
+    for (basis, spec) in [
+        ("upperBound", "{basis: upperBound}"),
+        ("expected", "{basis: expected, utilization: 0.4}"),
+        ("adversarialCeiling", "{basis: adversarialCeiling}"),
+    ] {
+        let policy = format!(
+            "apiVersion: komptroller.dev/v1alpha1\nkind: ComputePolicy\nmetadata: {{name: est}}\nspec:\n  estimate: {spec}\n"
+        );
+        let mut e = engine(&policy);
+        let j = id("ml", "run");
+        assert_eq!(
+            submit(&mut e, t0(), job("ml", "run", "m", 16, 10)),
+            Verdict::Admit
+        );
+        assert_eq!(
+            e.consumed_so_far(&j, at(1)),
+            None,
+            "{basis}: not running yet"
+        );
+        e.apply(at(1), Event::Start { job: j.clone() }).unwrap();
+        let live = e.consumed_so_far(&j, at(4)).expect("running");
+        assert_eq!(
+            live.0.0,
+            16.0 * 3.0 * 3600.0,
+            "{basis}: accelerator-seconds"
+        );
+        let step = e
+            .apply(
+                at(6),
+                Event::FinishedAt {
+                    job: j.clone(),
+                    outcome: Outcome::Succeeded,
+                    ended_at: at(4),
+                },
+            )
+            .unwrap();
+        let booked = step
+            .records
+            .iter()
+            .find_map(|r| match &r.event {
+                LedgerEvent::Finished { consumed, .. } => Some(*consumed),
+                _ => None,
+            })
+            .expect("Finished record");
+        assert!(booked.0 > 0.0, "{basis}");
+        assert_eq!(live.1, booked, "{basis}: live and final metering agree");
+        assert_eq!(e.consumed_so_far(&j, at(7)), None, "{basis}: ended");
+    }
+    // The bases do differ (the test would not notice a shared wrong basis otherwise).
+    let ceiling = {
+        let mut e = engine(
+            "apiVersion: komptroller.dev/v1alpha1\nkind: ComputePolicy\nmetadata: {name: est}\nspec:\n  estimate: {basis: adversarialCeiling}\n",
+        );
+        submit(&mut e, t0(), job("ml", "run", "m", 16, 10));
+        e.apply(
+            at(1),
+            Event::Start {
+                job: id("ml", "run"),
+            },
+        )
+        .unwrap();
+        e.consumed_so_far(&id("ml", "run"), at(4)).unwrap().1
+    };
+    let upper = {
+        let mut e = engine(
+            "apiVersion: komptroller.dev/v1alpha1\nkind: ComputePolicy\nmetadata: {name: est}\nspec:\n  estimate: {basis: upperBound}\n",
+        );
+        submit(&mut e, t0(), job("ml", "run", "m", 16, 10));
+        e.apply(
+            at(1),
+            Event::Start {
+                job: id("ml", "run"),
+            },
+        )
+        .unwrap();
+        e.consumed_so_far(&id("ml", "run"), at(4)).unwrap().1
+    };
+    assert!(
+        ceiling.0 > upper.0,
+        "ceiling {ceiling:?} vs upper bound {upper:?}"
+    );
+}

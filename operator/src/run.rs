@@ -8,6 +8,8 @@
 //! books from the cluster. SIGTERM (or Ctrl-C) stops serving, ends the term
 //! and releases the lease so a standby takes over without waiting.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,12 +19,36 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
-use crate::cmd::run::RunConfig;
-use crate::controller::{self, AbortOnDrop, TermConfig};
+use crate::controller::{self, TermConfig};
 use crate::error::{Error, Result};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
+
+/// Where the metrics port's certificate comes from.
+#[derive(Debug, Clone)]
+pub struct MetricsTls {
+    /// (certificate, key) PEM files; `None`: self-signed for `names`.
+    pub files: Option<(PathBuf, PathBuf)>,
+    pub names: Vec<String>,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub metrics_addr: SocketAddr,
+    /// TLS and TokenReview/SubjectAccessReview on the metrics port.
+    pub metrics_secure: Option<MetricsTls>,
+    pub namespace: Option<String>,
+    pub lease_name: String,
+    pub lease_duration_secs: u64,
+    pub lease_grace_secs: u64,
+    pub identity: String,
+    pub report_interval: Duration,
+    pub key_secret: String,
+    pub concurrency: u16,
+}
 
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
@@ -174,13 +200,13 @@ pub async fn run(config: RunConfig, webhook: Option<WebhookStarter>) -> Result<(
         })?;
     let (mut leading, lease_task) = manager.watch().await;
 
-    let mut term: Option<(tokio::task::JoinHandle<Result<()>>, AbortOnDrop)> = None;
+    let mut term: Option<AbortOnDropHandle<Result<()>>> = None;
     let stop = stopped();
     tokio::pin!(stop);
     let result: Result<()> = loop {
         let term_done = async {
             match term.as_mut() {
-                Some((h, _)) => h.await,
+                Some(h) => h.await,
                 None => std::future::pending().await,
             }
         };
@@ -201,9 +227,7 @@ pub async fn run(config: RunConfig, webhook: Option<WebhookStarter>) -> Result<(
                 metrics.is_leader.set(i64::from(is_leader));
                 if is_leader && term.is_none() {
                     tracing::info!(identity = %config.identity, "acquired the lease: leading");
-                    let h = tokio::spawn(leader_term(client.clone(), metrics.clone(), config.clone(), namespace.clone()));
-                    let abort = AbortOnDrop(h.abort_handle());
-                    term = Some((h, abort));
+                    term = Some(AbortOnDropHandle::new(tokio::spawn(leader_term(client.clone(), metrics.clone(), config.clone(), namespace.clone()))));
                 } else if !is_leader && term.is_some() {
                     tracing::warn!(identity = %config.identity, "lost the lease: stopping writes");
                     term = None;
@@ -218,9 +242,7 @@ pub async fn run(config: RunConfig, webhook: Option<WebhookStarter>) -> Result<(
                         tracing::error!(error = %e, "leader term failed; rebuilding in 2s");
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         if *leading.borrow() {
-                            let h = tokio::spawn(leader_term(client.clone(), metrics.clone(), config.clone(), namespace.clone()));
-                            let abort = AbortOnDrop(h.abort_handle());
-                            term = Some((h, abort));
+                            term = Some(AbortOnDropHandle::new(tokio::spawn(leader_term(client.clone(), metrics.clone(), config.clone(), namespace.clone()))));
                         }
                     }
                     Ok(Ok(())) => {}

@@ -113,11 +113,7 @@ fn mock_api(script: Script) -> (Client, Log) {
                     let name = p.rsplit('/').next().unwrap();
                     json_response(200, fixture_json(name, 8, 2))
                 }
-                ("GET", p) if p.ends_with("/computeapprovals") => json_response(
-                    200,
-                    json!({
-                    "apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputeApprovalList", "metadata": {}, "items": []}),
-                ),
+                ("PATCH", p) if p.contains("/computeapprovals/") => json_response(200, body),
                 _ => json_response(404, status_body(404, "NotFound")),
             };
             send.send_response(resp);
@@ -171,6 +167,7 @@ fn context(client: Client, policies: Vec<Policy>) -> Arc<Context> {
         trigger,
         jobs: Arc::default(),
         namespaces: reflector::store().0,
+        approvals: reflector::store().0,
         queue_dirty: tokio::sync::Notify::new(),
         wakeup_changed: tokio::sync::Notify::new(),
         refresh_all_held: Default::default(),
@@ -434,6 +431,88 @@ async fn a_slimmed_cached_job_runs_its_full_template_read_from_the_api() {
             Some(&json!(full_hash)),
             "approvals bind to the full spec's hash"
         );
+    })
+    .await
+    .expect("scenario timed out");
+}
+
+#[tokio::test]
+async fn approvals_are_read_from_the_watch_cache_not_listed() {
+    use komptroller::crd::{ComputeApproval, ComputeApprovalSpec};
+    use kube::runtime::watcher::Event as WatchEvent;
+    tokio::time::timeout(TIMEOUT, async {
+        let (client, log) = mock_api(Script::default());
+        let escalate = Policy {
+            name: "review".into(),
+            spec: serde_json::from_value(json!({"tiers": [{"name": "review", "threshold": 1e18,
+                "action": "Escalate", "approvals": {"required": 1, "groups": ["safety"]}}]}))
+            .unwrap(),
+        };
+        let ctx = context(client, vec![escalate]);
+        let tj = fixture("train");
+        reconcile(Arc::new(tj.clone()), ctx.clone()).await.unwrap();
+        let seen = log.lock().unwrap().clone();
+        let status = &seen
+            .iter()
+            .rev()
+            .find(|s| s.path.ends_with("/trainingjobs/train/status"))
+            .expect("status written")
+            .body;
+        assert_eq!(
+            status.pointer("/status/phase"),
+            Some(&json!("AwaitingApproval"))
+        );
+        let spec_hash = status
+            .pointer("/status/specHash")
+            .and_then(Value::as_str)
+            .expect("status.specHash")
+            .to_string();
+        assert!(!writes(&log).iter().any(|(_, p)| p.ends_with("/jobs")));
+
+        // An approval arrives through the watch cache (as the term's
+        // reflector puts it there); the next reconcile counts it.
+        let (store, mut writer) = reflector::store();
+        let mut approval = ComputeApproval::new(
+            "ok-by-alice",
+            ComputeApprovalSpec {
+                training_job_name: "train".into(),
+                spec_hash,
+                approver: Some("alice".into()),
+                approver_groups: vec!["safety".into()],
+                expires: None,
+                comment: None,
+            },
+        );
+        approval.metadata.namespace = Some("ml".into());
+        writer.apply_watcher_event(&WatchEvent::Apply(approval));
+        let ctx = Arc::new(Context {
+            approvals: store,
+            ..Arc::try_unwrap(ctx).ok().expect("only reference")
+        });
+        reconcile(Arc::new(tj), ctx.clone()).await.unwrap();
+        let w = writes(&log);
+        assert!(
+            w.iter()
+                .any(|(_, p)| p.ends_with("/computeapprovals/ok-by-alice/status")),
+            "the approval's status says it counted: {w:?}"
+        );
+        assert!(
+            w.iter().any(|(_, p)| p.ends_with("/jobs")),
+            "admitted and run: {w:?}"
+        );
+        let listed = log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.method == "GET" && s.path.ends_with("/computeapprovals"));
+        assert!(!listed, "no LIST of ComputeApprovals per reconcile");
+        let seen = log.lock().unwrap().clone();
+        let counted = &seen
+            .iter()
+            .find(|s| s.path.ends_with("/computeapprovals/ok-by-alice/status"))
+            .unwrap()
+            .body;
+        assert_eq!(counted.pointer("/status/accepted"), Some(&json!(true)));
     })
     .await
     .expect("scenario timed out");

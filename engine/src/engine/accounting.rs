@@ -110,16 +110,7 @@ impl Engine {
         let Some(job) = self.jobs.get(&seq) else {
             return (AcceleratorSeconds::ZERO, Flop::ZERO);
         };
-        let elapsed = match job.started_at {
-            Some(s) => Seconds((ms(now) - ms(s)).max(0) as f64 / 1000.0),
-            None => Seconds::ZERO,
-        };
-        let acc = AcceleratorSeconds::of(job.request.count, elapsed);
-        let flop = job
-            .admitted
-            .as_ref()
-            .and_then(|a| a.projection.as_ref().map(|p| p.consumed(elapsed, a.basis)))
-            .unwrap_or(Flop::ZERO);
+        let (acc, flop) = usage(job, now);
         let mut meter_onto = |l: &str| {
             let t = match self.lineages.get_mut(l) {
                 Some(t) => t,
@@ -280,4 +271,22 @@ fn release_usage(
         u.rate = u.rate - rate;
         u.accelerators = u.accelerators.saturating_sub(accelerators);
     }
+}
+
+/// What a job used from its start up to `now`: accelerator-seconds, and the
+/// FLOP its admission's projection charges for that time on the basis it was
+/// admitted on. The one metering rule: [`Engine::meter`] books it when the
+/// run ends, [`Engine::consumed_so_far`] shows it while the run goes on.
+pub(super) fn usage(job: &JobState, now: Timestamp) -> (AcceleratorSeconds, Flop) {
+    let elapsed = match job.started_at {
+        Some(s) => Seconds((ms(now) - ms(s)).max(0) as f64 / 1000.0),
+        None => Seconds::ZERO,
+    };
+    let acc = AcceleratorSeconds::of(job.request.count, elapsed);
+    let flop = job
+        .admitted
+        .as_ref()
+        .and_then(|a| a.projection.as_ref().map(|p| p.consumed(elapsed, a.basis)))
+        .unwrap_or(Flop::ZERO);
+    (acc, flop)
 }

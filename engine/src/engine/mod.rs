@@ -44,7 +44,7 @@ use crate::job::{JobId, JobRequest, Principal};
 use crate::ledger::LedgerRecord;
 use crate::policy::{Basis, BudgetScope, ComputePolicySpec, Policy, Queueing};
 use crate::projection::Projection;
-use crate::units::FlopPerSecond;
+use crate::units::{AcceleratorSeconds, Flop, FlopPerSecond};
 
 pub use crate::ledger::OPERATOR_ACTOR;
 pub use types::{Crossing, EngineError, Event, LineageTotals, Outcome, Phase, RestoredJob, Step};
@@ -377,6 +377,20 @@ impl Engine {
     /// orders it in the queue after its priority.
     pub fn submitted_at(&self, id: &JobId) -> Option<Timestamp> {
         self.live(&key_of(id)).map(|j| j.submitted_at)
+    }
+
+    /// What a running job has used so far (accelerator-seconds, FLOP), by
+    /// the same rule that meters it when it ends; `None` unless it runs.
+    pub fn consumed_so_far(
+        &self,
+        id: &JobId,
+        now: Timestamp,
+    ) -> Option<(AcceleratorSeconds, Flop)> {
+        let job = self.live(&key_of(id))?;
+        if job.phase != Phase::Running {
+            return None;
+        }
+        Some(accounting::usage(job, now))
     }
 
     /// 1-based position of a queued job.

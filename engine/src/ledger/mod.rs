@@ -6,7 +6,8 @@
 //! totals from entries alone. The format is specified in `docs/ledger.md`.
 
 mod canonical;
-mod digest;
+mod chain;
+
 mod entry;
 mod facts;
 mod jcs;
@@ -16,8 +17,9 @@ pub mod sample;
 mod totals;
 mod wire;
 
+pub use crate::digest::*;
 pub use canonical::*;
-pub use digest::*;
+pub use chain::*;
 pub use entry::*;
 pub use facts::*;
 pub use record::*;

@@ -16,12 +16,12 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde::de::Error as _;
 
-use super::digest::Sha256Digest;
 use super::entry::LedgerEntry;
 use super::facts::{EventFacts, JobRef, RecordFacts, StrList, Text};
 use super::record::{AcceleratorUse, LedgerEvent, LedgerRecord};
 use crate::catalog::Precision;
 use crate::decision::Verdict;
+use crate::digest::Sha256Digest;
 use crate::job::JobId;
 use crate::policy::Mode;
 use crate::projection::Projection;
@@ -514,5 +514,11 @@ impl LineFacts<'_> {
                 LineEvent::Other => EventFacts::Other,
             },
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for LedgerEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EntryIn::deserialize(d)?.into_entry()
     }
 }

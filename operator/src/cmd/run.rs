@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use komptroller_engine::GoDuration;
 
+use crate::run::{MetricsTls, RunConfig};
 use crate::telemetry::LogFormat;
 
 /// Run the operator.
@@ -111,30 +112,6 @@ fn webhook_starter(args: crate::webhook::WebhookArgs) -> Option<crate::run::Webh
                 .map_err(|e| e.to_string())
         })
     }))
-}
-
-/// Where the metrics port's certificate comes from.
-#[derive(Debug, Clone)]
-pub struct MetricsTls {
-    /// (certificate, key) PEM files; `None`: self-signed for `names`.
-    pub files: Option<(PathBuf, PathBuf)>,
-    pub names: Vec<String>,
-}
-
-/// Validated settings.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub metrics_addr: SocketAddr,
-    /// TLS and TokenReview/SubjectAccessReview on the metrics port.
-    pub metrics_secure: Option<MetricsTls>,
-    pub namespace: Option<String>,
-    pub lease_name: String,
-    pub lease_duration_secs: u64,
-    pub lease_grace_secs: u64,
-    pub identity: String,
-    pub report_interval: Duration,
-    pub key_secret: String,
-    pub concurrency: u16,
 }
 
 impl RunArgs {

@@ -10,6 +10,7 @@
 //! `TrainingJob` it always worked on ([`CachedTrainingJob::expand`]).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use k8s_openapi::NamespaceResourceScope;
 use komptroller_engine::catalog::Catalog;
@@ -18,9 +19,49 @@ use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
-use super::{CACHED_SPEC_HASH, slim};
+use super::build;
 use crate::crd::{TrainingJob, TrainingJobStatus};
 use crate::error::Result;
+
+/// Annotation on the operator's slimmed copy of a TrainingJob (never
+/// written to the cluster): the hash of the full spec, which the slimmed
+/// copy no longer has. The cache itself keeps it as
+/// [`CachedTrainingJob::spec_hash`]; [`CachedTrainingJob::expand`] puts it
+/// back.
+pub const CACHED_SPEC_HASH: &str = "komptroller.dev/cached-spec-hash";
+
+/// Slims a TrainingJob for the controller's cache: managedFields go, and
+/// the pod template keeps only its containers' names and resources (what
+/// the accelerator count is read from), after the full spec's hash is noted
+/// in [`CACHED_SPEC_HASH`]. The full template is read from the API when the
+/// Job is created. An invalid job is cached whole (its error is reported
+/// from the full object).
+pub fn slim(tj: &mut TrainingJob, catalog: &Catalog) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    tj.managed_fields_mut().clear();
+    let Ok(req) = build::job_request(tj, BTreeMap::new(), catalog) else {
+        return;
+    };
+    let template = &mut tj.spec.template;
+    template.metadata = None;
+    if let Some(spec) = template.spec.as_mut() {
+        let containers = spec
+            .containers
+            .iter()
+            .map(|c| Container {
+                name: c.name.clone(),
+                resources: c.resources.clone(),
+                ..Default::default()
+            })
+            .collect();
+        *spec = PodSpec {
+            containers,
+            ..Default::default()
+        };
+    }
+    tj.annotations_mut()
+        .insert(CACHED_SPEC_HASH.to_string(), req.spec_hash);
+}
 
 /// A TrainingJob as the controller's cache keeps it. Never read from or
 /// written to the API (the `Deserialize` is only what the controller's

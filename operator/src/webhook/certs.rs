@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
+use base64ct::{Base64, Encoding};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -525,33 +526,9 @@ fn client_config(args: &WebhookArgs, route: Route, ca_bundle: Option<&str>) -> V
         }}),
     };
     if let Some(ca) = ca_bundle {
-        cc["caBundle"] = json!(base64(ca.as_bytes()));
+        cc["caBundle"] = json!(Base64::encode_string(ca.as_bytes()));
     }
     cc
-}
-
-/// Standard base64 (RFC 4648, padded), as `caBundle` and JSONPatch responses want it.
-pub fn base64(input: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
 }
 
 fn failure_policy(args: &WebhookArgs, route: Route) -> FailurePolicy {
@@ -724,15 +701,6 @@ impl CertSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
 
     #[test]
     fn self_managed_bundle_renews_before_expiry_and_rotates_the_ca() {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
+use base64ct::{Base64, Encoding};
 use jiff::Timestamp;
 use komptroller_engine::policy::Policy;
 use kube::api::DynamicObject;
@@ -111,7 +112,7 @@ fn encode(response: AdmissionResponse, status: u16) -> Answer {
                         .collect::<Vec<u8>>()
                 })
             {
-                *p = serde_json::Value::String(super::certs::base64(&bytes));
+                *p = serde_json::Value::String(Base64::encode_string(&bytes));
             }
             v
         })
