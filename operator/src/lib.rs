@@ -9,6 +9,7 @@ pub mod crd;
 pub mod error;
 pub mod http;
 pub mod http_auth;
+pub mod kueue;
 pub mod ledger_store;
 pub mod metrics;
 pub mod reports;

@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub report_interval: Duration,
     pub key_secret: String,
     pub concurrency: u16,
+    /// Run the Kueue AdmissionCheck controller.
+    pub kueue: bool,
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -289,6 +291,24 @@ async fn leader_term(
             crate::reports::report_loop(client, ctx, key, config.report_interval).await
         }
     };
+    let kueue = {
+        let slot = slot.clone();
+        async move {
+            if !config.kueue {
+                return std::future::pending().await;
+            }
+            let ctx = loop {
+                if let Some(ctx) = slot.read().await.clone() {
+                    break ctx;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            crate::kueue::run(ctx).await;
+            Err(Error::Config(
+                "the Kueue AdmissionCheck controller stopped".into(),
+            ))
+        }
+    };
     let term = controller::run_term(
         client.clone(),
         metrics,
@@ -301,5 +321,6 @@ async fn leader_term(
     tokio::select! {
         r = term => r,
         r = reports => r,
+        r = kueue => r,
     }
 }

@@ -47,6 +47,7 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("cert-manager.io/v1", "Certificate"),
     ("cert-manager.io/v1", "Issuer"),
+    ("kueue.x-k8s.io/v1beta2", "AdmissionCheck"),
 }
 
 failures: list[str] = []
@@ -100,6 +101,7 @@ SCENARIOS: dict[str, dict] = {
                                               "apiGroup": "rbac.authorization.k8s.io"}]}},
         "serviceMonitor": {"enabled": True, "prometheusServiceAccount": {"name": "prometheus", "namespace": "monitoring"}},
     },
+    "Kueue AdmissionCheck controller": {"kueue": {"enabled": True}},
     "all optional features on (+ HA, cert-manager)": deep_merge(
         HA,
         {
@@ -107,6 +109,7 @@ SCENARIOS: dict[str, dict] = {
             "serviceMonitor": {"enabled": True},
             "prometheusRule": {"enabled": True},
             "grafanaDashboard": {"enabled": True},
+            "kueue": {"enabled": True},
             "networkPolicy": {
                 "enabled": True,
                 "apiServerCIDRs": ["10.0.0.1/32"],
@@ -131,6 +134,7 @@ REJECTIONS = [
     ({"image": {"repository": 42}}, "repository"),
     ({"replicas": 2}, "replicas"),  # a typo of replicaCount
     ({"metrics": {"secure": "yes"}}, "secure"),
+    ({"kueue": {"enabled": "yes"}}, "enabled"),
     ({"metrics": {"auditor": {"subjects": [{"kind": "Robot", "name": "x"}]}}}, "kind"),
 ]
 

@@ -98,7 +98,13 @@ pub struct RunArgs {
     #[arg(long, env = "KOMPTROLLER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: u16,
 
-    // webhook hook (issue 6): the admission webhook's flags.
+    /// Be Kueue's AdmissionCheck controller (`komptroller.dev/compute-governance`):
+    /// govern the Workloads of every ClusterQueue that lists such a check.
+    /// Needs Kueue's CRDs (kueue.x-k8s.io/v1beta2).
+    #[arg(long, env = "KOMPTROLLER_KUEUE")]
+    pub kueue: bool,
+
+    // The admission webhook's flags.
     #[command(flatten)]
     pub webhook: crate::webhook::WebhookArgs,
 }
@@ -209,6 +215,7 @@ impl RunArgs {
             report_interval: self.report_interval.0,
             key_secret: self.key_secret.clone(),
             concurrency: self.concurrency,
+            kueue: self.kueue,
         })
     }
 }

@@ -97,14 +97,14 @@ impl Context {
         Ok((value, applied))
     }
 
-    pub(super) async fn persist(&self, applied: &Applied) -> Result<()> {
+    pub async fn persist(&self, applied: &Applied) -> Result<()> {
         if let Some(next) = applied.next_seq() {
             self.ledger.wait_persisted(next).await?;
         }
         Ok(())
     }
 
-    pub(super) fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+    pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
         self.namespaces
             .get(&ObjectRef::new(ns))
             .and_then(|n| n.metadata.labels.clone())

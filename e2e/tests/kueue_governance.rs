@@ -1,0 +1,221 @@
+//! komptroller as Kueue's AdmissionCheck controller, on the real control
+//! plane with real Kueue (its manager built from sigs.k8s.io/kueue, out of
+//! cluster): `komptroller run --kueue` keeps its check Active (before it
+//! runs, the ClusterQueue is inactive: fail closed), and a batch/v1 Job
+//! that names the queue and `kueue.x-k8s.io/max-exec-time-seconds` is
+//! decided by the engine: admitted (the check Ready, the Job runs, the
+//! ledger has its decision and metering), rejected over a ceiling (the check
+//! Rejected with the engine's numbers, Kueue deactivates the Workload, the
+//! Job never runs), rejected without a duration bound (naming the label).
+//!
+//! The operator runs as cluster admin here: the chart does not yet grant
+//! the Kueue permissions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use e2e::harness::{Cluster, Process, RUNTIME_ANNOTATION, crds_dir, wait_for, workspace_binary};
+use e2e::kueue::{
+    CONTROLLER_NAME, Kueue, QUEUE_NAME_LABEL, Queues, admission_check, apply_queues, check_state,
+    is_true, wait_cluster_queue_active, wait_workload, workload_of,
+};
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, ListParams, PostParams};
+use kube::core::GroupVersionKind;
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(90);
+const MAX_EXEC: &str = "kueue.x-k8s.io/max-exec-time-seconds";
+
+fn job(name: &str, queue: &str, gpus: u32, max_exec_secs: Option<u64>) -> Job {
+    let mut labels = json!({QUEUE_NAME_LABEL: queue, "komptroller.dev/model": "atlas"});
+    if let Some(s) = max_exec_secs {
+        labels[MAX_EXEC] = json!(s.to_string());
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "suspend": false,
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"annotations": {RUNTIME_ANNOTATION: "2s"}},
+                "spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "train", "image": "busybox",
+                        "resources": {
+                            "requests": {"cpu": "1", "memory": "1Gi"},
+                            "limits": {"nvidia.com/gpu": gpus}}}]}}}
+    }))
+    .unwrap()
+}
+
+async fn create(c: &Cluster, q: &Queues, j: Job) -> (String, String) {
+    let jobs: Api<Job> = Api::namespaced(c.client(), &q.namespace);
+    let created = jobs.create(&PostParams::default(), &j).await.unwrap();
+    let uid = created.metadata.uid.unwrap();
+    let w = workload_of(c, &q.namespace, &uid, T).await.unwrap();
+    (created.metadata.name.unwrap(), w.metadata.name.unwrap())
+}
+
+async fn check_settled(c: &Cluster, ns: &str, workload: &str, check: &str, want: &str) -> Value {
+    let w = wait_workload(c, ns, workload, T, |w| check_state(w, check) == Some(want))
+        .await
+        .unwrap_or_else(|e| panic!("{workload}: check {check} never became {want}: {e}"));
+    serde_json::to_value(&w).unwrap()
+}
+
+fn check_message<'a>(w: &'a Value, check: &str) -> &'a str {
+    w.pointer("/status/admissionChecks")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["name"] == check))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+}
+
+async fn ledger(c: &Cluster) -> Vec<Value> {
+    let api = c
+        .dynamic_api(
+            &GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "ComputeLedgerEntry"),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut items: Vec<Value> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| serde_json::from_str(o.data["spec"]["entry"].as_str().unwrap()).unwrap())
+        .collect();
+    items.sort_by_key(|e: &Value| e["seq"].as_u64().unwrap());
+    items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
+    let c = Cluster::start().await.unwrap();
+    c.install_crds(&crds_dir(), T).await.unwrap();
+    let kueue = match Kueue::start(&c).await {
+        Ok(k) => k,
+        Err(e) => panic!("\n\nKUEUE IS NOT AVAILABLE, the Kueue scenarios cannot run: {e}\n"),
+    };
+    eprintln!("e2e: komptroller --kueue against Kueue {}", kueue.version);
+    let ns = c.temp_namespace("kueue-gov").await.unwrap();
+    // The operator's namespace (its Lease, signing key).
+    c.operator_kubeconfig().await.unwrap();
+    let check = format!("{}-governance", ns.name);
+    c.apply_yaml(
+        &serde_json::to_string(&admission_check(&check, CONTROLLER_NAME)).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let q = apply_queues(&c, &ns.name, &ns.name, 32, &[&check])
+        .await
+        .unwrap();
+    // Nobody governs yet: Kueue keeps the queue inactive (fail closed).
+    wait_cluster_queue_active(&c, &q.cluster_queue, "False", T)
+        .await
+        .unwrap();
+    let policy = json!({"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputePolicy",
+        "metadata": {"name": format!("{}-ceiling", ns.name)},
+        "spec": {"tiers": [{"name": "ceiling", "threshold": 1e20, "action": "Reject"}]}});
+    c.apply_yaml(&serde_json::to_string(&policy).unwrap(), None)
+        .await
+        .unwrap();
+
+    let bin = workspace_binary("komptroller").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut op = Process::start(
+        &bin,
+        &[
+            "run",
+            "--kueue",
+            "--metrics-addr",
+            &addr,
+            "--namespace",
+            "komptroller-system",
+            "--report-interval",
+            "2s",
+        ],
+        Some(c.kubeconfig()),
+        &[("RUST_LOG", "info")],
+    )
+    .unwrap();
+    op.wait_for_line("books rebuilt", T).await.unwrap();
+    // komptroller marks its check Active: the queue opens.
+    wait_cluster_queue_active(&c, &q.cluster_queue, "True", T)
+        .await
+        .unwrap();
+
+    // Admitted: 8 H100 for 1 h = 2.85e19 FLOP, under the ceiling.
+    let (small, w_small) = create(&c, &q, job("small", &q.local_queue, 8, Some(3600))).await;
+    let w = check_settled(&c, &ns.name, &w_small, &check, "Ready").await;
+    assert!(!check_message(&w, &check).is_empty(), "{w}");
+    let jobs: Api<Job> = Api::namespaced(c.client(), &ns.name);
+    wait_for(&jobs, &small, T, |j| {
+        j.status.as_ref().and_then(|s| s.succeeded) == Some(1)
+    })
+    .await
+    .unwrap();
+    wait_workload(&c, &ns.name, &w_small, T, |w| is_true(w, "Finished"))
+        .await
+        .unwrap();
+
+    // Over the ceiling: 8 H100 for 5 h = 1.42e20 FLOP.
+    let (big, w_big) = create(&c, &q, job("big", &q.local_queue, 8, Some(5 * 3600))).await;
+    let w = check_settled(&c, &ns.name, &w_big, &check, "Rejected").await;
+    let msg = check_message(&w, &check);
+    assert!(msg.contains("1e20") && msg.contains("ceiling"), "{msg}");
+    wait_workload(&c, &ns.name, &w_big, T, |w| {
+        w.pointer("/spec/active") == Some(&json!(false))
+    })
+    .await
+    .unwrap();
+    let j = jobs.get(&big).await.unwrap();
+    assert_eq!(
+        j.spec.and_then(|s| s.suspend),
+        Some(true),
+        "a rejected job never runs"
+    );
+
+    // No duration bound: rejected, naming the label to set.
+    let (_, w_free) = create(&c, &q, job("unbounded", &q.local_queue, 8, None)).await;
+    let w = check_settled(&c, &ns.name, &w_free, &check, "Rejected").await;
+    assert!(check_message(&w, &check).contains(MAX_EXEC), "{w}");
+
+    // The books: one admission of the small job, its run metered; the big
+    // job's rejection.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let entries = ledger(&c).await;
+        let of = |name: &str, kind: &str| {
+            entries
+                .iter()
+                .filter(|e| e["job"]["name"] == name && e["event"]["kind"] == kind)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let decided = of("job.batch/small", "Decided");
+        let finished = of("job.batch/small", "Finished");
+        let rejected = of("job.batch/big", "Decided");
+        if !finished.is_empty() && !rejected.is_empty() {
+            assert_eq!(decided.len(), 1, "admitted once: {decided:?}");
+            assert_eq!(decided[0]["event"]["verdict"], "Admit");
+            assert_eq!(decided[0]["lineage"], "atlas");
+            assert_eq!(rejected[0]["event"]["verdict"], "Reject");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ledger never showed the Kueue jobs' decisions and metering: {entries:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    op.kill().await.unwrap();
+}
