@@ -6,7 +6,9 @@
 //! decided by the engine: admitted (the check Ready, the Job runs, the
 //! ledger has its decision and metering), rejected over a ceiling (the check
 //! Rejected with the engine's numbers, Kueue deactivates the Workload, the
-//! Job never runs), rejected without a duration bound (naming the label).
+//! Job never runs), rejected without a duration bound (naming the label);
+//! throttled by a komptroller cap (the check Retry, the quota given back,
+//! admitted once, at Kueue's next try after the first job ended).
 //!
 //! The operator runs as cluster admin here: the chart does not yet grant
 //! the Kueue permissions.
@@ -216,6 +218,108 @@ async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
             "the ledger never showed the Kueue jobs' decisions and metering: {entries:#?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    op.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_workload_gives_its_quota_back_and_is_admitted_once_capacity_frees() {
+    let c = Cluster::start().await.unwrap();
+    c.install_crds(&crds_dir(), T).await.unwrap();
+    Kueue::start(&c).await.unwrap_or_else(|e| {
+        panic!("\n\nKUEUE IS NOT AVAILABLE, the Kueue scenarios cannot run: {e}\n")
+    });
+    let ns = c.temp_namespace("kueue-cap").await.unwrap();
+    c.operator_kubeconfig().await.unwrap();
+    let check = format!("{}-governance", ns.name);
+    c.apply_yaml(
+        &serde_json::to_string(&admission_check(&check, CONTROLLER_NAME)).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let q = apply_queues(&c, &ns.name, &ns.name, 32, &[&check])
+        .await
+        .unwrap();
+    // komptroller's cap: 8 accelerators at a time in the cluster (Kueue's
+    // quota would let four such jobs run).
+    let policy = json!({"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputePolicy",
+        "metadata": {"name": format!("{}-cap", ns.name)},
+        "spec": {"capacity": {"cluster": {"maxAccelerators": 8}}}});
+    c.apply_yaml(&serde_json::to_string(&policy).unwrap(), None)
+        .await
+        .unwrap();
+    let bin = workspace_binary("komptroller").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut op = Process::start(
+        &bin,
+        &[
+            "run",
+            "--kueue",
+            "--metrics-addr",
+            &addr,
+            "--namespace",
+            "komptroller-system",
+        ],
+        Some(c.kubeconfig()),
+        &[("RUST_LOG", "info")],
+    )
+    .unwrap();
+    op.wait_for_line("books rebuilt", T).await.unwrap();
+    wait_cluster_queue_active(&c, &q.cluster_queue, "True", T)
+        .await
+        .unwrap();
+
+    let mut first = job("first", &q.local_queue, 8, Some(3600));
+    first
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .metadata
+        .as_mut()
+        .unwrap()
+        .annotations = Some([(RUNTIME_ANNOTATION.to_string(), "20s".to_string())].into());
+    let (_, w_first) = create(&c, &q, first).await;
+    check_settled(&c, &ns.name, &w_first, &check, "Ready").await;
+    wait_workload(&c, &ns.name, &w_first, T, |w| is_true(w, "Admitted"))
+        .await
+        .unwrap();
+
+    // The second waits for komptroller's cap: Retry, and Kueue gives its
+    // quota back while it waits.
+    let (second, w_second) = create(&c, &q, job("second", &q.local_queue, 8, Some(3600))).await;
+    let w = check_settled(&c, &ns.name, &w_second, &check, "Retry").await;
+    assert!(check_message(&w, &check).contains("8"), "{w}");
+    wait_workload(&c, &ns.name, &w_second, T, |w| !is_true(w, "QuotaReserved"))
+        .await
+        .unwrap();
+
+    // The first ends; the second is admitted at its next try and runs.
+    let jobs: Api<Job> = Api::namespaced(c.client(), &ns.name);
+    wait_for(&jobs, &second, Duration::from_secs(240), |j| {
+        j.status.as_ref().and_then(|s| s.succeeded) == Some(1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the throttled job never ran after the first ended: {e}"));
+
+    // One admission each, whatever Kueue retried.
+    let entries = ledger(&c).await;
+    for name in ["job.batch/first", "job.batch/second"] {
+        let admits = entries
+            .iter()
+            .filter(|e| {
+                e["job"]["name"] == name
+                    && e["event"]["kind"] == "Decided"
+                    && e["event"]["verdict"] == "Admit"
+            })
+            .count();
+        assert_eq!(admits, 1, "{name} admitted {admits} times: {entries:#?}");
     }
     op.kill().await.unwrap();
 }
