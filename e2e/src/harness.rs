@@ -183,7 +183,14 @@ impl Cluster {
     /// token from the TokenRequest API, so the real RBAC authorizer sees
     /// exactly what the chart grants.
     pub async fn operator_kubeconfig(&self) -> Result<PathBuf> {
-        self.install_chart_rbac().await?;
+        self.operator_kubeconfig_with("chart-rbac.yaml").await
+    }
+
+    /// As [`Cluster::operator_kubeconfig`], with the chart's RBAC as rendered
+    /// for other values: `fixture` is a file of `e2e/tests/fixtures`
+    /// (`chart-rbac-kueue.yaml`: `--set kueue.enabled=true`).
+    pub async fn operator_kubeconfig_with(&self, fixture: &str) -> Result<PathBuf> {
+        self.install_chart_rbac_from(fixture).await?;
         let token = self.service_account_token("komptroller-system", "komptroller")?;
         let path = std::env::temp_dir().join(format!(
             "komptroller-e2e-{}-operator-sa.kubeconfig",
@@ -197,16 +204,19 @@ impl Cluster {
     /// the chart renders it with default values (its ServiceAccount,
     /// ClusterRole, Role and bindings: `e2e/tests/fixtures/chart-rbac.yaml`).
     pub async fn install_chart_rbac(&self) -> Result<()> {
+        self.install_chart_rbac_from("chart-rbac.yaml").await
+    }
+
+    /// The operator's namespace and the chart's RBAC from `fixture` (a file
+    /// of `e2e/tests/fixtures` that scripts/checks/chart_checks.py renders).
+    pub async fn install_chart_rbac_from(&self, fixture: &str) -> Result<()> {
         self.apply_yaml(
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: komptroller-system}\n",
             None,
         )
         .await?;
-        self.apply_file(
-            &repo_root().join("e2e/tests/fixtures/chart-rbac.yaml"),
-            None,
-        )
-        .await?;
+        self.apply_file(&repo_root().join("e2e/tests/fixtures").join(fixture), None)
+            .await?;
         Ok(())
     }
 

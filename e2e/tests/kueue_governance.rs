@@ -10,8 +10,8 @@
 //! throttled by a komptroller cap (the check Retry, the quota given back,
 //! admitted once, at Kueue's next try after the first job ended).
 //!
-//! The operator runs as cluster admin here: the chart does not yet grant
-//! the Kueue permissions.
+//! The operator runs as the chart's ServiceAccount with the chart's RBAC
+//! for `--set kueue.enabled=true` (tests/fixtures/chart-rbac-kueue.yaml).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -103,8 +103,10 @@ async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
     };
     eprintln!("e2e: komptroller --kueue against Kueue {}", kueue.version);
     let ns = c.temp_namespace("kueue-gov").await.unwrap();
-    // The operator's namespace (its Lease, signing key).
-    c.operator_kubeconfig().await.unwrap();
+    let kubeconfig = c
+        .operator_kubeconfig_with("chart-rbac-kueue.yaml")
+        .await
+        .unwrap();
     let check = format!("{}-governance", ns.name);
     c.apply_yaml(
         &serde_json::to_string(&admission_check(&check, CONTROLLER_NAME)).unwrap(),
@@ -145,7 +147,7 @@ async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
             "--report-interval",
             "2s",
         ],
-        Some(c.kubeconfig()),
+        Some(&kubeconfig),
         &[("RUST_LOG", "info")],
     )
     .unwrap();
@@ -230,7 +232,10 @@ async fn a_throttled_workload_gives_its_quota_back_and_is_admitted_once_capacity
         panic!("\n\nKUEUE IS NOT AVAILABLE, the Kueue scenarios cannot run: {e}\n")
     });
     let ns = c.temp_namespace("kueue-cap").await.unwrap();
-    c.operator_kubeconfig().await.unwrap();
+    let kubeconfig = c
+        .operator_kubeconfig_with("chart-rbac-kueue.yaml")
+        .await
+        .unwrap();
     let check = format!("{}-governance", ns.name);
     c.apply_yaml(
         &serde_json::to_string(&admission_check(&check, CONTROLLER_NAME)).unwrap(),
@@ -266,7 +271,7 @@ async fn a_throttled_workload_gives_its_quota_back_and_is_admitted_once_capacity
             "--namespace",
             "komptroller-system",
         ],
-        Some(c.kubeconfig()),
+        Some(&kubeconfig),
         &[("RUST_LOG", "info")],
     )
     .unwrap();

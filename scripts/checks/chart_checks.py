@@ -626,6 +626,9 @@ E2E_FIXTURES = {
     ROOT / "e2e" / "tests" / "fixtures" / "chart-rbac.yaml": (
         "default", RBAC_KINDS,
         "The chart's RBAC (default values). Used by e2e/tests/chart_rbac.rs (every grant used, nothing denied)."),
+    ROOT / "e2e" / "tests" / "fixtures" / "chart-rbac-kueue.yaml": (
+        "Kueue AdmissionCheck controller", RBAC_KINDS,
+        "The chart's RBAC with --set kueue.enabled=true. Used by e2e/tests/kueue_governance.rs (the operator runs as the chart's ServiceAccount)."),
     ROOT / "e2e" / "tests" / "fixtures" / "chart-cert-manager.yaml": (
         "cert-manager mode", {"Certificate", "Deployment", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"},
         "The cert-manager Certificate, Deployment and webhook configurations of --set webhook.certMode=cert-manager.\n"
