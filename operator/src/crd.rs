@@ -109,7 +109,7 @@ pub struct TrainingJobSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingJobStatus {
-    /// Pending, Queued, AwaitingApproval, Admitted, Running, Succeeded, Failed, Rejected or Stopped.
+    /// Pending, Queued, AwaitingApproval, Admitted, Running, Succeeded, Failed or Rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// The projection the decision was made on.

@@ -21,15 +21,11 @@ pub enum Phase {
     Succeeded,
     Failed,
     Rejected,
-    Stopped,
 }
 
 impl Phase {
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Phase::Succeeded | Phase::Failed | Phase::Rejected | Phase::Stopped
-        )
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Rejected)
     }
     pub fn holds_capacity(self) -> bool {
         matches!(self, Phase::Admitted | Phase::Running)

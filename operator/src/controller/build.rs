@@ -266,7 +266,6 @@ pub fn status(tj: &TrainingJob, inputs: StatusInputs, now: Timestamp) -> Trainin
     let projected_flop = decision
         .map(|d| sci(d.governing.0))
         .or(old.projected_flop.clone());
-    let verdict = decision_status.as_ref().and_then(|d| d.verdict);
     let message = decision_status
         .as_ref()
         .and_then(|d| d.message.clone())
@@ -285,7 +284,7 @@ pub fn status(tj: &TrainingJob, inputs: StatusInputs, now: Timestamp) -> Trainin
         let admitted = matches!(
             p,
             Phase::Admitted | Phase::Running | Phase::Succeeded | Phase::Failed
-        ) || (p == Phase::Stopped && verdict == Some(Verdict::Admit));
+        );
         let reason = match p {
             Phase::Pending => "Pending",
             Phase::Queued => "Throttled",
@@ -308,14 +307,14 @@ pub fn status(tj: &TrainingJob, inputs: StatusInputs, now: Timestamp) -> Trainin
                 _ => format!("The workload is not running (phase {p:?})."),
             },
         ));
-        if p.is_terminal() {
-            let (ok, reason) = match p {
-                Phase::Succeeded => (true, "Succeeded"),
-                Phase::Failed => (true, "Failed"),
-                Phase::Rejected => (true, "Rejected"),
-                _ => (true, "Stopped"),
-            };
-            conditions.push(cond("Completed", ok, reason, &message));
+        let completed = match p {
+            Phase::Succeeded => Some("Succeeded"),
+            Phase::Failed => Some("Failed"),
+            Phase::Rejected => Some("Rejected"),
+            _ => None,
+        };
+        if let Some(reason) = completed {
+            conditions.push(cond("Completed", true, reason, &message));
         }
         if let Some(need) = decision_status.as_ref().and_then(|d| d.approvals.as_ref()) {
             let approved = p != Phase::AwaitingApproval;

@@ -10,8 +10,8 @@
 //! What is mutable in a TrainingJob's spec: everything while the job has not
 //! been admitted (phases Pending, Queued, AwaitingApproval) — the job is
 //! decided again and approvals bound to the old spec hash lapse; nothing once
-//! admitted (Admitted, Running) or finished (Succeeded, Failed, Rejected,
-//! Stopped): delete and resubmit. Metadata (labels, annotations other than
+//! admitted (Admitted, Running) or finished (Succeeded, Failed, Rejected):
+//! delete and resubmit. Metadata (labels, annotations other than
 //! `komptroller.dev/submitted-by`, finalizers) stays mutable throughout, so
 //! the operator can always remove its finalizer.
 
