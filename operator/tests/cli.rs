@@ -284,3 +284,20 @@ fn simulate_summary_only_counts_what_a_full_run_counts() {
     assert!(!full.contains("per-job waits not kept"), "{full}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn project_reads_a_kueue_job_as_its_workload() {
+    let (code, out, err) = komptroller(&["project", "-f", "examples/kueue-job.yaml", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["accelerators"], 32, "parallelism 4 × 8 GPUs");
+    assert_eq!(v["job"]["name"], "job.batch/atlas-sft");
+    assert_eq!(v["projection"]["maxDuration"], 86400.0);
+    assert_eq!(v["projection"]["accelerator"], "nvidia-h100-sxm");
+    let (code, out, _) = komptroller(&["project", "-f", "examples/kueue-job.yaml"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("Job (Kueue) ml-research/job.batch/atlas-sft"),
+        "{out}"
+    );
+}

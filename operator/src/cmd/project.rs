@@ -16,7 +16,8 @@ use super::{Output, fail, load_policies, print_out, read_file};
 
 #[derive(clap::Args, Debug)]
 pub struct ProjectArgs {
-    /// A TrainingJob manifest, as `kubectl apply -f` takes it.
+    /// A TrainingJob manifest, or a batch/v1 Job for a Kueue queue
+    /// (`kueue.x-k8s.io/queue-name`), as `kubectl apply -f` takes it.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub file: PathBuf,
     /// ComputePolicy manifests (may hold several documents). None: no policy governs.
@@ -45,7 +46,22 @@ fn project(args: &ProjectArgs) -> Result<String, String> {
     }
     let name = args.file.display().to_string();
     let text = read_file(&args.file)?;
-    let mut job = parse_training_job(&text, &catalog, &name).map_err(|e| e.to_string())?;
+    // A Kueue-managed batch/v1 Job reads as the Workload Kueue would make
+    // for it; anything else as a TrainingJob.
+    let kueue_job = serde_saphyr::from_str::<serde_json::Value>(&text)
+        .ok()
+        .filter(|v| v["kind"] == "Job" && v["apiVersion"] == "batch/v1");
+    let (kind, mut job) = match kueue_job {
+        Some(doc) => (
+            "Job (Kueue)",
+            crate::kueue::workload::job_manifest_request(&doc, &catalog)
+                .map_err(|e| format!("{name}: {e}"))?,
+        ),
+        None => (
+            "TrainingJob",
+            parse_training_job(&text, &catalog, &name).map_err(|e| e.to_string())?,
+        ),
+    };
     let mut labels = BTreeMap::new();
     for l in &args.namespace_labels {
         let (k, v) = l
@@ -84,7 +100,7 @@ fn project(args: &ProjectArgs) -> Result<String, String> {
                 .map_err(|e| e.to_string())
         }
         Output::Text => {
-            let mut s = format!("TrainingJob {id}\n");
+            let mut s = format!("{kind} {id}\n");
             if let Some(p) = &decision.projection {
                 s.push_str(&format!(
                     "  accelerators        {} × {} at {}\n",

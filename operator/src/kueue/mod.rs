@@ -330,13 +330,14 @@ async fn decide(
         Ok(((b.engine.phase(id), message, wake), applied))
     })?;
     ctx.persist(&applied).await?;
-    Ok(phase
-        .and_then(|p| check_for(p, message.clone(), wake))
-        .unwrap_or(CheckState {
+    Ok(match phase {
+        Some(p) => check_for(p, message, wake),
+        None => CheckState {
             state: "Retry",
             message,
             requeue_after_seconds: Some(60),
-        }))
+        },
+    })
 }
 
 /// The owner job's labels (a batch/v1 Job is read; for other kinds the

@@ -225,6 +225,68 @@ fn accelerator_of(workload: &Value, cx: &Context<'_>) -> Result<String, String> 
     })
 }
 
+/// The label that hands a job to a Kueue LocalQueue.
+pub const QUEUE_NAME_LABEL: &str = "kueue.x-k8s.io/queue-name";
+
+/// What the operator would hand the engine for a Kueue-managed batch/v1 Job
+/// manifest (`komptroller project -f job.yaml`): the Workload Kueue makes
+/// for it (one pod set of `parallelism` pods, the execution-time label),
+/// read by [`request`]. Offline there is no ResourceFlavor, so the
+/// accelerator type comes from the job's `komptroller.dev/accelerator`.
+pub fn job_manifest_request(job: &Value, catalog: &Catalog) -> Result<JobRequest, String> {
+    let labels: BTreeMap<String, String> = job
+        .pointer("/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    let name = job
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or("metadata.name: missing")?;
+    if !labels.contains_key(QUEUE_NAME_LABEL) {
+        return Err(format!(
+            "Job {name} is not managed by Kueue (no label {QUEUE_NAME_LABEL}): komptroller governs Jobs through Kueue's AdmissionCheck; label it with the LocalQueue's name, or submit a TrainingJob"
+        ));
+    }
+    let ns = job
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let secs = match labels.get(MAX_EXEC_TIME_LABEL) {
+        None => None,
+        Some(v) => Some(v.parse::<i64>().ok().filter(|s| *s > 0).ok_or_else(|| {
+            format!(
+                "metadata.labels[{MAX_EXEC_TIME_LABEL:?}] {v:?}: must be a whole number of seconds above 0, e.g. \"86400\""
+            )
+        })?),
+    };
+    let count = job
+        .pointer("/spec/parallelism")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let mut workload = json!({
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": [
+            {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": "", "controller": true}]},
+        "spec": {"podSets": [{"name": "main", "count": count,
+            "template": job.pointer("/spec/template").cloned().unwrap_or(Value::Null)}]},
+    });
+    if let Some(s) = secs {
+        workload["spec"]["maximumExecutionTimeSeconds"] = json!(s);
+    }
+    let owner = owner(&workload).ok_or("metadata.name: missing")?;
+    let no_flavors = BTreeMap::new();
+    request(
+        &workload,
+        job_id(ns, &owner),
+        &Context {
+            catalog,
+            job_labels: &labels,
+            flavor_labels: &no_flavors,
+            namespace_labels: BTreeMap::new(),
+        },
+    )
+}
+
 /// An AdmissionCheck state for the engine's phase of the job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckState {
@@ -244,21 +306,19 @@ pub const APPROVAL_RETRY_SECONDS: i64 = 300;
 /// The check state for a phase: Admit → Ready; Throttle → Retry (the
 /// workload does not hold quota while it waits) after the engine's next
 /// wake-up; Escalate → Retry after [`APPROVAL_RETRY_SECONDS`]; Reject →
-/// Rejected (Kueue deactivates the workload). `None` for a phase that needs
-/// no answer yet.
-pub fn check_for(phase: Phase, message: String, retry_after: Option<i64>) -> Option<CheckState> {
+/// Rejected (Kueue deactivates the workload).
+pub fn check_for(phase: Phase, message: String, retry_after: Option<i64>) -> CheckState {
     let (state, requeue) = match phase {
         Phase::Admitted | Phase::Running | Phase::Succeeded | Phase::Failed => ("Ready", None),
         Phase::Queued | Phase::Pending => ("Retry", Some(retry_after.unwrap_or(60).clamp(1, 3600))),
         Phase::AwaitingApproval => ("Retry", Some(APPROVAL_RETRY_SECONDS)),
         Phase::Rejected => ("Rejected", None),
-        _ => return None,
     };
-    Some(CheckState {
+    CheckState {
         state,
         message: message.chars().take(1000).collect(),
         requeue_after_seconds: requeue,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -389,26 +449,54 @@ mod tests {
     }
 
     #[test]
+    fn a_kueue_job_manifest_reads_as_its_workload_would() {
+        let catalog = Catalog::builtin();
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "train", "namespace": "ml", "labels": {
+                QUEUE_NAME_LABEL: "team-a", MAX_EXEC_TIME_LABEL: "7200",
+                ACCELERATOR_LABEL: "nvidia-h100-sxm", MODEL_LABEL: "atlas"}},
+            "spec": {"parallelism": 4, "template": {"spec": {"containers": [{"name": "c", "image": "x",
+                "resources": {"limits": {"nvidia.com/gpu": 8}}}]}}}});
+        let r = job_manifest_request(&job, &catalog).unwrap();
+        assert_eq!(
+            (r.count, r.lineage(), r.id.name.as_str()),
+            (32, "atlas", "job.batch/train")
+        );
+        assert_eq!(r.max_duration.as_millis(), 7_200_000);
+        let mut unqueued = job.clone();
+        unqueued["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove(QUEUE_NAME_LABEL);
+        let e = job_manifest_request(&unqueued, &catalog).unwrap_err();
+        assert!(e.contains(QUEUE_NAME_LABEL), "{e}");
+        let mut bad = job.clone();
+        bad["metadata"]["labels"][MAX_EXEC_TIME_LABEL] = json!("2h");
+        let e = job_manifest_request(&bad, &catalog).unwrap_err();
+        assert!(e.contains("\"2h\"") && e.contains("seconds"), "{e}");
+    }
+
+    #[test]
     fn verdicts_map_to_check_states() {
-        let ready = check_for(Phase::Admitted, "ok".into(), None).unwrap();
+        let ready = check_for(Phase::Admitted, "ok".into(), None);
         assert_eq!((ready.state, ready.requeue_after_seconds), ("Ready", None));
-        let retry = check_for(Phase::Queued, "wait".into(), Some(120)).unwrap();
+        let retry = check_for(Phase::Queued, "wait".into(), Some(120));
         assert_eq!(
             (retry.state, retry.requeue_after_seconds),
             ("Retry", Some(120))
         );
-        let far = check_for(Phase::Queued, "wait".into(), Some(86_400)).unwrap();
+        let far = check_for(Phase::Queued, "wait".into(), Some(86_400));
         assert_eq!(
             far.requeue_after_seconds,
             Some(3600),
             "asked again at least hourly"
         );
-        let held = check_for(Phase::AwaitingApproval, "approve".into(), None).unwrap();
+        let held = check_for(Phase::AwaitingApproval, "approve".into(), None);
         assert_eq!(
             (held.state, held.requeue_after_seconds),
             ("Retry", Some(APPROVAL_RETRY_SECONDS))
         );
-        let no = check_for(Phase::Rejected, "no".into(), None).unwrap();
+        let no = check_for(Phase::Rejected, "no".into(), None);
         assert_eq!(no.state, "Rejected");
     }
 }
