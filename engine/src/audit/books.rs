@@ -873,7 +873,11 @@ pub(super) fn check_ledger(
     bounds.check();
     let to = newest.report.report.range.to;
     let mut names: Vec<String> = Vec::new();
-    let mut index: HashMap<String, u32> = HashMap::new();
+    // Each lineage name's index in `names`, or `None` when it is of no
+    // interest: `interest` (an alias lookup and a set lookup) runs once per
+    // distinct name, not once per admission.
+    let mut index: foldhash::HashMap<String, Option<u32>> = foldhash::HashMap::default();
+    let mut entries: u64 = 0;
     let mut admissions = Vec::new();
     let mut lineages: Vec<u32> = Vec::new();
     let req = VerifyRequest {
@@ -891,6 +895,8 @@ pub(super) fn check_ledger(
         allow_longer_ledger: true,
     };
     let verified = verify_report_with(&req, |e| {
+        // Every entry of the ledger comes here once, in order.
+        entries = e.seq + 1;
         if e.seq >= to {
             return;
         }
@@ -899,17 +905,21 @@ pub(super) fn check_ledger(
         bounds.totals.apply_facts(&e.facts, false);
         if let Some((charged, ls)) = e.facts.admitted() {
             let from = lineages.len() as u32;
-            for l in ls.filter(|l| interest(l)) {
+            for l in ls {
                 let i = match index.get(l) {
                     Some(&i) => i,
                     None => {
-                        let i = names.len() as u32;
-                        names.push(l.to_string());
+                        let i = interest(l).then(|| {
+                            names.push(l.to_string());
+                            (names.len() - 1) as u32
+                        });
                         index.insert(l.to_string(), i);
                         i
                     }
                 };
-                lineages.push(i);
+                if let Some(i) = i {
+                    lineages.push(i);
+                }
             }
             if lineages.len() as u32 > from {
                 admissions.push(Admission {
@@ -939,7 +949,7 @@ pub(super) fn check_ledger(
             format!("{}: {message}", ledger.name),
         ));
     }
-    let entries = count_lines(ledger.bytes);
+    // A verified ledger holds one entry per line, seq 0 to entries - 1.
     let check = LedgerCheck {
         file: ledger.name.to_string(),
         entries,
@@ -961,14 +971,4 @@ pub(super) fn check_ledger(
         admissions,
         lineages,
     })
-}
-
-/// Lines of a verified ledger (a final line without newline counts).
-fn count_lines(bytes: &[u8]) -> u64 {
-    let n = memchr::memchr_iter(b'\n', bytes).count() as u64;
-    if bytes.last().is_some_and(|&b| b != b'\n') {
-        n + 1
-    } else {
-        n
-    }
 }

@@ -49,6 +49,11 @@ pub const EXIT_FINDINGS: u8 = 1;
 /// Exit code: a cluster's books fail verification.
 pub const EXIT_BOOKS_FAILED: u8 = 3;
 
+/// At most this many clusters' ledgers are checked at once (each check
+/// runs on every core as well; this only fills the cores while one
+/// ledger's serial steps run).
+const LEDGERS_AT_ONCE: usize = 2;
+
 /// What to audit.
 #[derive(Clone, Debug)]
 pub struct AuditRequest<'a> {
@@ -247,12 +252,17 @@ pub fn audit(req: &AuditRequest<'_>) -> Result<AuditReport, AuditInputError> {
     let thresholds = merge::considered_thresholds(req.trust, &clusters);
     let candidates = merge::candidates(req.aliases, &clusters, &thresholds);
     // Phase 2: ledgers, recording the admissions of those lineages only.
-    for state in &mut clusters {
-        if state.result.failure.is_some() {
-            continue;
-        }
+    // Clusters are independent: several ledgers are checked at once, each
+    // on its own threads, so one ledger's in-order pass (and its serial
+    // end: Merkle root, report comparison) overlaps another's line checks.
+    let pending: Vec<std::sync::Mutex<&mut merge::ClusterState<'_, '_, '_>>> = clusters
+        .iter_mut()
+        .filter(|s| s.result.failure.is_none() && s.checked.is_some() && s.books.ledger.is_some())
+        .map(std::sync::Mutex::new)
+        .collect();
+    let check = |state: &mut merge::ClusterState<'_, '_, '_>| {
         let (Some(checked), Some(ledger)) = (&state.checked, state.books.ledger) else {
-            continue;
+            return;
         };
         let name = state.trusted.name.as_str();
         let interest = |l: &str| candidates.contains(req.aliases.canonical(name, l));
@@ -267,7 +277,32 @@ pub fn audit(req: &AuditRequest<'_>) -> Result<AuditReport, AuditInputError> {
             Ok(series) => state.ledger = Some(series),
             Err(f) => state.result.failure = Some(f),
         }
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        while let Some(m) = pending.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            // Each item is taken by one thread only; a poisoned lock means
+            // another check panicked, which the scope re-raises anyway.
+            if let Ok(mut state) = m.lock() {
+                check(&mut state);
+            }
+        }
+    };
+    let parallel = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(LEDGERS_AT_ONCE)
+        .min(pending.len());
+    if parallel <= 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 1..parallel {
+                s.spawn(work);
+            }
+            work();
+        });
     }
+    drop(pending);
     for state in &mut clusters {
         state.result.verified = state.result.failure.is_none();
     }
