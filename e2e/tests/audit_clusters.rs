@@ -42,8 +42,15 @@ fn expected_share() -> f64 {
 
 const NS: &str = "research";
 
-/// GET `path` over TLS (trusting `ca_pem`) with a bearer token: (status, body).
+/// GET `path` over TLS (trusting `ca_pem`) with a bearer token: (status,
+/// body); an operator that does not answer within `T` fails the test.
 async fn https_get(addr: &str, ca_pem: &str, path: &str, token: &str) -> (u16, String) {
+    tokio::time::timeout(T, https_get_unbounded(addr, ca_pem, path, token))
+        .await
+        .unwrap_or_else(|_| panic!("GET https://{addr}{path}: no answer within {T:?}"))
+}
+
+async fn https_get_unbounded(addr: &str, ca_pem: &str, path: &str, token: &str) -> (u16, String) {
     let config = e2e::tls::client_config_for_ca(ca_pem.as_bytes()).unwrap();
     let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
