@@ -3,7 +3,8 @@
 //! cluster): `komptroller run --kueue` keeps its check Active (before it
 //! runs, the ClusterQueue is inactive: fail closed), and a batch/v1 Job
 //! that names the queue and `kueue.x-k8s.io/max-exec-time-seconds` is
-//! decided by the engine: admitted (the check Ready, the Job runs, the
+//! decided by the engine (with komptroller down, it waits with its check
+//! Pending and is never admitted ungoverned): admitted (the check Ready, the Job runs, the
 //! ledger has its decision and metering), rejected over a ceiling (the check
 //! Rejected with the engine's numbers, Kueue deactivates the Workload, the
 //! Job never runs), rejected without a duration bound (naming the label);
@@ -71,6 +72,59 @@ fn check_message<'a>(w: &'a Value, check: &str) -> &'a str {
         .and_then(|cs| cs.iter().find(|c| c["name"] == check))
         .and_then(|c| c["message"].as_str())
         .unwrap_or_default()
+}
+
+/// Waits for komptroller's Event on job `name` with `reason` whose note
+/// holds every needle (the sentence a user sees in `kubectl describe job`;
+/// Kueue resets a check's own entry when it evicts or deactivates).
+async fn decision_event(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    needles: &[&str],
+) -> String {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = Api::namespaced(c.client(), ns);
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .find(|n| needles.iter().all(|x| n.contains(x)));
+        if let Some(note) = found {
+            return note;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {reason} Event on job {name} with {needles:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A rejected job: Kueue deactivates its Workload, the Job stays suspended,
+/// and the Event says why.
+async fn rejected(c: &Cluster, ns: &str, name: &str, workload: &str, needles: &[&str]) {
+    wait_workload(c, ns, workload, T, |w| {
+        w.pointer("/spec/active") == Some(&json!(false))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{workload} was never deactivated: {e}"));
+    decision_event(c, ns, name, "Rejected", needles).await;
+    let jobs: Api<Job> = Api::namespaced(c.client(), ns);
+    let j = jobs.get(name).await.unwrap();
+    assert_eq!(
+        j.spec.and_then(|s| s.suspend),
+        Some(true),
+        "a rejected job never runs"
+    );
 }
 
 async fn ledger(c: &Cluster) -> Vec<Value> {
@@ -160,7 +214,8 @@ async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
     // Admitted: 8 H100 for 1 h = 2.85e19 FLOP, under the ceiling.
     let (small, w_small) = create(&c, &q, job("small", &q.local_queue, 8, Some(3600))).await;
     let w = check_settled(&c, &ns.name, &w_small, &check, "Ready").await;
-    assert!(!check_message(&w, &check).is_empty(), "{w}");
+    assert!(check_message(&w, &check).contains("2.85e19"), "{w}");
+    decision_event(&c, &ns.name, &small, "Admitted", &["2.85e19"]).await;
     let jobs: Api<Job> = Api::namespaced(c.client(), &ns.name);
     wait_for(&jobs, &small, T, |j| {
         j.status.as_ref().and_then(|s| s.succeeded) == Some(1)
@@ -173,25 +228,11 @@ async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
 
     // Over the ceiling: 8 H100 for 5 h = 1.42e20 FLOP.
     let (big, w_big) = create(&c, &q, job("big", &q.local_queue, 8, Some(5 * 3600))).await;
-    let w = check_settled(&c, &ns.name, &w_big, &check, "Rejected").await;
-    let msg = check_message(&w, &check);
-    assert!(msg.contains("1e20") && msg.contains("ceiling"), "{msg}");
-    wait_workload(&c, &ns.name, &w_big, T, |w| {
-        w.pointer("/spec/active") == Some(&json!(false))
-    })
-    .await
-    .unwrap();
-    let j = jobs.get(&big).await.unwrap();
-    assert_eq!(
-        j.spec.and_then(|s| s.suspend),
-        Some(true),
-        "a rejected job never runs"
-    );
+    rejected(&c, &ns.name, &big, &w_big, &["1.42e20", "1e20", "ceiling"]).await;
 
     // No duration bound: rejected, naming the label to set.
-    let (_, w_free) = create(&c, &q, job("unbounded", &q.local_queue, 8, None)).await;
-    let w = check_settled(&c, &ns.name, &w_free, &check, "Rejected").await;
-    assert!(check_message(&w, &check).contains(MAX_EXEC), "{w}");
+    let (free, w_free) = create(&c, &q, job("unbounded", &q.local_queue, 8, None)).await;
+    rejected(&c, &ns.name, &free, &w_free, &[MAX_EXEC]).await;
 
     // The books: one admission of the small job, its run metered; the big
     // job's rejection.
@@ -221,7 +262,32 @@ async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // komptroller down: nothing is admitted ungoverned. Kueue reserves
+    // quota, but the check stays Pending and the Job suspended.
     op.kill().await.unwrap();
+    let (late, w_late) = create(&c, &q, job("late", &q.local_queue, 8, Some(3600))).await;
+    wait_workload(&c, &ns.name, &w_late, T, |w| is_true(w, "QuotaReserved"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let w = serde_json::to_value(
+        wait_workload(&c, &ns.name, &w_late, T, |_| true)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(check_state(&w, &check), Some("Pending"), "{w}");
+    assert!(
+        !is_true(&w, "Admitted"),
+        "admitted while komptroller was down: {w}"
+    );
+    let j = jobs.get(&late).await.unwrap();
+    assert_eq!(
+        j.spec.and_then(|s| s.suspend),
+        Some(true),
+        "ran while komptroller was down"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,11 +365,26 @@ async fn a_throttled_workload_gives_its_quota_back_and_is_admitted_once_capacity
     // The second waits for komptroller's cap: Retry, and Kueue gives its
     // quota back while it waits.
     let (second, w_second) = create(&c, &q, job("second", &q.local_queue, 8, Some(3600))).await;
-    let w = check_settled(&c, &ns.name, &w_second, &check, "Retry").await;
-    assert!(check_message(&w, &check).contains("8"), "{w}");
+    decision_event(
+        &c,
+        &ns.name,
+        &second,
+        "Waiting",
+        &["8 of its 8 accelerators"],
+    )
+    .await;
     wait_workload(&c, &ns.name, &w_second, T, |w| !is_true(w, "QuotaReserved"))
         .await
         .unwrap();
+    let j = Api::<Job>::namespaced(c.client(), &ns.name)
+        .get(&second)
+        .await
+        .unwrap();
+    assert_eq!(
+        j.spec.and_then(|s| s.suspend),
+        Some(true),
+        "ran before komptroller admitted it"
+    );
 
     // The first ends; the second is admitted at its next try and runs.
     let jobs: Api<Job> = Api::namespaced(c.client(), &ns.name);

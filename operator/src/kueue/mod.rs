@@ -4,10 +4,11 @@
 //! policies and ledger as a TrainingJob (`komptroller run --kueue`).
 //!
 //! - Every AdmissionCheck naming this controller is kept `Active=True`.
-//!   Kueue keeps a ClusterQueue that lists an inactive check inactive, so
-//!   komptroller down means **fail closed**: nothing on those queues is
-//!   admitted ungoverned. To opt a queue out, remove the check from its
-//!   `spec.admissionChecksStrategy` (or `spec.admissionChecks`).
+//!   Kueue keeps a ClusterQueue that lists an inactive check inactive, and
+//!   admits a workload only once every check is `Ready`: komptroller down
+//!   means **fail closed**, workloads wait with the check `Pending`, nothing
+//!   on those queues is admitted ungoverned. To opt a queue out, remove the
+//!   check from its `spec.admissionChecksStrategy` (or `spec.admissionChecks`).
 //! - A Workload with an entry for one of those checks, once
 //!   `QuotaReserved=True` and the entry `Pending`, becomes an engine request
 //!   ([`workload::request`]) and is submitted into the books; the entry is
@@ -33,10 +34,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ObjectReference;
 use komptroller_engine::engine::{EngineError, Event, Outcome, Phase};
 use komptroller_engine::job::JobId;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
@@ -262,22 +265,29 @@ async fn reconcile(obj: Arc<DynamicObject>, k: Arc<Kueue>) -> Result<Action> {
     {
         return Ok(Action::await_change());
     }
-    let state = decide(&k, &w, &owner, &id, now).await?;
+    let (state, decided_now) = decide(&k, &w, &owner, &id, now).await?;
     for check in pending {
         write_check(&k, &obj, check, &state).await?;
+    }
+    // Kueue resets a check to Pending when it evicts or deactivates the
+    // Workload, so the sentence is also an Event on the job, where its owner
+    // looks (`kubectl describe job`): once per decision, not per retry.
+    if decided_now || state.state != "Retry" {
+        publish_event(&k, &ns, &owner, &state);
     }
     Ok(Action::await_change())
 }
 
 /// The decision about a Workload's job, durable in the ledger before it is
-/// returned.
+/// returned; with it, whether the engine decided (or re-decided) the job
+/// just now.
 async fn decide(
     k: &Kueue,
     w: &Value,
     owner: &Owner,
     id: &JobId,
     now: Timestamp,
-) -> Result<CheckState> {
+) -> Result<(CheckState, bool)> {
     let ctx = &k.ctx;
     let job_labels = job_labels(k, w, owner, &id.namespace).await?;
     let flavor_labels: BTreeMap<String, BTreeMap<String, String>> = k
@@ -302,14 +312,17 @@ async fn decide(
     let req = match workload::request(w, id.clone(), &cx) {
         Ok(r) => r,
         Err(message) => {
-            return Ok(CheckState {
-                state: "Rejected",
-                message,
-                requeue_after_seconds: None,
-            });
+            return Ok((
+                CheckState {
+                    state: "Rejected",
+                    message,
+                    requeue_after_seconds: None,
+                },
+                true,
+            ));
         }
     };
-    let ((phase, message, wake), applied) = ctx.with_books(None, |b| {
+    let ((phase, message, wake, decided_now), applied) = ctx.with_books(None, |b| {
         let mut applied = Applied::default();
         let mut problem = None;
         match b.apply(now, Event::Submit(req)) {
@@ -317,7 +330,8 @@ async fn decide(
             Err(Error::Engine(e @ EngineError::Immutable { .. })) => problem = Some(e.to_string()),
             Err(e) => return Err(e),
         }
-        if !applied.decisions.iter().any(|(j, _)| j == id) {
+        let decided_now = applied.decisions.iter().any(|(j, _)| j == id);
+        if !decided_now {
             b.engine.refresh_reason(now, id);
         }
         let message = problem
@@ -327,17 +341,18 @@ async fn decide(
             .engine
             .next_wakeup()
             .map(|t| (t.as_second() - now.as_second()).max(1));
-        Ok(((b.engine.phase(id), message, wake), applied))
+        Ok(((b.engine.phase(id), message, wake, decided_now), applied))
     })?;
     ctx.persist(&applied).await?;
-    Ok(match phase {
+    let state = match phase {
         Some(p) => check_for(p, message, wake),
         None => CheckState {
             state: "Retry",
             message,
             requeue_after_seconds: Some(60),
         },
-    })
+    };
+    Ok((state, decided_now))
 }
 
 /// The owner job's labels (a batch/v1 Job is read; for other kinds the
@@ -387,4 +402,35 @@ async fn write_check(k: &Kueue, w: &DynamicObject, check: &str, state: &CheckSta
     .await?;
     tracing::info!(workload = %format!("{ns}/{}", w.name_any()), check, state = state.state, message = %state.message, "admission check set");
     Ok(())
+}
+
+/// The decision as an Event on the job (in the background: it is for
+/// people, and a failed publish is only logged).
+fn publish_event(k: &Kueue, ns: &str, owner: &Owner, state: &CheckState) {
+    let (reason, type_) = match state.state {
+        "Ready" => ("Admitted", EventType::Normal),
+        "Rejected" => ("Rejected", EventType::Warning),
+        _ => ("Waiting", EventType::Normal),
+    };
+    let ev = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(state.message.chars().take(1000).collect()),
+        action: "Decide".into(),
+        secondary: None,
+    };
+    let reference = ObjectReference {
+        api_version: Some(owner.api_version.clone()),
+        kind: Some(owner.kind.clone()),
+        name: Some(owner.name.clone()),
+        namespace: Some(ns.to_string()),
+        uid: Some(owner.uid.clone()).filter(|u| !u.is_empty()),
+        ..Default::default()
+    };
+    let recorder = Recorder::new(k.ctx.client.clone(), k.ctx.reporter.clone());
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, "could not publish the Kueue job's Event");
+        }
+    });
 }
