@@ -1,5 +1,5 @@
 //! The Helm chart installed with the real `helm` CLI (helm.sh/helm/v4, built
-//! by `e2e/cluster/build`) into the real kube-apiserver (issue 17): CRDs from
+//! by `e2e/cluster/build`) into the real kube-apiserver: CRDs from
 //! the chart's `crds/`, RBAC, Services and the Deployment are accepted; the
 //! scheduler places the operator's pods on kwok nodes, which mark them
 //! running (no container runs: the process itself runs out of cluster in the

@@ -1,4 +1,4 @@
-//! Issue 7, on the real control plane (issue 17): the chart's RBAC, applied
+//! On the real control plane: the chart's RBAC, applied
 //! to a real kube-apiserver (authorization Node,RBAC), lets the operator do
 //! everything it needs and grants nothing it does not use.
 //!

@@ -1,4 +1,4 @@
-//! The e2e control plane itself (issue 17): a real kube-apiserver with real
+//! The e2e control plane itself: a real kube-apiserver with real
 //! RBAC, the real Job controller and scheduler, kwok GPU nodes, and faults
 //! that are real (a killed apiserver, a compacted etcd). Every other e2e
 //! scenario stands on these.

@@ -1,4 +1,4 @@
-//! The operator benchmark of issue 5 on the real e2e control plane (not a
+//! The operator benchmark on the real e2e control plane (not a
 //! pass/fail test: it is `#[ignore]`d and prints its numbers for
 //! BENCHMARKS.md).
 //!

@@ -1,4 +1,4 @@
-//! e2e scenarios of `komptroller run` (issue 5) on the real e2e control
+//! e2e scenarios of `komptroller run` on the real e2e control
 //! plane (or the cluster named by `KOMPTROLLER_E2E_KUBECONFIG`; scenarios
 //! that restart components or put a fault proxy in front of the apiserver
 //! need the control plane and fail elsewhere). Each test takes the cluster

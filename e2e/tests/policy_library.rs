@@ -1,4 +1,4 @@
-//! Issue 7: every policy file in `policies/` is used by an e2e scenario. Each
+//! Every policy file in `policies/` is used by an e2e scenario. Each
 //! test loads the file itself (not a copy) into the real control plane, runs
 //! `komptroller run` with its webhook as the chart's ServiceAccount, submits
 //! jobs as certificate users that hit

@@ -1,4 +1,4 @@
-//! Issue 6 on the real control plane: komptroller's admission webhooks,
+//! On the real control plane: komptroller's admission webhooks,
 //! served by the real binary over TLS with the certificate it manages
 //! itself, called by kube-apiserver with the authenticated `userInfo` of
 //! users who act by client certificates in their groups.

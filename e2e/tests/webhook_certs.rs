@@ -1,4 +1,4 @@
-//! Issue 6: the webhook's `provided` and `cert-manager` certificate modes on
+//! The webhook's `provided` and `cert-manager` certificate modes on
 //! the real kube-apiserver, which calls the webhooks over TLS trusting only each
 //! webhook's `caBundle` (self-managed mode: `webhook_admission.rs`).
 //!

@@ -1,5 +1,5 @@
 //! Treaty-audit benchmarks (a bench binary; timings never gate tests),
-//! issue 16's two targets:
+//! the treaty audit's two targets (BENCHMARKS.md):
 //!
 //! 1. `reports`: 100 clusters × 365 daily signed reports (reports only)
 //!    audited in 60 s or less. Each cluster replays its own trace through

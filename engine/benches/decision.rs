@@ -1,5 +1,5 @@
 //! One decision with 10,000 running jobs under 20 tiers, budgets and caps,
-//! with 0 and with 1,000,000 jobs of history (issue 2's targets: median
+//! with 0 and with 1,000,000 jobs of history (targets in BENCHMARKS.md: median
 //! ≤ 5 µs, and no more than 2× slower with the history).
 //!
 //! `cargo bench -p komptroller-engine --bench decision`

@@ -1,4 +1,4 @@
-//! `simulate` of a generated trace: wall time and peak memory (issue 2's
+//! `simulate` of a generated trace: wall time and peak memory (BENCHMARKS.md's
 //! target for 1,000,000 submissions: ≤ 10 s and ≤ 1 GiB on 2 cores).
 //!
 //! `cargo bench -p komptroller-engine --bench simulate -- [SUBMISSIONS] [SEED]`

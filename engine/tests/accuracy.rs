@@ -6,7 +6,7 @@
 //! training hardware, hardware quantity and training time, and every listed
 //! hardware in the catalog. Rows listing two hardware types (2 of them) use
 //! the one with the fastest dense peak, so the ceiling stays a bound; the
-//! other 64 list one type (the "64 rows" of issue 2).
+//! other 64 list one type (the "64 rows").
 //!
 //! For each row a `JobRequest` is built (count = quantity, maxDuration =
 //! hours) and `projection::project` is called:

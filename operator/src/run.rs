@@ -105,7 +105,7 @@ pub async fn wait_for_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Starts the admission webhooks (issue 6) given a client and a shutdown
+/// Starts the admission webhooks given a client and a shutdown
 /// future; every replica serves them. `None`: no webhook compiled in.
 pub type WebhookStarter = Box<
     dyn FnOnce(

@@ -1,4 +1,4 @@
-//! Webhook load benchmark (issue 6): a steady 200 requests/s over TLS on
+//! Webhook load benchmark: a steady 200 requests/s over TLS on
 //! loopback against the real server (axum + rustls, hot-reloadable
 //! certificate), open loop — each request is timed from the instant it was
 //! scheduled, so a slow answer delays the clock, not the schedule. The mix

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chart checks (issue 7): lint and render with Helm's SDK, schema rejections,
+# Chart checks: lint and render with Helm's SDK, schema rejections,
 # kubernetes-validate --strict on 1.30 and 1.37, chart CRDs == crds/,
 # promtool check rules, metric references. Details: chart_checks.py.
 set -euo pipefail

@@ -109,7 +109,7 @@ pub struct RunArgs {
     pub webhook: crate::webhook::WebhookArgs,
 }
 
-/// The webhook hook (issue 6): every replica serves the admission webhooks.
+/// The admission webhooks: every replica serves the admission webhooks.
 fn webhook_starter(args: crate::webhook::WebhookArgs) -> Option<crate::run::WebhookStarter> {
     Some(Box::new(move |client, stop| {
         Box::pin(async move {

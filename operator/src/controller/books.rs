@@ -2,9 +2,9 @@
 //! Every event goes through [`Books::apply`], which seals the engine's
 //! records in the engine's order; the caller hands the entries to the ledger
 //! writer while still holding the lock, so the ledger order is the decision
-//! order. Sealed entries are not kept here (with 15,000 jobs they were the
-//! largest part of the operator's memory): reports read the persisted
-//! ledger back from the cluster (`reports::write_report`).
+//! order. Sealed entries are not kept here (memory grows with the jobs):
+//! reports read the persisted ledger back from the cluster
+//! (`reports::write_report`).
 
 use std::collections::{BTreeMap, HashMap};
 

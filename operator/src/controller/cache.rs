@@ -1,13 +1,12 @@
 //! The controller's cached copy of a TrainingJob ([`CachedTrainingJob`]).
 //!
-//! With 15,000 TrainingJobs the reflector cache was the largest part of the
-//! operator's heap (heaptrack: ~7 KiB per job, ~100 MiB): a `TrainingJob`
-//! carries its pod template inline, so even a slimmed copy (one container
-//! with only its name and resources) held a ~2.8 KiB object and a ~2.3 KiB
-//! `Container`, most of it `None`s. The cache keeps instead the metadata
-//! (without managedFields), the status, and the slimmed spec as compact JSON
-//! (a few hundred bytes); a reconcile expands it back into the slimmed
-//! `TrainingJob` it always worked on ([`CachedTrainingJob::expand`]).
+//! A `TrainingJob` carries its pod template inline, and a typed object is
+//! mostly `None`s; the cache keeps the metadata (without managedFields), the
+//! status, and the slimmed spec ([`slim`]: the containers' names and
+//! resources) as compact JSON, and a reconcile expands it back into the
+//! slimmed `TrainingJob` it works on ([`CachedTrainingJob::expand`]). The
+//! full template is read from the API when the Job is created. What this
+//! saves is measured in BENCHMARKS.md (operator RSS).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -25,10 +25,10 @@ pub const FIELD_MANAGER: &str = "komptroller";
 /// Everything a reconcile needs.
 pub struct Context {
     pub client: Client,
-    /// Who publishes the Events (a fresh `Recorder` per Event: kube's
-    /// recorder caches every Event it published, for series, and scans that
-    /// cache on each publish; we publish one per verdict change and never
-    /// repeat one, so the cache only cost memory, ~3 KiB per job).
+    /// Who publishes the Events. A fresh `Recorder` per Event: kube's
+    /// recorder caches every Event it published (for series) and scans that
+    /// cache on each publish, while we publish one per verdict change and
+    /// never repeat one.
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub books: Mutex<Books>,

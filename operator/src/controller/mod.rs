@@ -1,7 +1,7 @@
 //! The TrainingJob controller: a thin shell around the engine.
 //!
 //! A reconcile ([`reconcile`]) runs five named steps, top to bottom
-//! ([`reconcile`](self::reconcile) module): dereference the TrainingJob and
+//! (in `reconcile.rs`): dereference the TrainingJob and
 //! its Job, decide (every event for the engine in one books section at one
 //! time), persist (the ledger entries, and the finalizer), update the
 //! status, and apply the workload (the batch/v1 Job of an admitted job).
@@ -17,11 +17,11 @@ pub mod books;
 pub mod build;
 pub mod cache;
 pub mod context;
-mod loops;
+pub mod loops;
 pub mod policies;
 pub mod reconcile;
 pub mod restore;
-mod status;
+pub mod status;
 pub mod term;
 pub mod workloads;
 

@@ -1,20 +1,20 @@
 //! One reconcile of one TrainingJob, as named steps, top to bottom:
 //!
-//! 1. [`dereference`]: the engine request ([`build::job_request`]) and the
+//! 1. `dereference`: the engine request ([`build::job_request`]) and the
 //!    Job that runs it (from the watch cache);
-//! 2. [`decide`]: submit, approvals (from the watch cache), workload start
+//! 2. `decide`: submit, approvals (from the watch cache), workload start
 //!    and finish into the engine, in **one** books section at **one** `now`;
 //!    the sealed records are queued for the ledger in decision order;
-//! 3. [`persist`]: wait until those ledger entries are written, and add the
+//! 3. `persist`: wait until those ledger entries are written, and add the
 //!    finalizer beside them (both before the status shows the decision);
-//! 4. [`update_status`]: the status by server-side apply, and an Event when
+//! 4. `update_status`: the status by server-side apply, and an Event when
 //!    the verdict changed;
-//! 5. [`apply_workload`]: create the batch/v1 Job of an admitted job
+//! 5. `apply_workload`: create the batch/v1 Job of an admitted job
 //!    (deterministic name, so never twice). The status is written first: it
 //!    names the Job, and a Job that exists before the status says why would
 //!    look like a job that bypassed governance.
 //!
-//! A deleted TrainingJob takes [`finalize`] instead: its final accounting,
+//! A deleted TrainingJob takes `finalize` instead: its final accounting,
 //! then the finalizer goes.
 
 use std::collections::BTreeMap;

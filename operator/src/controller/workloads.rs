@@ -1,8 +1,7 @@
 //! The batch/v1 Jobs the operator created, reduced to what the reconcile
 //! needs: which TrainingJob owns each, and what its status says about the
-//! workload ([`Workload`]). A full Job cache (even without pod templates)
-//! cost a few KiB per Job, tens of MiB with 15,000 jobs; this keeps a few
-//! dozen bytes.
+//! workload ([`Workload`]): a few dozen bytes per Job rather than a Job
+//! cache.
 //!
 //! The watch triggers the owning TrainingJob's reconcile only when the
 //! workload changed (created, started, ended, deleted), not on every status
