@@ -180,6 +180,24 @@ fn assert_contains(text: &str, needles: &[&str]) {
     }
 }
 
+/// The spec hash `komptroller project -o json` prints for `manifest`.
+fn project_spec_hash(env: &Env, manifest: &Value) -> String {
+    let file = env.dir.path().join("project.json");
+    std::fs::write(&file, serde_json::to_vec(manifest).unwrap()).unwrap();
+    let out = std::process::Command::new(komptroller())
+        .args(["project", "-o", "json", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["specHash"].as_str().unwrap().to_string()
+}
+
 /// The status the controller writes while a job waits for approval, written
 /// here by the admin (this scenario exercises the webhook alone).
 async fn hold_for_approval(env: &Env, name: &str, hash: &str) {
@@ -237,8 +255,10 @@ async fn approvals_authenticated_and_separated() {
         ],
     );
 
-    hold_for_approval(&env, "frontier-run", "hash-of-reviewed-spec").await;
-    let h = "hash-of-reviewed-spec";
+    // The spec hash an approver reviews: what `komptroller project` prints
+    // for the manifest is what the controller shows as status.specHash.
+    let h = &project_spec_hash(&env, &training_job("frontier-run", 512, 720));
+    hold_for_approval(&env, "frontier-run", h).await;
 
     // Self-approval.
     let m = denial(
@@ -334,10 +354,14 @@ async fn approvals_authenticated_and_separated() {
     assert_contains(
         &m,
         &[
-            "spec.specHash \"hash-of-reviewed-spec\"",
+            &format!("spec.specHash {h:?}"),
             "does not match the current spec",
         ],
     );
+    // An approval of the new spec binds to its hash.
+    let changed = &project_spec_hash(&env, &training_job("frontier-run", 600, 720));
+    assert_ne!(changed, h);
+    assert_contains(&m, &[changed]);
 
     webhook.terminate(Duration::from_secs(5)).await.unwrap();
 }

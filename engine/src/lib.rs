@@ -23,6 +23,7 @@ pub mod projection;
 pub mod report;
 pub mod signing;
 pub mod simulate;
+pub mod spec_hash;
 pub mod units;
 
 pub use duration::GoDuration;

@@ -17,10 +17,12 @@ use komptroller_engine::engine::Phase;
 use komptroller_engine::job::{AcceleratorSpec, ModelSpec};
 use komptroller_engine::policy::ComputePolicySpec as EnginePolicySpec;
 use komptroller_engine::projection::Projection;
+use komptroller_engine::spec_hash::{HashedSpec, spec_hash};
 use komptroller_engine::units::{AcceleratorSeconds, Flop};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub const GROUP: &str = "komptroller.dev";
 pub const VERSION: &str = "v1alpha1";
@@ -103,6 +105,33 @@ pub struct TrainingJobSpec {
     pub priority: i32,
     /// The pod template of the workload. The accelerator count is read from its resource limits.
     pub template: PodTemplateSpec,
+}
+
+impl TrainingJobSpec {
+    /// This spec's spec hash ([`komptroller_engine::spec_hash`]): what
+    /// `status.specHash` shows and approvals bind to; the value the engine's
+    /// reading of the spec computes from this type's JSON.
+    pub fn spec_hash(&self) -> String {
+        // A derived struct of strings, numbers and maps always serializes.
+        let template = serde_json::to_value(&self.template).unwrap_or_default();
+        spec_hash(&HashedSpec {
+            model: &self.model,
+            accelerator: &self.accelerator,
+            replicas: self.replicas,
+            max_duration: self.max_duration,
+            priority: self.priority,
+            template: &template,
+        })
+    }
+
+    /// The spec hash of a spec as stored (JSON), read through this type as
+    /// the controller reads it (quantities as strings, unknown fields
+    /// dropped); `None` when it does not read as a TrainingJob spec.
+    pub fn spec_hash_of(spec: &Value) -> Option<String> {
+        TrainingJobSpec::deserialize(spec)
+            .ok()
+            .map(|s| s.spec_hash())
+    }
 }
 
 /// Observed state of a TrainingJob.

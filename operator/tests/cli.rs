@@ -186,12 +186,24 @@ fn a_good_manifest_projects_the_same_numbers() {
         komptroller(&["project", "-f", "examples/trainingjob.yaml", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    // The figures and the hash `komptroller project` gave before the
-    // conversion moved into the engine's one reading of a spec.
+    // The spec hash the controller shows as status.specHash for this
+    // manifest (`nvidia.com/gpu: 8` read as the quantity "8"), which an
+    // approval binds to; before the one spec hash, `project` printed the
+    // hash of the limit as written (8b1a93e6…), which no approval matched.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/trainingjob.yaml"
+    ))
+    .unwrap();
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let controller = komptroller::crd::TrainingJobSpec::spec_hash_of(&doc["spec"]).unwrap();
+    assert_eq!(v["specHash"], controller.as_str());
     assert_eq!(
         v["specHash"],
-        "8b1a93e6a94648af989dbf3ff79fe69c776fd36bb7b6a02afbabc8087d6c2dbe"
+        "3fecdb33b4027b1b1b6c718918d82a3dfa60ddfff3bf5341b40af387c4eac59d"
     );
+    // The figures `komptroller project` gave before the conversion moved
+    // into the engine's one reading of a spec.
     assert_eq!(v["accelerators"], 32);
     let p = &v["projection"];
     assert_eq!(p["accelerator"], "nvidia-h100-sxm");

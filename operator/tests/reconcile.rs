@@ -11,13 +11,14 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use komptroller::controller::books::Books;
 use komptroller::controller::{Context, reconcile};
-use komptroller::crd::TrainingJob;
+use komptroller::crd::{TrainingJob, TrainingJobSpec};
 use komptroller::error::Error;
 use komptroller::ledger_store::LedgerWriter;
 use komptroller::metrics::Metrics;
 use komptroller_engine::catalog::Catalog;
 use komptroller_engine::engine::{Engine, Event};
 use komptroller_engine::policy::Policy;
+use komptroller_engine::spec_hash::legacy_spec_hash;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::Reporter;
@@ -513,6 +514,152 @@ async fn approvals_are_read_from_the_watch_cache_not_listed() {
             .unwrap()
             .body;
         assert_eq!(counted.pointer("/status/accepted"), Some(&json!(true)));
+    })
+    .await
+    .expect("scenario timed out");
+}
+
+/// Reconciles job `train` to AwaitingApproval under a one-approval tier,
+/// then with a ComputeApproval by alice carrying `approval_hash(spec hash
+/// the status shows)` in the watch cache; returns the approval's status
+/// (accepted, message) and whether the Job was created.
+async fn approval_outcome(approval_hash: impl Fn(&str) -> String) -> (Value, bool) {
+    use komptroller::crd::{ComputeApproval, ComputeApprovalSpec};
+    use kube::runtime::watcher::Event as WatchEvent;
+    let (client, log) = mock_api(Script::default());
+    let escalate = Policy {
+        name: "review".into(),
+        spec: serde_json::from_value(json!({"tiers": [{"name": "review", "threshold": 1e18,
+            "action": "Escalate", "approvals": {"required": 1, "groups": ["safety"]}}]}))
+        .unwrap(),
+    };
+    let ctx = context(client, vec![escalate]);
+    let tj = fixture("train");
+    reconcile(Arc::new(tj.clone()), ctx.clone()).await.unwrap();
+    let seen = log.lock().unwrap().clone();
+    let status = &seen
+        .iter()
+        .rev()
+        .find(|s| s.path.ends_with("/trainingjobs/train/status"))
+        .expect("status written")
+        .body;
+    let shown = status
+        .pointer("/status/specHash")
+        .and_then(Value::as_str)
+        .expect("status.specHash")
+        .to_string();
+    let (store, mut writer) = reflector::store();
+    let mut approval = ComputeApproval::new(
+        "by-alice",
+        ComputeApprovalSpec {
+            training_job_name: "train".into(),
+            spec_hash: approval_hash(&shown),
+            approver: Some("alice".into()),
+            approver_groups: vec!["safety".into()],
+            expires: None,
+            comment: None,
+        },
+    );
+    approval.metadata.namespace = Some("ml".into());
+    writer.apply_watcher_event(&WatchEvent::Apply(approval));
+    let ctx = Arc::new(Context {
+        approvals: store,
+        ..Arc::try_unwrap(ctx).ok().expect("only reference")
+    });
+    reconcile(Arc::new(tj), ctx.clone()).await.unwrap();
+    let seen = log.lock().unwrap().clone();
+    let outcome = seen
+        .iter()
+        .find(|s| s.path.ends_with("/computeapprovals/by-alice/status"))
+        .map(|s| s.body["status"].clone())
+        .unwrap_or(Value::Null);
+    let ran = seen
+        .iter()
+        .any(|s| s.method == "POST" && s.path.ends_with("/jobs"));
+    (outcome, ran)
+}
+
+/// The ComputeApproval by alice, as the mutating webhook leaves it when
+/// she gives `hash` for the stored job `train`.
+fn through_the_mutating_webhook(hash: &str) -> String {
+    use komptroller::webhook::{mutate, validate::Requester};
+    use kube::api::DynamicObject;
+    use kube::core::admission::Operation;
+    let job: DynamicObject = serde_json::from_value(fixture_json("train", 8, 2)).unwrap();
+    let mut approval = json!({
+        "apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputeApproval",
+        "metadata": {"name": "by-alice", "namespace": "ml"},
+        "spec": {"trainingJobName": "train", "specHash": hash}
+    });
+    let object: DynamicObject = serde_json::from_value(approval.clone()).unwrap();
+    let alice = Requester {
+        user: "alice".into(),
+        groups: vec!["safety".into()],
+    };
+    let patch =
+        mutate::compute_approval(&Operation::Create, &object, &alice, Some(&job)).expect("stamped");
+    json_patch::patch(&mut approval, &patch.0).unwrap();
+    approval["spec"]["specHash"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn an_approval_binds_to_the_one_spec_hash() {
+    tokio::time::timeout(TIMEOUT, async {
+        let stored = fixture_json("train", 8, 2)["spec"].clone();
+        let one = TrainingJobSpec::spec_hash_of(&stored).unwrap();
+        // What status.specHash shows is the one spec hash, and an approval
+        // giving it passes the mutating webhook unchanged and counts.
+        assert_eq!(through_the_mutating_webhook(&one), one);
+        let (outcome, ran) = approval_outcome(|shown| {
+            assert_eq!(shown, one);
+            through_the_mutating_webhook(shown)
+        })
+        .await;
+        assert_eq!(outcome["accepted"], json!(true), "{outcome}");
+        assert!(ran, "admitted and run");
+    })
+    .await
+    .expect("scenario timed out");
+}
+
+#[tokio::test]
+async fn an_approval_carrying_the_legacy_hash_of_the_same_spec_counts() {
+    tokio::time::timeout(TIMEOUT, async {
+        // The legacy hash: the spec as stored, `nvidia.com/gpu: 8` a number.
+        let stored = fixture_json("train", 8, 2)["spec"].clone();
+        let legacy = legacy_spec_hash(&stored);
+        assert_ne!(
+            Some(&legacy),
+            TrainingJobSpec::spec_hash_of(&stored).as_ref()
+        );
+        let (outcome, ran) = approval_outcome(|_| through_the_mutating_webhook(&legacy)).await;
+        assert_eq!(outcome["accepted"], json!(true), "{outcome}");
+        assert!(ran, "admitted and run");
+    })
+    .await
+    .expect("scenario timed out");
+}
+
+#[tokio::test]
+async fn an_approval_of_another_spec_does_not_count() {
+    tokio::time::timeout(TIMEOUT, async {
+        // The same job with 4 replicas instead of 2: its hashes, both kinds.
+        let other = fixture_json("train", 8, 4)["spec"].clone();
+        for hash in [
+            TrainingJobSpec::spec_hash_of(&other).unwrap(),
+            legacy_spec_hash(&other),
+        ] {
+            assert_eq!(through_the_mutating_webhook(&hash), hash, "not rebound");
+            let (outcome, ran) = approval_outcome(|_| hash.clone()).await;
+            assert_eq!(outcome["accepted"], json!(false), "{outcome}");
+            assert!(
+                outcome["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("does not match")),
+                "{outcome}"
+            );
+            assert!(!ran, "still awaiting approval");
+        }
     })
     .await
     .expect("scenario timed out");

@@ -347,3 +347,90 @@ async fn malformed_bodies_get_an_invalid_review_not_a_panic() {
         ],
     );
 }
+
+/// The fixture `approval-ok` with `hash` as its `spec.specHash`.
+fn approval_with(hash: &str) -> Vec<u8> {
+    String::from_utf8(fixture("approval-ok"))
+        .unwrap()
+        .replace(&job_hash(), hash)
+        .into_bytes()
+}
+
+/// The spec of the fixture job `frontier-run` as stored.
+fn stored_spec() -> serde_json::Value {
+    let jobs: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("jobs.json")).unwrap()).unwrap();
+    jobs[0]["spec"].clone()
+}
+
+/// The `spec.specHash` operations of a mutating response.
+fn spec_hash_ops(resp: &serde_json::Value) -> Vec<serde_json::Value> {
+    patch(resp)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| op["path"] == "/spec/specHash")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn an_approval_binds_to_the_one_spec_hash() {
+    use komptroller::crd::TrainingJobSpec;
+    let one = TrainingJobSpec::spec_hash_of(&stored_spec()).unwrap();
+    assert_eq!(one, job_hash());
+    let (_, r) = post_bytes(Route::ValidateComputeApproval, &approval_with(&one)).await;
+    allowed(&r);
+    assert!(warnings(&r).is_empty(), "{r}");
+    let (_, r) = post_bytes(Route::MutateComputeApproval, &approval_with(&one)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(spec_hash_ops(&r).is_empty(), "left as given: {r}");
+}
+
+#[tokio::test]
+async fn an_approval_carrying_the_legacy_hash_is_accepted_and_rebound() {
+    use komptroller_engine::spec_hash::legacy_spec_hash;
+    let legacy = legacy_spec_hash(&stored_spec());
+    assert_ne!(legacy, job_hash(), "the stored limit is the number 8");
+    let (_, r) = post_bytes(Route::ValidateComputeApproval, &approval_with(&legacy)).await;
+    allowed(&r);
+    let w = warnings(&r);
+    assert_eq!(w.len(), 1, "{r}");
+    assert!(
+        w[0].contains("legacy hash") && w[0].contains("v0.3"),
+        "{w:?}"
+    );
+    assert!(w[0].contains(&job_hash()), "{w:?}");
+    let (_, r) = post_bytes(Route::MutateComputeApproval, &approval_with(&legacy)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(
+        spec_hash_ops(&r),
+        vec![serde_json::json!({"op": "replace", "path": "/spec/specHash", "value": job_hash()})],
+        "bound to the spec hash the controller counts"
+    );
+}
+
+#[tokio::test]
+async fn an_approval_of_another_spec_is_refused() {
+    use komptroller::crd::TrainingJobSpec;
+    use komptroller_engine::spec_hash::legacy_spec_hash;
+    let mut other = stored_spec();
+    other["replicas"] = serde_json::json!(256);
+    for hash in [
+        TrainingJobSpec::spec_hash_of(&other).unwrap(),
+        legacy_spec_hash(&other),
+    ] {
+        let (_, r) = post_bytes(Route::ValidateComputeApproval, &approval_with(&hash)).await;
+        denied(
+            &r,
+            &[
+                "spec.specHash",
+                &hash,
+                "does not match the current spec",
+                &job_hash(),
+            ],
+        );
+        let (_, r) = post_bytes(Route::MutateComputeApproval, &approval_with(&hash)).await;
+        assert!(spec_hash_ops(&r).is_empty(), "not rebound: {r}");
+    }
+}

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use super::waitlist::{QueueKey, Watch};
 use super::{
     Admission, Engine, EngineError, JobState, Outcome, Phase, RestoredJob, Step, Tombstone, key_of,
-    spec_hash,
+    request_digest,
 };
 use crate::job::{JobId, JobRequest, Principal};
 use crate::ledger::{LedgerEvent, LedgerRecord, OPERATOR_ACTOR};
@@ -31,7 +31,7 @@ impl Engine {
         step: &mut Step,
     ) -> Result<(), EngineError> {
         if req.spec_hash.is_empty() {
-            req.spec_hash = spec_hash(&req);
+            req.spec_hash = request_digest(&req);
         }
         let key = key_of(&req.id);
         if let Some(t) = self.ended.get(&key) {

@@ -224,13 +224,16 @@ fn from_ms(v: i64) -> Timestamp {
     Timestamp::from_millisecond(v).unwrap_or(Timestamp::MAX)
 }
 
-/// The hash approvals bind to and resubmissions are compared by when the
-/// caller gives none: `content_hash` of (model, accelerator, count,
-/// maxDuration, priority), its canonical bytes written directly
-/// (tests/ledger_canonical.rs). Exposed so a caller can compute it ahead,
-/// e.g. on another thread.
-pub fn spec_hash(req: &JobRequest) -> String {
-    spec_hash_of(
+/// What the engine puts in [`JobRequest::spec_hash`] when the caller gives
+/// nothing (a trace's submission, a test's request: no TrainingJob, no pod
+/// template): `content_hash` of (model, accelerator, count, maxDuration,
+/// priority), its canonical bytes written directly
+/// (tests/ledger_canonical.rs). Not a TrainingJob's spec hash, which
+/// covers the pod template ([`crate::spec_hash::spec_hash`]); a request
+/// from the cluster always carries that one. Exposed so a caller can
+/// compute it ahead, e.g. on another thread.
+pub fn request_digest(req: &JobRequest) -> String {
+    request_digest_of(
         &req.model,
         &req.accelerator,
         req.count,
@@ -239,8 +242,8 @@ pub fn spec_hash(req: &JobRequest) -> String {
     )
 }
 
-/// [`spec_hash`] from the parts of a spec it covers.
-pub fn spec_hash_of(
+/// [`request_digest`] from the parts of a request it covers.
+pub fn request_digest_of(
     model: &crate::job::ModelSpec,
     accelerator: &crate::job::AcceleratorSpec,
     count: u32,

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::catalog::Catalog;
-use crate::engine::content_hash;
 use crate::job::{JobId, JobRequest, Principal};
 use crate::policy::{ComputePolicySpec, Policy};
 
@@ -83,11 +82,6 @@ fn check_kind(
         ));
     }
     Ok(())
-}
-
-/// The hash approvals bind to: SHA-256 of the RFC 8785 canonical JSON of `spec`.
-pub fn spec_hash(spec: &serde_json::Value) -> String {
-    content_hash(spec)
 }
 
 /// A YAML error in the user's terms: what is wrong and where ("unexpected

@@ -7,13 +7,12 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::catalog::{AcceleratorEntry, Catalog, Precision};
 use crate::duration::{DURATION_SYNTAX, GoDuration};
 use crate::job::{AcceleratorSpec, JobId, JobRequest, ModelSpec};
-
-use super::spec_hash;
+use crate::spec_hash::{HashedSpec, spec_hash};
 
 /// The fields of a TrainingJob spec.
 const SPEC_FIELDS: [&str; 6] = [
@@ -233,24 +232,25 @@ pub fn read_spec(id: JobId, spec: &Value, catalog: &Catalog) -> Reading {
             Some(priority),
             Some(count),
         ) if problems.iter().all(|p| p.severity == Severity::NeverRuns) => {
-            let normalized = json!({
-                "model": model,
-                "accelerator": {"type": kind, "precision": precision},
-                "replicas": replicas,
-                "maxDuration": max_duration,
-                "priority": priority,
-                "template": template,
+            let accelerator = AcceleratorSpec { kind, precision };
+            let spec_hash = spec_hash(&HashedSpec {
+                model: &model,
+                accelerator: &accelerator,
+                replicas,
+                max_duration,
+                priority,
+                template,
             });
             Some(JobRequest {
                 id,
                 namespace_labels: Default::default(),
                 model,
-                accelerator: AcceleratorSpec { kind, precision },
+                accelerator,
                 count,
                 max_duration,
                 priority,
                 submitter: None,
-                spec_hash: spec_hash(&normalized),
+                spec_hash,
             })
         }
         _ => None,
@@ -588,6 +588,8 @@ fn accelerators_per_pod(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn id() -> JobId {
@@ -677,15 +679,16 @@ mod tests {
         let no_precision = with("/accelerator/precision", Value::Null);
         assert_eq!(hash(&good()), hash(&no_precision));
         assert_ne!(hash(&good()), hash(&with("replicas", json!(2))));
-        // The value a TrainingJobSpec with these defaults serializes to
-        // (durations in their canonical form).
+        // The hash of the value a TrainingJobSpec with these defaults
+        // serializes to (durations in their canonical form): what
+        // status.specHash has always shown.
         let normalized = json!({
             "model": {"name": "llama", "parameters": 7e10, "tokens": 1e10},
             "accelerator": {"type": "nvidia-h100-sxm", "precision": "bf16"},
             "replicas": 4, "maxDuration": "3d", "priority": 0,
             "template": good()["template"],
         });
-        assert_eq!(hash(&good()), spec_hash(&normalized));
+        assert_eq!(hash(&good()), crate::engine::content_hash(&normalized));
     }
 
     #[test]

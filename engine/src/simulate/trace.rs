@@ -67,8 +67,8 @@ pub struct Submission {
     pub runtime: Option<GoDuration>,
     #[serde(default)]
     pub fails: bool,
-    /// The job's spec hash, computed by the trace reader on its own thread
-    /// (never read from or written to a trace).
+    /// The job's [`crate::engine::request_digest`], computed by the trace
+    /// reader on its own thread (never read from or written to a trace).
     #[serde(skip)]
     pub spec_hash: Option<String>,
 }
@@ -171,7 +171,7 @@ pub fn read_jsonl_trace<R: std::io::BufRead + Send + 'static>(
                     .map(|mut e| {
                         // Hashed here, on the reader's thread, not the engine's.
                         if let Some(s) = &mut e.submit {
-                            s.spec_hash = Some(crate::engine::spec_hash_of(
+                            s.spec_hash = Some(crate::engine::request_digest_of(
                                 &s.model,
                                 &s.accelerator,
                                 s.count,

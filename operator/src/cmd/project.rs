@@ -13,6 +13,7 @@ use komptroller_engine::units::sci;
 use serde_json::json;
 
 use super::{Output, fail, load_policies, print_out, read_file};
+use crate::crd::TrainingJobSpec;
 
 #[derive(clap::Args, Debug)]
 pub struct ProjectArgs {
@@ -48,19 +49,30 @@ fn project(args: &ProjectArgs) -> Result<String, String> {
     let text = read_file(&args.file)?;
     // A Kueue-managed batch/v1 Job reads as the Workload Kueue would make
     // for it; anything else as a TrainingJob.
-    let kueue_job = serde_saphyr::from_str::<serde_json::Value>(&text)
-        .ok()
+    let doc = serde_saphyr::from_str::<serde_json::Value>(&text).ok();
+    let kueue_job = doc
+        .as_ref()
         .filter(|v| v["kind"] == "Job" && v["apiVersion"] == "batch/v1");
     let (kind, mut job) = match kueue_job {
         Some(doc) => (
             "Job (Kueue)",
-            crate::kueue::workload::job_manifest_request(&doc, &catalog)
+            crate::kueue::workload::job_manifest_request(doc, &catalog)
                 .map_err(|e| format!("{name}: {e}"))?,
         ),
-        None => (
-            "TrainingJob",
-            parse_training_job(&text, &catalog, &name).map_err(|e| e.to_string())?,
-        ),
+        None => {
+            let mut job = parse_training_job(&text, &catalog, &name).map_err(|e| e.to_string())?;
+            // The spec hash as the controller computes it once the cluster
+            // stores the job (quantities such as `nvidia.com/gpu: 8` read
+            // as strings).
+            if let Some(hash) = doc
+                .as_ref()
+                .and_then(|d| d.get("spec"))
+                .and_then(TrainingJobSpec::spec_hash_of)
+            {
+                job.spec_hash = hash;
+            }
+            ("TrainingJob", job)
+        }
     };
     let mut labels = BTreeMap::new();
     for l in &args.namespace_labels {

@@ -418,6 +418,7 @@ pub fn same_status(a: &TrainingJobStatus, b: &TrainingJobStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::TrainingJobSpec;
     use serde_json::json;
 
     pub fn fixture(name: &str, gpus: u32, replicas: u32) -> TrainingJob {
@@ -450,10 +451,20 @@ mod tests {
     fn the_controller_hashes_the_spec_as_the_webhook_does() {
         let tj = fixture("a", 8, 4);
         let req = job_request(&tj, BTreeMap::new(), &Catalog::builtin()).unwrap();
-        let spec = serde_json::to_value(&tj.spec).unwrap();
+        assert_eq!(req.spec_hash, tj.spec.spec_hash());
+        // The webhook reads the stored spec, whose quantities may be numbers.
+        let mut stored = serde_json::to_value(&tj.spec).unwrap();
+        let limit = &mut stored["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"];
+        *limit = json!(limit.as_str().unwrap().parse::<u64>().unwrap());
         assert_eq!(
-            Some(req.spec_hash),
-            crate::webhook::validate::canonical_spec_hash(&spec)
+            TrainingJobSpec::spec_hash_of(&stored),
+            Some(req.spec_hash.clone())
+        );
+        // Before the one spec hash, the webhook hashed the typed spec whole:
+        // the same value, so status.specHash is unchanged.
+        assert_eq!(
+            req.spec_hash,
+            komptroller_engine::engine::content_hash(&tj.spec)
         );
     }
 

@@ -6,7 +6,11 @@
 //!   UPDATE a stamp dropped by the client (server-side apply drops fields the
 //!   applier does not list) is put back; a changed one is refused.
 //! - ComputeApproval CREATE: `spec.approver` and `spec.approverGroups` = the
-//!   requester; a different user-supplied value is forged and refused.
+//!   requester; a different user-supplied value is forged and refused. A
+//!   `spec.specHash` that is the legacy hash of the job's current spec
+//!   (accepted until `LEGACY_SPEC_HASH_ACCEPTED_UNTIL`) is replaced by its
+//!   spec hash, so the stored approval binds to the one hash the controller
+//!   counts.
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
@@ -14,7 +18,9 @@ use kube::api::DynamicObject;
 use kube::core::admission::Operation;
 use serde_json::{Value, json};
 
-use super::validate::{Denial, Requester};
+use komptroller_engine::spec_hash::Binding;
+
+use super::validate::{Denial, Requester, approval_binding, current_spec_hash};
 use crate::crd::SUBMITTED_BY;
 
 fn q(s: &str) -> String {
@@ -96,11 +102,14 @@ pub fn training_job(
     }
 }
 
-/// Stamps the approver of a ComputeApproval.
+/// Stamps the approver of a ComputeApproval, and binds a legacy hash of
+/// `job`'s current spec (the TrainingJob it names, when it could be read)
+/// to the spec hash.
 pub fn compute_approval(
     operation: &Operation,
     object: &DynamicObject,
     requester: &Requester,
+    job: Option<&DynamicObject>,
 ) -> Result<Patch, Denial> {
     if *operation != Operation::Create {
         return Ok(Patch(Vec::new()));
@@ -151,8 +160,15 @@ pub fn compute_approval(
             PatchOperation::Add(AddOperation { path, value })
         }
     };
-    Ok(Patch(vec![
+    let mut ops = vec![
         op("approver", json!(requester.user)),
         op("approverGroups", json!(requester.groups)),
-    ]))
+    ];
+    if let (Some(job), Some(Value::String(hash))) = (job, spec.get("specHash"))
+        && approval_binding(job, hash) == Some(Binding::Legacy)
+        && let Some(current) = current_spec_hash(job)
+    {
+        ops.push(op("specHash", json!(current)));
+    }
+    Ok(Patch(ops))
 }

@@ -226,7 +226,20 @@ async fn answer<V: ClusterView>(
                 .map(|p| Reply::Patch(p, Vec::new()))
         }
         Route::MutateComputeApproval => {
-            mutate::compute_approval(&request.operation, object, &requester)
+            // The job, to bind a legacy spec hash; if it cannot be read the
+            // validating webhook refuses the approval with the reason.
+            let job = match (&request.operation, approval_target(object)) {
+                (Operation::Create, Some(name)) => {
+                    let namespace = request
+                        .namespace
+                        .clone()
+                        .or_else(|| object.metadata.namespace.clone())
+                        .unwrap_or_default();
+                    view.training_job(&namespace, &name).await.ok().flatten()
+                }
+                _ => None,
+            };
+            mutate::compute_approval(&request.operation, object, &requester, job.as_ref())
                 .map(|p| Reply::Patch(p, Vec::new()))
         }
         Route::ValidateTrainingJob => {

@@ -27,8 +27,11 @@ use komptroller_engine::decision::{ApprovalNeed, Verdict};
 use komptroller_engine::engine::{Engine, Event, Phase};
 use komptroller_engine::job::{JobId, JobRequest, Principal};
 use komptroller_engine::manifest::training_job::short;
-use komptroller_engine::manifest::{Problem, read_spec, spec_hash};
+use komptroller_engine::manifest::{Problem, read_spec};
 use komptroller_engine::policy::{ComputePolicySpec, Mode, Policy};
+use komptroller_engine::spec_hash::{
+    Binding, LEGACY_SPEC_HASH_ACCEPTED_UNTIL, binding, legacy_spec_hash,
+};
 use kube::api::DynamicObject;
 use kube::core::admission::Operation;
 use serde_json::Value;
@@ -202,40 +205,22 @@ pub fn submitter_of(o: &DynamicObject) -> Option<Principal> {
     annotation(o, SUBMITTED_BY).and_then(|s| serde_json::from_str(s).ok())
 }
 
-/// The canonical spec hash approvals bind to: SHA-256 of the RFC 8785 JSON of
-/// the spec as the typed [`TrainingJobSpec`] serializes it (defaults filled
-/// in, so `kubectl apply` with or without `priority: 0` hashes alike).
-pub fn canonical_spec_hash(spec: &Value) -> Option<String> {
-    let typed: TrainingJobSpec = serde_json::from_value(spec.clone()).ok()?;
-    let v = serde_json::to_value(&typed).ok()?;
-    Some(spec_hash(&v))
+/// The spec hash of a TrainingJob's current spec, as the controller
+/// computes it ([`TrainingJobSpec::spec_hash_of`]); `None` when the spec
+/// does not read as a TrainingJob spec.
+pub fn current_spec_hash(job: &DynamicObject) -> Option<String> {
+    TrainingJobSpec::spec_hash_of(spec_of(job))
 }
 
-/// The hashes an approval of this job may carry: the canonical hash of the
-/// current spec, the hash of the spec exactly as stored, and the status's
-/// `specHash` when the status describes the current generation.
-pub fn acceptable_spec_hashes(job: &DynamicObject) -> Vec<String> {
-    let spec = spec_of(job);
-    let mut out = Vec::new();
-    if let Some(h) = canonical_spec_hash(spec) {
-        out.push(h);
+/// How an approval carrying `hash` binds to the job's current spec: its
+/// spec hash, or (until [`LEGACY_SPEC_HASH_ACCEPTED_UNTIL`]) the legacy hash
+/// of the spec as stored; `None` when it approves some other spec.
+pub fn approval_binding(job: &DynamicObject, hash: &str) -> Option<Binding> {
+    let stored = spec_of(job);
+    match current_spec_hash(job) {
+        Some(current) => binding(hash, &current, stored),
+        None => (hash == legacy_spec_hash(stored)).then_some(Binding::Legacy),
     }
-    let raw = spec_hash(spec);
-    if !out.contains(&raw) {
-        out.push(raw);
-    }
-    let observed = job
-        .data
-        .pointer("/status/observedGeneration")
-        .and_then(Value::as_i64);
-    if let Some(h) = job.data.pointer("/status/specHash").and_then(Value::as_str)
-        && observed.is_some()
-        && observed == job.metadata.generation
-        && !out.iter().any(|x| x == h)
-    {
-        out.push(h.to_string());
-    }
-    out
 }
 
 /// What the TrainingJob validator needs to know of the cluster.
@@ -361,7 +346,11 @@ fn job_request(
         .map_err(|problems| spec_denial(object, &problems))?;
     req.namespace_labels = Arc::new(view.namespace_labels.clone());
     req.submitter = Some(requester.principal());
-    req.spec_hash = canonical_spec_hash(spec).unwrap_or_else(|| spec_hash(spec));
+    // The hash of the spec as the controller reads it (read_spec hashed the
+    // template as sent, quantities possibly as numbers).
+    if let Some(hash) = TrainingJobSpec::spec_hash_of(spec) {
+        req.spec_hash = hash;
+    }
     Ok(req)
 }
 
@@ -696,17 +685,20 @@ pub fn compute_approval(
             ),
         ));
     }
-    let acceptable = acceptable_spec_hashes(job);
-    if !acceptable.contains(&spec.spec_hash) {
+    let Some(bound) = approval_binding(job, &spec.spec_hash) else {
         return Err(Denial::field(
             "spec.specHash",
             q(&spec.spec_hash),
             format!(
-                "does not match the current spec of TrainingJob {} ({}); the spec changed after it was reviewed — review it again",
+                "does not match the current spec of TrainingJob {} (status.specHash {}); the spec changed after it was reviewed — review it again",
                 q(&spec.training_job_name),
-                acceptable.first().map_or("unknown", String::as_str)
+                current_spec_hash(job).as_deref().unwrap_or("unknown")
             ),
         ));
+    };
+    let mut warnings = Vec::new();
+    if bound == Binding::Legacy {
+        warnings.push(legacy_warning(job));
     }
     let phase = phase_of(job);
     let need: Option<ApprovalNeed> = job
@@ -746,7 +738,15 @@ pub fn compute_approval(
             "has already approved this spec; approvals count distinct approvers",
         ));
     }
-    Ok(Vec::new())
+    Ok(warnings)
+}
+
+/// What an approver who gave the legacy hash is told.
+pub fn legacy_warning(job: &DynamicObject) -> String {
+    format!(
+        "spec.specHash is the legacy hash of the spec as stored, accepted until komptroller {LEGACY_SPEC_HASH_ACCEPTED_UNTIL}; the approval is bound to the spec hash {} (status.specHash): use that one",
+        current_spec_hash(job).as_deref().unwrap_or("unknown")
+    )
 }
 
 #[cfg(test)]

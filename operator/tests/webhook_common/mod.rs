@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use komptroller::crd::TrainingJobSpec;
 use komptroller::webhook::review::{self, ClusterView, Route};
-use komptroller::webhook::validate::canonical_spec_hash;
 use komptroller_engine::manifest::parse_policies;
 use komptroller_engine::policy::Policy;
 use kube::api::DynamicObject;
@@ -19,7 +19,7 @@ pub fn dir() -> PathBuf {
 pub fn job_hash() -> String {
     let jobs: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(dir().join("jobs.json")).unwrap()).unwrap();
-    canonical_spec_hash(&jobs[0]["spec"]).unwrap()
+    TrainingJobSpec::spec_hash_of(&jobs[0]["spec"]).unwrap()
 }
 
 /// A fixture review's bytes, with `{{HASH}}` replaced.
