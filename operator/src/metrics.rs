@@ -19,12 +19,11 @@
 //! enums. `docs/metrics.md` is generated from [`METRICS`] (see
 //! `reference_markdown`) and checked by a test.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 use komptroller_engine::decision::Verdict;
-use komptroller_engine::job::JobId;
-use komptroller_engine::ledger::{LedgerEntry, LedgerEvent};
+use komptroller_engine::ledger::{Effect, LedgerEntry, LedgerEvent, LineageFold, RecordFacts};
 use prometheus::{
     CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
@@ -212,7 +211,8 @@ pub struct Metrics {
 
 #[derive(Default)]
 struct BookState {
-    labels: HashMap<JobId, BookLabels>,
+    /// Each admitted job's labels, until it is metered.
+    fold: LineageFold<BookLabels>,
     lineages: HashSet<String>,
 }
 
@@ -340,57 +340,70 @@ impl Metrics {
         self.ledger_head_sequence
             .set(i64::try_from(entry.seq).unwrap_or(i64::MAX));
         let r = &entry.record;
-        let Ok(mut state) = self.jobs.lock() else {
+        let Ok(mut guard) = self.jobs.lock() else {
             return;
         };
-        let lineage_label = |l: &str, state: &mut BookState| -> String {
-            if state.lineages.contains(l) {
+        let state = &mut *guard;
+        let lineage_label = |l: &str, seen: &mut HashSet<String>| -> String {
+            if seen.contains(l) {
                 l.to_string()
-            } else if state.lineages.len() < MAX_LINEAGES {
-                state.lineages.insert(l.to_string());
+            } else if seen.len() < MAX_LINEAGES {
+                seen.insert(l.to_string());
                 l.to_string()
             } else {
                 OTHER.to_string()
             }
         };
-        match (&r.event, r.event.metered()) {
-            (
-                LedgerEvent::Decided {
-                    verdict,
-                    enforced_verdict,
-                    mode,
-                    tier,
-                    charged,
-                    projection,
-                    charged_lineages,
-                    ..
-                },
-                _,
-            ) => {
-                self.decisions
-                    .with_label_values(&[
-                        verdict.as_str(),
-                        enforced_verdict.as_str(),
-                        mode_str(*mode),
-                    ])
-                    .inc();
-                if *verdict != Verdict::Admit {
-                    return;
-                }
+        let own_labels = |lineage: String| BookLabels {
+            namespace: r
+                .job
+                .as_ref()
+                .map(|j| j.namespace.clone())
+                .unwrap_or_default(),
+            lineage,
+            accelerator: r
+                .accelerator
+                .as_ref()
+                .map(|a| a.kind.clone())
+                .unwrap_or_default(),
+            tier: NO_TIER.to_string(),
+        };
+        // An admission's labels (its own lineage, its tier), taken before the
+        // lineages it charges so lineage labels are handed out in that order.
+        let mut admission = None;
+        if let LedgerEvent::Decided {
+            verdict,
+            enforced_verdict,
+            mode,
+            tier,
+            projection,
+            ..
+        } = &r.event
+        {
+            self.decisions
+                .with_label_values(&[verdict.as_str(), enforced_verdict.as_str(), mode_str(*mode)])
+                .inc();
+            if *verdict == Verdict::Admit {
                 let lineage = r.lineage.clone().unwrap_or_default();
                 let labels = BookLabels {
-                    namespace: r
-                        .job
-                        .as_ref()
-                        .map(|j| j.namespace.clone())
-                        .unwrap_or_default(),
-                    lineage: lineage_label(&lineage, &mut state),
-                    accelerator: r
-                        .accelerator
-                        .as_ref()
-                        .map(|a| a.kind.clone())
-                        .unwrap_or_default(),
+                    lineage: lineage_label(&lineage, &mut state.lineages),
                     tier: tier.clone().unwrap_or_else(|| NO_TIER.to_string()),
+                    ..own_labels(String::new())
+                };
+                admission = Some((labels, projection.as_ref()));
+            }
+        }
+        let facts = RecordFacts::of(r);
+        let effect = state.fold.fold(&facts, || {
+            admission
+                .as_ref()
+                .map(|(labels, _)| labels.clone())
+                .unwrap_or_else(|| own_labels(String::new()))
+        });
+        match effect {
+            Effect::Charged { charged, lineages } => {
+                let Some((labels, projection)) = &admission else {
+                    return;
                 };
                 let values = labels.values();
                 self.projected_flop
@@ -401,49 +414,33 @@ impl Metrics {
                         .with_label_values(&values)
                         .inc_by(p.accelerator_seconds.0.max(0.0));
                 }
-                let lineages: Vec<String> = if charged_lineages.is_empty() {
-                    vec![lineage]
-                } else {
-                    charged_lineages.clone()
-                };
-                for l in lineages {
-                    let label = lineage_label(&l, &mut state);
+                for l in lineages.iter() {
+                    let label = lineage_label(l, &mut state.lineages);
                     self.lineage_charged
                         .with_label_values(&[label.as_str()])
                         .add(charged.0.max(0.0));
                 }
-                if let Some(job) = &r.job {
-                    state.labels.insert(job.clone(), labels);
-                }
             }
-            // Finished, DeadlineExceeded, Deleted: what was metered.
-            (_, Some((accelerator_seconds, consumed))) => {
+            // Finished, DeadlineExceeded, Deleted: what was metered, under
+            // the labels of the job's admission (its own if it had none).
+            Effect::Metered {
+                consumed,
+                accelerator_seconds,
+                admitted,
+                ..
+            } => {
                 if consumed.0 <= 0.0 && accelerator_seconds.0 <= 0.0 {
                     if matches!(r.event, LedgerEvent::Deleted { .. })
-                        && let Some(job) = &r.job
+                        && let Some(job) = &facts.job
                     {
-                        state.labels.remove(job);
+                        state.fold.forget(job);
                     }
                     return;
                 }
-                let labels = r
-                    .job
-                    .as_ref()
-                    .and_then(|j| state.labels.get(j).cloned())
-                    .unwrap_or_else(|| BookLabels {
-                        namespace: r
-                            .job
-                            .as_ref()
-                            .map(|j| j.namespace.clone())
-                            .unwrap_or_default(),
-                        lineage: r.lineage.clone().unwrap_or_default(),
-                        accelerator: r
-                            .accelerator
-                            .as_ref()
-                            .map(|a| a.kind.clone())
-                            .unwrap_or_default(),
-                        tier: NO_TIER.to_string(),
-                    });
+                let labels = admitted.map_or_else(
+                    || own_labels(r.lineage.clone().unwrap_or_default()),
+                    |a| a.extra.clone(),
+                );
                 let values = labels.values();
                 self.consumed_flop
                     .with_label_values(&values)
@@ -451,11 +448,12 @@ impl Metrics {
                 self.consumed_acc
                     .with_label_values(&values)
                     .inc_by(accelerator_seconds.0.max(0.0));
-                if let Some(job) = &r.job {
-                    state.labels.remove(job);
+                // Metered once: the memory is kept only for jobs not yet ended.
+                if let Some(job) = &facts.job {
+                    state.fold.forget(job);
                 }
             }
-            _ => {}
+            Effect::None => {}
         }
     }
 }
@@ -538,6 +536,57 @@ pub fn reference_markdown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_books_fold_the_ledger_as_the_report_totals_do() {
+        use komptroller_engine::ledger::{LedgerHead, LedgerTotals, sample::sample_records};
+        let mut head = LedgerHead::GENESIS;
+        let entries: Vec<LedgerEntry> = sample_records(3000, 11, jiff::Timestamp::UNIX_EPOCH)
+            .into_iter()
+            .map(|r| head.seal(r).unwrap())
+            .collect();
+        let m = Metrics::new();
+        for e in &entries {
+            m.observe_entry(e);
+        }
+        let totals = LedgerTotals::rebuild(&entries);
+        assert!(totals.lineages().len() > 2);
+        // Charges land on the same lineages (a fine-tune's base too), added
+        // in the same order: the same bits.
+        for (lineage, sums) in totals.lineages() {
+            assert!(sums.charged.0 > 0.0, "{lineage}");
+            assert_eq!(
+                m.lineage_charged.with_label_values(&[lineage]).get(),
+                sums.charged.0,
+                "{lineage}"
+            );
+        }
+        // Metering goes under the namespace and tier of the admission.
+        let families = m.registry.gather();
+        let consumed = families
+            .iter()
+            .find(|f| f.name() == "komptroller_consumed_flop_total")
+            .expect("consumed family");
+        let by = |label: &str, value: &str| -> f64 {
+            consumed
+                .get_metric()
+                .iter()
+                .filter(|c| {
+                    c.get_label()
+                        .iter()
+                        .any(|l| l.name() == label && l.value() == value)
+                })
+                .map(|c| c.get_counter().get_value())
+                .sum()
+        };
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        for (ns, sums) in totals.namespaces() {
+            assert!(close(by("namespace", ns), sums.consumed.0), "{ns}");
+        }
+        for (tier, sums) in totals.tiers() {
+            assert!(close(by("tier", tier), sums.consumed.0), "{tier}");
+        }
+    }
 
     #[test]
     fn every_metric_is_registered_once() {

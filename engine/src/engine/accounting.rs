@@ -7,53 +7,44 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::series::{ChargeSeries, scope_index};
 use super::{Crossing, Engine, JobState, Usage, ms};
-use crate::decision::Verdict;
-use crate::job::JobId;
-use crate::ledger::{LedgerEvent, LedgerRecord};
+use crate::ledger::{Effect, LedgerEvent, LedgerRecord, LineageFold, RecordFacts};
 use crate::policy::BudgetScope;
 use crate::units::{AcceleratorSeconds, Flop, FlopPerSecond, Seconds};
 
 impl Engine {
     /// Rebuilds lineage totals, budget windows and threshold crossings from
-    /// ledger records, in ledger order, after a restart. Load policies first
-    /// (crossings are found against their tiers). Produces no new records.
+    /// ledger records, in ledger order, after a restart, by the ledger's
+    /// one fold ([`LineageFold`]). Load policies first (crossings are found
+    /// against their tiers). Produces no new records.
     pub fn replay_ledger<'a>(&mut self, records: impl IntoIterator<Item = &'a LedgerRecord>) {
-        let mut admitted_under: HashMap<JobId, Vec<String>> = HashMap::default();
+        let mut fold = LineageFold::<()>::new();
         for r in records {
-            match &r.event {
-                LedgerEvent::Decided {
-                    verdict: Verdict::Admit,
-                    charged,
-                    charged_lineages,
-                    selected_by,
-                    ..
-                } => {
-                    let lineages: Vec<String> = if charged_lineages.is_empty() {
-                        r.lineage.iter().cloned().collect()
-                    } else {
-                        charged_lineages.clone()
-                    };
-                    if let Some(job) = &r.job {
-                        self.charge(r.time, &job.namespace, &lineages, *charged);
+            let facts = RecordFacts::of(r);
+            let effect = fold.fold(&facts, || ());
+            match effect {
+                Effect::Charged { charged, lineages } => {
+                    // An admission without a job has nothing to charge a
+                    // namespace with.
+                    if let (Some(job), LedgerEvent::Decided { selected_by, .. }) =
+                        (&r.job, &r.event)
+                    {
+                        let lineages = lineages.to_vec();
+                        self.charge(r.time, &job.namespace, &lineages, charged);
                         self.record_crossings(r.time, &lineages, selected_by.as_deref());
-                        admitted_under.insert(job.clone(), lineages);
                     }
                 }
-                other => {
-                    let Some((accelerator_seconds, consumed)) = other.metered() else {
-                        continue;
-                    };
-                    let lineages = r
-                        .job
-                        .as_ref()
-                        .and_then(|j| admitted_under.get(j).cloned())
-                        .unwrap_or_else(|| r.lineage.iter().cloned().collect());
-                    for l in lineages {
-                        let t = self.lineages.entry(l).or_default();
+                Effect::Metered {
+                    consumed,
+                    accelerator_seconds,
+                    ..
+                } => {
+                    for l in effect.metered_onto() {
+                        let t = self.lineages.entry(l.to_string()).or_default();
                         t.consumed += consumed;
                         t.accelerator_seconds += accelerator_seconds;
                     }
                 }
+                Effect::None => {}
             }
         }
     }

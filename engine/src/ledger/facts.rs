@@ -190,25 +190,4 @@ impl<'a> RecordFacts<'a> {
             _ => false,
         }
     }
-
-    /// The lineages an admission charges: `chargedLineages`, or the record's
-    /// own lineage when that list is empty. `None` unless this is an admission.
-    pub fn admitted(&self) -> Option<(Flop, impl Iterator<Item = &'a str> + use<'a>)> {
-        match self.event {
-            EventFacts::Decided {
-                verdict: Verdict::Admit,
-                charged,
-                charged_lineages,
-                ..
-            } => {
-                let own = if charged_lineages.is_empty() {
-                    self.lineage
-                } else {
-                    None
-                };
-                Some((charged, charged_lineages.iter().chain(own)))
-            }
-            _ => None,
-        }
-    }
 }

@@ -8,14 +8,13 @@
 //! [`LedgerTotals::apply`], in entry order, so the floating-point sums are
 //! bit-identical.
 //!
-//! Accounting (see `LedgerEvent::Decided`):
-//! - A Decided record with verdict Admit charges `charged` FLOP at its `time`
-//!   on every lineage in `chargedLineages` (its own lineage when that list is
-//!   empty), and once on its namespace, accelerator type, tier and the cluster.
-//!   Reservations are never returned.
-//! - Finished, DeadlineExceeded and Deleted add `consumed` FLOP and
-//!   accelerator-seconds to the lineages, namespace, accelerator type and tier
-//!   the job was last admitted under (its own lineage if it never was).
+//! Accounting: lineages are charged and metered by the ledger's one fold
+//! ([`super::LineageFold`]); besides, a Decided record with verdict Admit
+//! charges `charged` FLOP at its `time` once on its namespace, accelerator
+//! type, tier and the cluster (reservations are never returned), and
+//! Finished, DeadlineExceeded and Deleted add `consumed` FLOP and
+//! accelerator-seconds to the namespace, accelerator type and tier the job
+//! was last admitted under (its own, and no tier, if it never was).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,9 +22,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::entry::LedgerEntry;
-use super::facts::{EventFacts, JobRef, RecordFacts};
+use super::facts::{EventFacts, RecordFacts};
+use super::fold::{Effect, LineageFold};
 use super::record::LedgerRecord;
-use crate::decision::Verdict;
 use crate::units::{AcceleratorSeconds, Flop};
 
 /// The tier key for admissions that matched no tier.
@@ -53,10 +52,10 @@ pub enum ScopeKey {
     Cluster,
 }
 
-/// What the ledger remembers of an admitted job, to attribute its consumption.
+/// What the totals remember of an admitted job besides its lineages, to
+/// attribute its metering.
 #[derive(Clone, Debug, Default)]
-struct Admission {
-    lineages: Vec<String>,
+struct Attribution {
     namespace: String,
     accelerator: Option<String>,
     tier: String,
@@ -72,15 +71,13 @@ pub struct LedgerTotals {
     cluster: Sums,
     /// Charges in entry order, per budget scope.
     charges: HashMap<ScopeKey, Vec<(Timestamp, Flop)>>,
-    /// Admitted jobs by [`job_key`].
-    admissions: HashMap<String, Admission>,
+    /// The lineages (and the rest) each job was admitted under.
+    fold: LineageFold<Attribution>,
     entries: u64,
     /// Reports need no window series; skipping them saves an allocation per charge.
     no_windows: bool,
     /// Per-lineage sums over every record applied, counted or not (reports' `cumulative`).
     cumulative: Option<BTreeMap<String, Sums>>,
-    /// Scratch for [`job_key`], so lookups do not allocate.
-    key: String,
 }
 
 /// Applies `f` to the sums for `key`, inserting zeros first if absent
@@ -95,15 +92,17 @@ fn with_entry(map: &mut BTreeMap<String, Sums>, key: &str, f: impl Fn(&mut Sums)
     }
 }
 
-/// One string for a job identity (namespace, name, uid), written into `out`.
-fn job_key(out: &mut String, j: &JobRef<'_>) {
-    out.clear();
-    for (i, part) in [j.namespace, j.name, j.uid].into_iter().enumerate() {
-        if i > 0 {
-            // Not allowed in Kubernetes names, so the parts cannot run together.
-            out.push('\u{0}');
-        }
-        out.push_str(part);
+/// Appends a charge to its scope's window series, unless windows are not
+/// kept (then the key is not even built).
+fn push_charge(
+    charges: &mut HashMap<ScopeKey, Vec<(Timestamp, Flop)>>,
+    no_windows: bool,
+    key: impl FnOnce() -> ScopeKey,
+    at: Timestamp,
+    flop: Flop,
+) {
+    if !no_windows {
+        charges.entry(key()).or_default().push((at, flop));
     }
 }
 
@@ -166,112 +165,86 @@ impl LedgerTotals {
         if count {
             self.entries += 1;
         }
-        match r.event {
-            EventFacts::Decided {
-                verdict: Verdict::Admit,
-                charged,
-                charged_lineages,
-                tier,
-                ..
-            } => {
-                let own = if charged_lineages.is_empty() {
-                    r.lineage
-                } else {
-                    None
-                };
-                let lineages = || charged_lineages.iter().chain(own);
-                let tier = tier.unwrap_or(NO_TIER);
+        let tier = match r.event {
+            EventFacts::Decided { tier, .. } => tier.unwrap_or(NO_TIER),
+            _ => NO_TIER,
+        };
+        let effect = self.fold.fold(r, || Attribution {
+            namespace: r.job.map(|j| j.namespace.to_string()).unwrap_or_default(),
+            accelerator: r.accelerator.map(str::to_string),
+            tier: tier.to_string(),
+        });
+        match effect {
+            Effect::Charged { charged, lineages } => {
                 let charge = |s: &mut Sums| {
                     s.charged += charged;
                     s.admitted += 1;
                 };
                 if let Some(c) = &mut self.cumulative {
-                    for l in lineages() {
+                    for l in lineages.iter() {
                         with_entry(c, l, charge);
                     }
                 }
                 if count {
-                    for l in lineages() {
+                    let (charges, no_windows) = (&mut self.charges, self.no_windows);
+                    for l in lineages.iter() {
                         with_entry(&mut self.lineages, l, charge);
-                        if !self.no_windows {
-                            self.push_charge(ScopeKey::Model(l.to_string()), r.time, charged);
-                        }
+                        push_charge(
+                            charges,
+                            no_windows,
+                            || ScopeKey::Model(l.to_string()),
+                            r.time,
+                            charged,
+                        );
                     }
                     if let Some(job) = &r.job {
                         with_entry(&mut self.namespaces, job.namespace, charge);
-                        if !self.no_windows {
-                            self.push_charge(
-                                ScopeKey::Namespace(job.namespace.to_string()),
-                                r.time,
-                                charged,
-                            );
-                        }
+                        push_charge(
+                            charges,
+                            no_windows,
+                            || ScopeKey::Namespace(job.namespace.to_string()),
+                            r.time,
+                            charged,
+                        );
                     }
                     if let Some(a) = r.accelerator {
                         with_entry(&mut self.accelerators, a, charge);
                     }
                     with_entry(&mut self.tiers, tier, charge);
                     charge(&mut self.cluster);
-                    self.push_charge(ScopeKey::Cluster, r.time, charged);
-                }
-                if let Some(job) = &r.job {
-                    job_key(&mut self.key, job);
-                    let admission = Admission {
-                        lineages: lineages().map(str::to_string).collect(),
-                        namespace: job.namespace.to_string(),
-                        accelerator: r.accelerator.map(str::to_string),
-                        tier: tier.to_string(),
-                    };
-                    if let Some(a) = self.admissions.get_mut(self.key.as_str()) {
-                        *a = admission;
-                    } else {
-                        self.admissions.insert(self.key.clone(), admission);
-                    }
+                    push_charge(charges, no_windows, || ScopeKey::Cluster, r.time, charged);
                 }
             }
-            EventFacts::Metered {
+            Effect::Metered {
                 consumed,
                 accelerator_seconds,
+                admitted,
+                ..
             } => {
                 let consume = |s: &mut Sums| {
                     s.consumed += consumed;
                     s.accelerator_seconds += accelerator_seconds;
                 };
-                let admission = match &r.job {
-                    Some(j) => {
-                        job_key(&mut self.key, j);
-                        self.admissions.get(self.key.as_str())
+                if let Some(c) = &mut self.cumulative {
+                    for l in effect.metered_onto() {
+                        with_entry(c, l, consume);
                     }
-                    None => None,
-                };
-                match admission {
-                    Some(a) => {
-                        if let Some(c) = &mut self.cumulative {
-                            for l in &a.lineages {
-                                with_entry(c, l, consume);
-                            }
-                        }
-                        if count {
-                            for l in &a.lineages {
-                                with_entry(&mut self.lineages, l, consume);
-                            }
+                }
+                if count {
+                    for l in effect.metered_onto() {
+                        with_entry(&mut self.lineages, l, consume);
+                    }
+                    match admitted {
+                        Some(a) => {
+                            let a = &a.extra;
                             with_entry(&mut self.namespaces, &a.namespace, consume);
                             if let Some(acc) = &a.accelerator {
                                 with_entry(&mut self.accelerators, acc, consume);
                             }
                             with_entry(&mut self.tiers, &a.tier, consume);
-                            consume(&mut self.cluster);
                         }
-                    }
-                    // Never admitted: its own lineage, namespace and accelerator, no tier.
-                    None => {
-                        if let (Some(c), Some(l)) = (&mut self.cumulative, r.lineage) {
-                            with_entry(c, l, consume);
-                        }
-                        if count {
-                            if let Some(l) = r.lineage {
-                                with_entry(&mut self.lineages, l, consume);
-                            }
+                        // Never admitted: its own namespace and accelerator, no tier.
+                        None => {
                             if let Some(j) = &r.job {
                                 with_entry(&mut self.namespaces, j.namespace, consume);
                             }
@@ -279,18 +252,12 @@ impl LedgerTotals {
                                 with_entry(&mut self.accelerators, acc, consume);
                             }
                             with_entry(&mut self.tiers, NO_TIER, consume);
-                            consume(&mut self.cluster);
                         }
                     }
+                    consume(&mut self.cluster);
                 }
             }
-            EventFacts::Decided { .. } | EventFacts::Other => {}
-        }
-    }
-
-    fn push_charge(&mut self, key: ScopeKey, at: Timestamp, flop: Flop) {
-        if !self.no_windows {
-            self.charges.entry(key).or_default().push((at, flop));
+            Effect::None => {}
         }
     }
 
