@@ -536,6 +536,32 @@ impl Cluster {
         Ok(names)
     }
 
+    /// The operator's ledger as the cluster holds it: every
+    /// ComputeLedgerEntry's `spec.entry` parsed, in sequence order.
+    pub async fn ledger_entries(&self) -> Result<Vec<Value>> {
+        let gvk = GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "ComputeLedgerEntry");
+        let api = self.dynamic_api(&gvk, None).await?;
+        let mut entries = Vec::new();
+        for o in api.list(&kube::api::ListParams::default()).await?.items {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            let text = o
+                .data
+                .pointer("/spec/entry")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    Error::Manifest(format!("ComputeLedgerEntry {name} has no spec.entry"))
+                })?;
+            let entry: Value = serde_json::from_str(text).map_err(|e| {
+                Error::Manifest(format!(
+                    "ComputeLedgerEntry {name}: spec.entry is not JSON: {e}"
+                ))
+            })?;
+            entries.push(entry);
+        }
+        entries.sort_by_key(|e| e["seq"].as_u64().unwrap_or(u64::MAX));
+        Ok(entries)
+    }
+
     /// Waits until a condition of the given type has the given status.
     pub async fn wait_for_condition(
         &self,

@@ -17,14 +17,15 @@
 
 use std::time::Duration;
 
-use e2e::harness::{Cluster, Process, RUNTIME_ANNOTATION, crds_dir, wait_for, workspace_binary};
+use e2e::harness::{
+    Cluster, Process, RUNTIME_ANNOTATION, TempNamespace, crds_dir, wait_for, workspace_binary,
+};
 use e2e::kueue::{
     CONTROLLER_NAME, Kueue, QUEUE_NAME_LABEL, Queues, admission_check, apply_queues, check_state,
     is_true, wait_cluster_queue_active, wait_workload, workload_of,
 };
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams, PostParams};
-use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(90);
@@ -128,35 +129,30 @@ async fn rejected(c: &Cluster, ns: &str, name: &str, workload: &str, needles: &[
 }
 
 async fn ledger(c: &Cluster) -> Vec<Value> {
-    let api = c
-        .dynamic_api(
-            &GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "ComputeLedgerEntry"),
-            None,
-        )
-        .await
-        .unwrap();
-    let mut items: Vec<Value> = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|o| serde_json::from_str(o.data["spec"]["entry"].as_str().unwrap()).unwrap())
-        .collect();
-    items.sort_by_key(|e: &Value| e["seq"].as_u64().unwrap());
-    items
+    c.ledger_entries().await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
+/// A governed queue: the product CRDs, real Kueue, a temporary namespace,
+/// an AdmissionCheck of komptroller's controller on a ClusterQueue with 32
+/// GPUs of quota (inactive until komptroller runs: fail closed), the policy
+/// `spec` named `<ns>-<policy>`, and `komptroller run --kueue` as the
+/// chart's ServiceAccount, after which the queue is Active.
+struct Governed {
+    c: Cluster,
+    ns: TempNamespace,
+    q: Queues,
+    check: String,
+    op: Process,
+}
+
+async fn governed(prefix: &str, policy: &str, spec: Value) -> Governed {
     let c = Cluster::start().await.unwrap();
     c.install_crds(&crds_dir(), T).await.unwrap();
-    let kueue = match Kueue::start(&c).await {
-        Ok(k) => k,
-        Err(e) => panic!("\n\nKUEUE IS NOT AVAILABLE, the Kueue scenarios cannot run: {e}\n"),
-    };
+    let kueue = Kueue::start(&c).await.unwrap_or_else(|e| {
+        panic!("\n\nKUEUE IS NOT AVAILABLE, the Kueue scenarios cannot run: {e}\n")
+    });
     eprintln!("e2e: komptroller --kueue against Kueue {}", kueue.version);
-    let ns = c.temp_namespace("kueue-gov").await.unwrap();
+    let ns = c.temp_namespace(prefix).await.unwrap();
     let kubeconfig = c
         .operator_kubeconfig_with("chart-rbac-kueue.yaml")
         .await
@@ -176,12 +172,10 @@ async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
         .await
         .unwrap();
     let policy = json!({"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputePolicy",
-        "metadata": {"name": format!("{}-ceiling", ns.name)},
-        "spec": {"tiers": [{"name": "ceiling", "threshold": 1e20, "action": "Reject"}]}});
+        "metadata": {"name": format!("{}-{policy}", ns.name)}, "spec": spec});
     c.apply_yaml(&serde_json::to_string(&policy).unwrap(), None)
         .await
         .unwrap();
-
     let bin = workspace_binary("komptroller").unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -189,27 +183,45 @@ async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let mut op = Process::start(
-        &bin,
-        &[
-            "run",
-            "--kueue",
-            "--metrics-addr",
-            &addr,
-            "--namespace",
-            "komptroller-system",
-            "--report-interval",
-            "2s",
-        ],
-        Some(&kubeconfig),
-        &[("RUST_LOG", "info")],
-    )
-    .unwrap();
+    let args = [
+        "run",
+        "--kueue",
+        "--metrics-addr",
+        &addr,
+        "--namespace",
+        "komptroller-system",
+        "--report-interval",
+        "2s",
+    ];
+    let mut op = Process::start(&bin, &args, Some(&kubeconfig), &[("RUST_LOG", "info")]).unwrap();
     op.wait_for_line("books rebuilt", T).await.unwrap();
     // komptroller marks its check Active: the queue opens.
     wait_cluster_queue_active(&c, &q.cluster_queue, "True", T)
         .await
         .unwrap();
+    Governed {
+        c,
+        ns,
+        q,
+        check,
+        op,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
+    let Governed {
+        c,
+        ns,
+        q,
+        check,
+        mut op,
+    } = governed(
+        "kueue-gov",
+        "ceiling",
+        json!({"tiers": [{"name": "ceiling", "threshold": 1e20, "action": "Reject"}]}),
+    )
+    .await;
 
     // Admitted: 8 H100 for 1 h = 2.85e19 FLOP, under the ceiling.
     let (small, w_small) = create(&c, &q, job("small", &q.local_queue, 8, Some(3600))).await;
@@ -292,59 +304,20 @@ async fn kueue_workloads_are_admitted_and_rejected_by_the_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_workload_gives_its_quota_back_and_is_admitted_once_capacity_frees() {
-    let c = Cluster::start().await.unwrap();
-    c.install_crds(&crds_dir(), T).await.unwrap();
-    Kueue::start(&c).await.unwrap_or_else(|e| {
-        panic!("\n\nKUEUE IS NOT AVAILABLE, the Kueue scenarios cannot run: {e}\n")
-    });
-    let ns = c.temp_namespace("kueue-cap").await.unwrap();
-    let kubeconfig = c
-        .operator_kubeconfig_with("chart-rbac-kueue.yaml")
-        .await
-        .unwrap();
-    let check = format!("{}-governance", ns.name);
-    c.apply_yaml(
-        &serde_json::to_string(&admission_check(&check, CONTROLLER_NAME)).unwrap(),
-        None,
-    )
-    .await
-    .unwrap();
-    let q = apply_queues(&c, &ns.name, &ns.name, 32, &[&check])
-        .await
-        .unwrap();
     // komptroller's cap: 8 accelerators at a time in the cluster (Kueue's
     // quota would let four such jobs run).
-    let policy = json!({"apiVersion": "komptroller.dev/v1alpha1", "kind": "ComputePolicy",
-        "metadata": {"name": format!("{}-cap", ns.name)},
-        "spec": {"capacity": {"cluster": {"maxAccelerators": 8}}}});
-    c.apply_yaml(&serde_json::to_string(&policy).unwrap(), None)
-        .await
-        .unwrap();
-    let bin = workspace_binary("komptroller").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut op = Process::start(
-        &bin,
-        &[
-            "run",
-            "--kueue",
-            "--metrics-addr",
-            &addr,
-            "--namespace",
-            "komptroller-system",
-        ],
-        Some(&kubeconfig),
-        &[("RUST_LOG", "info")],
+    let Governed {
+        c,
+        ns,
+        q,
+        check,
+        mut op,
+    } = governed(
+        "kueue-cap",
+        "cap",
+        json!({"capacity": {"cluster": {"maxAccelerators": 8}}}),
     )
-    .unwrap();
-    op.wait_for_line("books rebuilt", T).await.unwrap();
-    wait_cluster_queue_active(&c, &q.cluster_queue, "True", T)
-        .await
-        .unwrap();
+    .await;
 
     let mut first = job("first", &q.local_queue, 8, Some(3600));
     first

@@ -146,23 +146,7 @@ async fn wait_phase(c: &Cluster, ns: &str, name: &str, want: &str) -> DynamicObj
 }
 
 async fn ledger(c: &Cluster) -> Vec<Value> {
-    let api = c
-        .dynamic_api(
-            &GroupVersionKind::gvk("komptroller.dev", "v1alpha1", "ComputeLedgerEntry"),
-            None,
-        )
-        .await
-        .unwrap();
-    let mut items: Vec<Value> = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|o| serde_json::from_str(o.data["spec"]["entry"].as_str().unwrap()).unwrap())
-        .collect();
-    items.sort_by_key(|e: &Value| e["seq"].as_u64().unwrap());
-    items
+    c.ledger_entries().await.unwrap()
 }
 
 /// Checks the ledger's chain is contiguous and has no duplicated decision.
