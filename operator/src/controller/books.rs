@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 use komptroller_engine::decision::Decision;
-use komptroller_engine::engine::{Engine, Event, Step};
-use komptroller_engine::job::JobId;
+use komptroller_engine::engine::{Engine, EngineError, Event, Step};
+use komptroller_engine::job::{JobId, JobRequest};
 use komptroller_engine::ledger::{LedgerEntry, LedgerEvent, LedgerHead, LedgerRecord};
 
 use crate::crd::ConsumedStatus;
@@ -90,6 +90,23 @@ impl Books {
         let t = self.at(t);
         let step = self.engine.apply(t, event)?;
         self.seal(step)
+    }
+
+    /// Submits a job's request at `t`. A spec change the engine refuses
+    /// after admission is not an error of the reconcile: it is returned as
+    /// the problem the job's status (or check) shows, with nothing applied.
+    pub fn submit(
+        &mut self,
+        t: Timestamp,
+        request: JobRequest,
+    ) -> Result<(Applied, Option<String>)> {
+        match self.apply(t, Event::Submit(request)) {
+            Ok(a) => Ok((a, None)),
+            Err(Error::Engine(e @ EngineError::Immutable { .. })) => {
+                Ok((Applied::default(), Some(e.to_string())))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Seals a step's records.

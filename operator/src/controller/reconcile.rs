@@ -168,13 +168,7 @@ struct Decided {
 fn decide(ctx: &Context, id: &JobId, found: &Found, now: Timestamp) -> Result<Decided> {
     let observed = found.observed();
     let (mut decided, applied) = ctx.with_books(Some(id), |b| {
-        let mut applied = Applied::default();
-        let mut problem = None;
-        match b.apply(now, Event::Submit(found.request.clone())) {
-            Ok(a) => applied.extend(a),
-            Err(Error::Engine(e @ EngineError::Immutable { .. })) => problem = Some(e.to_string()),
-            Err(e) => return Err(e),
-        }
+        let (mut applied, problem) = b.submit(now, found.request.clone())?;
         let approvals = apply_approvals(ctx, b, id, now, &mut applied)?;
         meter_workload(b, id, observed, now, &mut applied)?;
         let phase = b.engine.phase(id);

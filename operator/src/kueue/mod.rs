@@ -35,7 +35,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
-use komptroller_engine::engine::{EngineError, Event, Outcome, Phase};
+use komptroller_engine::engine::{Event, Outcome, Phase};
 use komptroller_engine::job::JobId;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -323,13 +323,7 @@ async fn decide(
         }
     };
     let ((phase, message, wake, decided_now), applied) = ctx.with_books(None, |b| {
-        let mut applied = Applied::default();
-        let mut problem = None;
-        match b.apply(now, Event::Submit(req)) {
-            Ok(a) => applied.extend(a),
-            Err(Error::Engine(e @ EngineError::Immutable { .. })) => problem = Some(e.to_string()),
-            Err(e) => return Err(e),
-        }
+        let (applied, problem) = b.submit(now, req)?;
         let decided_now = applied.decisions.iter().any(|(j, _)| j == id);
         if !decided_now {
             b.engine.refresh_reason(now, id);
